@@ -1,0 +1,37 @@
+"""adamoe: adaptive-gated mixture-of-experts fine-tuning for Hugging Face models."""
+
+from .architectures import FFN_SPECS, DenseFFN, FFNSpec, register_ffn_spec
+from .config import MoEConfig, MoEConfigError
+from .layer import MoEBlock
+from .modeling import CheckpointError, check_patched_consistently, from_pretrained, moe_config_of
+from .patching import UnsupportedArchitectureError, is_moe_model, moe_blocks, moeify
+from .router import RouterNumericsError, RoutingDecision
+from .stats import LayerRoutingStats, RoutingStats, balance_loss, per_sample_two_expert_fractions, routing_stats
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "FFN_SPECS",
+    "CheckpointError",
+    "DenseFFN",
+    "FFNSpec",
+    "LayerRoutingStats",
+    "MoEBlock",
+    "MoEConfig",
+    "MoEConfigError",
+    "RouterNumericsError",
+    "RoutingDecision",
+    "RoutingStats",
+    "UnsupportedArchitectureError",
+    "__version__",
+    "balance_loss",
+    "check_patched_consistently",
+    "from_pretrained",
+    "is_moe_model",
+    "moe_blocks",
+    "moe_config_of",
+    "moeify",
+    "per_sample_two_expert_fractions",
+    "register_ffn_spec",
+    "routing_stats",
+]

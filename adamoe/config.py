@@ -1,0 +1,184 @@
+"""`MoEConfig`: how the feed-forward blocks of a model become adaptive-gated mixture-of-experts blocks.
+
+The config is a dataclass validated on creation and serialised into the patched checkpoint's
+`config.json` (under the key `adamoe`), so `save_pretrained`, Trainer checkpoints and `push_to_hub`
+carry it without anything extra and `adamoe.from_pretrained` can rebuild the same structure.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+GATINGS = ("adaptive", "top1", "top2")
+THRESHOLD_ON = ("normalized", "raw")
+COMBINES = ("normalized", "gate")
+EXPERT_INITS = ("upcycle", "random")
+DISPATCHES = ("auto", "grouped_mm", "loop")
+MAX_EXPERTS = 1024
+
+# The fields that decide which parameters exist. Two configs that differ here describe different
+# checkpoints; the other fields only change how tokens are routed and can be changed on a trained model.
+STRUCTURAL_FIELDS = ("num_experts", "layers", "every_n_layers")
+# Fields read only when the experts are first created; they mean nothing for a trained checkpoint.
+INIT_FIELDS = ("expert_init", "upcycle_noise", "router_init_std")
+
+
+class MoEConfigError(ValueError):
+    """A `MoEConfig` value is out of range or inconsistent."""
+
+
+@dataclass
+class MoEConfig:
+    """Configuration of the mixture-of-experts blocks that `adamoe.moeify` puts in place of FFNs.
+
+    Example:
+        ```python
+        >>> import adamoe
+        >>> cfg = adamoe.MoEConfig(num_experts=8, gating="adaptive", threshold=0.1)
+        >>> cfg.to_dict()["threshold"]
+        0.1
+        ```
+    """
+
+    num_experts: int = field(default=16, metadata={"help": "Experts per MoE layer (the paper uses 16)."})
+    gating: Literal["adaptive", "top1", "top2"] = field(
+        default="adaptive",
+        metadata={
+            "help": "'adaptive': top-1 expert, plus the top-2 expert when the gap between the two gate "
+            "probabilities is <= threshold; 'top1'/'top2': always one/two experts."
+        },
+    )
+    threshold: float = field(
+        default=0.1,
+        metadata={"help": "Adaptive-gating threshold T in [0, 1]. T = 0: only exact ties use two; T = 1: all do."},
+    )
+    threshold_on: Literal["normalized", "raw"] = field(
+        default="normalized",
+        metadata={
+            "help": "Which gap T is compared with: 'normalized' (p1 - p2) / (p1 + p2), or 'raw' p1 - p2, where "
+            "p1 >= p2 are the two largest softmax gate probabilities."
+        },
+    )
+    combine: Literal["normalized", "gate"] = field(
+        default="normalized",
+        metadata={
+            "help": "'gate': weight each selected expert's output by its gate probability (paper Eq. 3); "
+            "'normalized': renormalise the weights over the selected experts, so a one-expert token gets "
+            "exactly its expert's output."
+        },
+    )
+    expert_init: Literal["upcycle", "random"] = field(
+        default="upcycle",
+        metadata={
+            "help": "'upcycle': each expert starts as a copy of the pretrained FFN; 'random': fresh init (paper)."
+        },
+    )
+    upcycle_noise: float = field(
+        default=0.0,
+        metadata={"help": "Std of relative Gaussian noise added to upcycled expert weights (0 = exact copies)."},
+    )
+    router_init_std: float = field(default=0.02, metadata={"help": "Std of the router weight initialisation."})
+    aux_loss_coef: float = field(
+        default=0.01, metadata={"help": "Coefficient of the load-balancing loss (paper Eq. 4); 0 disables it."}
+    )
+    layers: str | list[int] = field(
+        default="all",
+        metadata={"help": "'all' FFNs, or a list of layer indices (counted within each stack) to convert."},
+    )
+    every_n_layers: int = field(
+        default=1,
+        metadata={"help": "Convert every n-th FFN (layers n-1, 2n-1, ... of each stack); only with layers='all'."},
+    )
+    dispatch: Literal["auto", "grouped_mm", "loop"] = field(
+        default="auto",
+        metadata={
+            "help": "Expert computation: 'grouped_mm' (one grouped GEMM over the token-expert pairs), 'loop' "
+            "(one GEMM per expert over its own tokens), 'auto' (grouped_mm where torch supports it)."
+        },
+    )
+
+    def __post_init__(self) -> None:
+        self._check_choice("gating", GATINGS)
+        self._check_choice("threshold_on", THRESHOLD_ON)
+        self._check_choice("combine", COMBINES)
+        self._check_choice("expert_init", EXPERT_INITS)
+        self._check_choice("dispatch", DISPATCHES)
+        if isinstance(self.num_experts, bool) or not isinstance(self.num_experts, int):
+            raise MoEConfigError(f"num_experts must be an integer, got {self.num_experts!r}.")
+        if not 1 <= self.num_experts <= MAX_EXPERTS:
+            raise MoEConfigError(f"num_experts must be between 1 and {MAX_EXPERTS}, got {self.num_experts}.")
+        if self.gating != "top1" and self.num_experts < 2:
+            raise MoEConfigError(
+                f"gating={self.gating!r} can send a token to two experts, so it needs num_experts >= 2 "
+                f"(got {self.num_experts}). Use gating='top1' for a single expert."
+            )
+        threshold = float(self.threshold)
+        if not math.isfinite(threshold) or not 0.0 <= threshold <= 1.0:
+            raise MoEConfigError(
+                f"threshold must be in [0, 1], got {self.threshold!r}: the gap between the two gate "
+                "probabilities lies in [0, 1], so T = 1 already sends every token to two experts."
+            )
+        self.threshold = threshold
+        for name in ("upcycle_noise", "router_init_std", "aux_loss_coef"):
+            value = float(getattr(self, name))
+            if not math.isfinite(value) or value < 0:
+                raise MoEConfigError(f"{name} must be a finite number >= 0, got {getattr(self, name)!r}.")
+            setattr(self, name, value)
+        if isinstance(self.layers, str):
+            if self.layers != "all":
+                raise MoEConfigError(f"layers must be 'all' or a list of layer indices, got {self.layers!r}.")
+        else:
+            layers = list(self.layers)
+            if not layers or any(isinstance(i, bool) or not isinstance(i, int) or i < 0 for i in layers):
+                raise MoEConfigError(f"layers must be a non-empty list of layer indices >= 0, got {self.layers!r}.")
+            self.layers = sorted(set(layers))
+        if (
+            isinstance(self.every_n_layers, bool)
+            or not isinstance(self.every_n_layers, int)
+            or self.every_n_layers < 1
+        ):
+            raise MoEConfigError(f"every_n_layers must be an integer >= 1, got {self.every_n_layers!r}.")
+        if self.every_n_layers != 1 and self.layers != "all":
+            raise MoEConfigError("Give either layers=[...] or every_n_layers, not both.")
+
+    def _check_choice(self, name: str, choices: tuple[str, ...]) -> None:
+        value = getattr(self, name)
+        if value not in choices:
+            raise MoEConfigError(f"{name} must be one of {', '.join(map(repr, choices))}; got {value!r}.")
+
+    def converts_layer(self, index: int) -> bool:
+        """Whether the FFN of layer `index` (counted within its stack) becomes an MoE block."""
+        if self.layers != "all":
+            return index in self.layers
+        return index % self.every_n_layers == self.every_n_layers - 1
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any]) -> MoEConfig:
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(values) - known)
+        if unknown:
+            raise MoEConfigError(
+                f"Unknown MoEConfig field(s) {unknown}; known fields are {sorted(known)}. "
+                "Was this checkpoint written by a newer adamoe?"
+            )
+        return cls(**values)
+
+    def structural_differences(self, other: MoEConfig) -> dict[str, tuple[Any, Any]]:
+        """Fields that change which parameters exist, as {field: (self value, other value)}."""
+        return {
+            name: (getattr(self, name), getattr(other, name))
+            for name in STRUCTURAL_FIELDS
+            if getattr(self, name) != getattr(other, name)
+        }
+
+    def routing_differences(self, other: MoEConfig) -> dict[str, tuple[Any, Any]]:
+        """Fields that only change routing or training, as {field: (self value, other value)}."""
+        mine, theirs = self.to_dict(), other.to_dict()
+        skip = STRUCTURAL_FIELDS + INIT_FIELDS
+        return {k: (mine[k], theirs[k]) for k in mine if k not in skip and mine[k] != theirs[k]}

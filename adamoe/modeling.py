@@ -1,0 +1,206 @@
+"""`from_pretrained`: load a patched checkpoint strictly, or patch a dense one, from a local folder or the Hub.
+
+A patched checkpoint is an ordinary transformers checkpoint whose `config.json` carries the MoE config
+under `adamoe` and whose weights hold the experts and routers in place of the FFNs. transformers itself
+does not know the key: `AutoModel*.from_pretrained` on such a folder builds the *dense* model, warns
+about unused expert weights and leaves the FFNs randomly initialised. `check_patched_consistently`
+detects that state, and the trainer refuses to train it.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from typing import Any
+
+import torch
+import transformers
+from safetensors.torch import load_file
+from torch import nn
+from transformers import AutoConfig
+from transformers.utils import cached_file
+
+from .config import MoEConfig
+from .patching import CONFIG_KEY, is_moe_model, moeify
+
+logger = logging.getLogger(__name__)
+
+# Keyword arguments that say where and how to fetch files, accepted by every loading call.
+HUB_KWARGS = ("revision", "cache_dir", "token", "local_files_only", "force_download", "proxies", "subfolder")
+SAFE_WEIGHTS, SAFE_INDEX, TORCH_WEIGHTS = "model.safetensors", "model.safetensors.index.json", "pytorch_model.bin"
+
+
+class CheckpointError(RuntimeError):
+    """A checkpoint cannot be loaded as the MoE model its config describes."""
+
+
+def moe_config_of(model_or_config: Any) -> MoEConfig | None:
+    """The `MoEConfig` stored in a model's (or a transformers config's) `adamoe` entry, if any."""
+    config = getattr(model_or_config, "config", model_or_config)
+    stored = getattr(config, CONFIG_KEY, None)
+    return None if stored is None else MoEConfig.from_dict(dict(stored))
+
+
+def check_patched_consistently(model: nn.Module) -> None:
+    """Raise if `model`'s config says it is an adamoe checkpoint but it has no MoE blocks.
+
+    That is what `AutoModel*.from_pretrained` returns for a patched checkpoint: the dense architecture with
+    randomly initialised FFNs, the trained experts dropped.
+    """
+    if getattr(getattr(model, "config", None), CONFIG_KEY, None) is not None and not is_moe_model(model):
+        raise CheckpointError(
+            f"This {type(model).__name__} was saved by adamoe with MoE blocks, but it has none: it was loaded "
+            "with plain transformers, which drops the experts and leaves the FFNs randomly initialised. Load it "
+            "with `adamoe.from_pretrained(path)` instead."
+        )
+
+
+def _model_class(config: Any, model_class: type | None) -> type:
+    if model_class is not None:
+        return model_class
+    architectures = getattr(config, "architectures", None) or []
+    for name in architectures:
+        cls = getattr(transformers, name, None)
+        if cls is not None:
+            return cls
+    raise CheckpointError(
+        f"The checkpoint's config names no transformers model class (architectures={architectures}); pass "
+        "model_class=, e.g. transformers.AutoModelForSequenceClassification."
+    )
+
+
+def _read_state_dict(name_or_path: str, hub_kwargs: dict[str, Any]) -> dict[str, torch.Tensor]:
+    """All weights of a checkpoint: single or sharded safetensors, else a legacy `pytorch_model.bin`."""
+
+    def fetch(filename: str) -> str | None:
+        return cached_file(
+            name_or_path,
+            filename,
+            _raise_exceptions_for_missing_entries=False,
+            _raise_exceptions_for_connection_errors=False,
+            **hub_kwargs,
+        )
+
+    if path := fetch(SAFE_WEIGHTS):
+        return load_file(path)
+    if index_path := fetch(SAFE_INDEX):
+        with open(index_path) as f:
+            shards = sorted(set(json.load(f)["weight_map"].values()))
+        state: dict[str, torch.Tensor] = {}
+        for shard in shards:
+            shard_path = fetch(shard)
+            if shard_path is None:
+                raise CheckpointError(f"Shard {shard} listed in {SAFE_INDEX} of {name_or_path} is missing.")
+            state.update(load_file(shard_path))
+        return state
+    if path := fetch(TORCH_WEIGHTS):
+        return torch.load(path, map_location="cpu", weights_only=True)
+    raise CheckpointError(f"No weights ({SAFE_WEIGHTS}, {SAFE_INDEX} or {TORCH_WEIGHTS}) found in {name_or_path}.")
+
+
+def load_state_dict_strictly(model: nn.Module, state: dict[str, torch.Tensor], source: str = "checkpoint") -> None:
+    """Load `state` into `model`; any missing, unexpected or mis-shaped tensor is an error.
+
+    Parameters tied to another (shared embeddings, LM heads) are saved once; a missing name is fine when
+    a name of the same tensor was loaded.
+    """
+    expected = model.state_dict()
+    aliases: dict[int, set[str]] = {}
+    for name, tensor in list(model.named_parameters(remove_duplicate=False)) + list(
+        model.named_buffers(remove_duplicate=False)
+    ):
+        aliases.setdefault(id(tensor), set()).add(name)
+    loaded_ids = {id(t) for n, t in list(model.named_parameters(remove_duplicate=False)) if n in state}
+    name_to_id = {n: i for i, names in aliases.items() for n in names}
+    missing = [k for k in expected if k not in state and name_to_id.get(k) not in loaded_ids]
+    unexpected = [k for k in state if k not in expected]
+    mismatched = [
+        f"{k}: checkpoint {tuple(state[k].shape)}, model {tuple(expected[k].shape)}"
+        for k in state
+        if k in expected and state[k].shape != expected[k].shape
+    ]
+    if missing or unexpected or mismatched:
+        problems = []
+        for label, items in (("missing", missing), ("unexpected", unexpected), ("shape mismatch", mismatched)):
+            if items:
+                shown = "; ".join(items[:8]) + (f"; ... ({len(items) - 8} more)" if len(items) > 8 else "")
+                problems.append(f"{label} ({len(items)}): {shown}")
+        raise CheckpointError(
+            f"The weights in {source} do not match the MoE model its config describes: "
+            + " | ".join(problems)
+            + ". The checkpoint was saved with a different MoE config or architecture, or is damaged; "
+            "re-save it from the model that trained it, or load it with the MoE config it was written with."
+        )
+    model.load_state_dict(state, strict=False)
+    if hasattr(model, "tie_weights"):
+        model.tie_weights()
+
+
+def from_pretrained(
+    name_or_path: str,
+    *,
+    moe: MoEConfig | None = None,
+    model_class: type | None = None,
+    **hf_kwargs: Any,
+) -> nn.Module:
+    """Load a patched checkpoint, or patch a dense one, from a local folder or a Hub id.
+
+    Args:
+        name_or_path: local folder or Hub repository id.
+        moe: for a dense checkpoint, how to patch it (required). For a patched checkpoint, leave None
+            to use the stored config; a config that differs in structure (experts, layers) is an error,
+            and one that differs only in routing (gating, threshold, combine, ...) is applied with a warning.
+        model_class: the head class to build (e.g. `AutoModelForSequenceClassification`); defaults to the
+            checkpoint's `architectures` entry.
+        **hf_kwargs: passed to transformers (`revision`, `cache_dir`, `token`, `dtype`, `num_labels`, ...).
+
+    Returns:
+        The model, patched, in eval mode.
+
+    Example:
+        ```python
+        >>> model = adamoe.from_pretrained("bert-base-uncased", moe=adamoe.MoEConfig(num_experts=8),
+        ...                                model_class=transformers.AutoModelForSequenceClassification)
+        >>> model.save_pretrained("bert-moe")
+        >>> again = adamoe.from_pretrained("bert-moe")
+        ```
+    """
+    hub_kwargs = {k: hf_kwargs[k] for k in HUB_KWARGS if k in hf_kwargs}
+    dtype = hf_kwargs.pop("dtype", hf_kwargs.pop("torch_dtype", None))
+    config_kwargs = {k: v for k, v in hf_kwargs.items() if k not in HUB_KWARGS}
+    config = AutoConfig.from_pretrained(name_or_path, **hub_kwargs, **config_kwargs)
+    stored = moe_config_of(config)
+    cls = _model_class(config, model_class)
+
+    if stored is None:
+        if moe is None:
+            raise CheckpointError(
+                f"{name_or_path} is a dense checkpoint (no '{CONFIG_KEY}' entry in its config.json): pass "
+                "moe=adamoe.MoEConfig(...) to patch it."
+            )
+        model = cls.from_pretrained(name_or_path, config=config, dtype=dtype, **hub_kwargs)
+        return moeify(model, moe)
+
+    if moe is not None:
+        structural = stored.structural_differences(moe)
+        if structural:
+            raise CheckpointError(
+                f"{name_or_path} was saved with a different MoE structure than requested "
+                f"({', '.join(f'{k}: checkpoint {a!r}, requested {b!r}' for k, (a, b) in structural.items())}). "
+                "Load it without moe= to use its own config."
+            )
+        changed = stored.routing_differences(moe)
+        if changed:
+            logger.warning(
+                "Loading %s with routing settings that differ from the checkpoint's: %s",
+                name_or_path,
+                ", ".join(f"{k}: {a!r} -> {b!r}" for k, (a, b) in changed.items()),
+            )
+        stored = moe
+    # Every weight of the skeleton is overwritten by the checkpoint, so skip the expert initialisation.
+    model = cls._from_config(config) if hasattr(cls, "_from_config") else cls.from_config(config)
+    moeify(model, stored, initialize=False)
+    load_state_dict_strictly(model, _read_state_dict(name_or_path, hub_kwargs), source=name_or_path)
+    if dtype is not None and dtype != "auto":
+        model.to(dtype=getattr(torch, dtype) if isinstance(dtype, str) else dtype)
+    return model.eval()
