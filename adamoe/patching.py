@@ -167,6 +167,7 @@ def moeify(model: nn.Module, config: MoEConfig | None = None, *, initialize: boo
     ]
 
     for layer, block in blocks:
+        block.train(layer.training)  # new modules start in training mode; follow the model's
         spec.splice(layer, block)
     setattr(hf_config, CONFIG_KEY, config.to_dict())
     model.register_forward_pre_hook(_hand_token_masks, with_kwargs=True)

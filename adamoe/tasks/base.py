@@ -1,0 +1,257 @@
+"""The task contract: `Task`, the data arguments every task reads, and the few helpers the task modules share.
+
+A task is one small module (see `registry.TASKS`) that knows where its data lives, how to turn rows into model
+inputs, which collator pads them, and how to score predictions. The trainer and the CLI only talk to this
+contract, so adding a task never touches them:
+
+```python
+task = TASKS["sst2"]
+raw = task.load_raw(data)                                   # DatasetDict: "train", "validation"
+prepared = task.preprocess(raw, tokenizer, data, model.config)
+trainer = Trainer(model, args, train_dataset=prepared.train, eval_dataset=prepared.eval,
+                  data_collator=task.data_collator(tokenizer, model),
+                  compute_metrics=task.compute_metrics(prepared, tokenizer, data),
+                  preprocess_logits_for_metrics=task.preprocess_logits_for_metrics)
+```
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal, Protocol
+
+import datasets
+import torch
+from datasets import Dataset, DatasetDict
+from huggingface_hub.errors import LocalEntryNotFoundError
+from transformers import EvalPrediction, PretrainedConfig, PreTrainedTokenizerBase
+
+from .io import HubUnreachableError
+
+TaskKind = Literal["classification", "qa", "seq2seq", "causal_lm"]
+DIRECTIONS = ("de-en", "en-de")
+SPLITS = ("train", "validation")
+
+MetricsFn = Callable[[EvalPrediction], dict[str, float]]
+LogitsReducer = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+
+
+@dataclass
+class DataArgs:
+    """Where a task's data comes from and how it is cut to length. `None` lengths mean the task's default.
+
+    Example:
+        ```python
+        >>> from adamoe.tasks import DataArgs
+        >>> data = DataArgs(train_file="train.tsv", validation_file="dev.tsv", max_train_samples=1000)
+        ```
+    """
+
+    dataset_name: str | None = field(
+        default=None, metadata={"help": "Hub dataset id to use instead of the task's default (e.g. 'nyu-mll/glue')."}
+    )
+    dataset_config: str | None = field(
+        default=None,
+        metadata={"help": "Hub dataset config to use instead of the task's default (e.g. 'wikitext-2-raw-v1')."},
+    )
+    train_file: str | None = field(
+        default=None,
+        metadata={"help": "Local training file (json/jsonl/csv/tsv/parquet/txt, as the task accepts); skips the Hub."},
+    )
+    validation_file: str | None = field(
+        default=None, metadata={"help": "Local validation file, same formats as train_file; skips the Hub."}
+    )
+    max_train_samples: int | None = field(
+        default=None,
+        metadata={"help": "Keep the first N raw training rows (sentences, questions, pairs, lines, dialogues)."},
+    )
+    max_eval_samples: int | None = field(default=None, metadata={"help": "Keep the first N raw validation rows."})
+    max_seq_length: int | None = field(
+        default=None,
+        metadata={"help": "Max tokens per input for sst2 (default 128), squad (384, one window) and soda (256)."},
+    )
+    doc_stride: int = field(
+        default=128, metadata={"help": "squad: tokens of overlap between consecutive windows of a long context."}
+    )
+    n_best_size: int = field(
+        default=20, metadata={"help": "squad: start and end candidates per window considered in post-processing."}
+    )
+    max_answer_length: int = field(
+        default=30, metadata={"help": "squad: longest answer, in tokens, that post-processing may return."}
+    )
+    max_source_length: int | None = field(
+        default=None, metadata={"help": "Max source tokens for wmt19 (default 256) and cnn_dailymail (1024)."}
+    )
+    max_target_length: int | None = field(
+        default=None,
+        metadata={"help": "Max target tokens, in training and generation: wmt19 (default 256), cnn_dailymail (128)."},
+    )
+    num_beams: int | None = field(
+        default=None, metadata={"help": "Beams for evaluation generation; None keeps the model's generation config."}
+    )
+    source_prefix: str | None = field(
+        default=None,
+        metadata={"help": "Text put before every source; None picks it from the model type (T5: 'summarize: ')."},
+    )
+    direction: str = field(default="de-en", metadata={"help": f"wmt19: translation direction, one of {DIRECTIONS}."})
+    block_size: int | None = field(
+        default=None,
+        metadata={"help": "wikitext: tokens per training block; default min(1024, tokenizer.model_max_length)."},
+    )
+    preprocessing_num_workers: int | None = field(
+        default=None, metadata={"help": "Processes for tokenization (datasets.map num_proc)."}
+    )
+
+    def __post_init__(self) -> None:
+        if self.direction not in DIRECTIONS:
+            raise ValueError(f"direction must be one of {DIRECTIONS}, got {self.direction!r}.")
+        for name in (
+            "max_train_samples max_eval_samples max_seq_length doc_stride n_best_size max_answer_length "
+            "max_source_length max_target_length num_beams block_size preprocessing_num_workers"
+        ).split():
+            value = getattr(self, name)
+            if value is not None and value < 1:
+                raise ValueError(f"{name} must be a positive integer, got {value}.")
+
+
+@dataclass
+class PreparedData:
+    """Tokenized datasets ready for a Trainer, plus what post-processing needs.
+
+    Args:
+        train: Training features, or `None` when no training split was loaded.
+        eval: Evaluation features in model-input columns only (`eval_dataset` for the Trainer).
+        eval_examples: QA only: the raw validation examples, for post-processing and the gold answers.
+        eval_features: QA only: `eval` plus `example_id` and `offset_mapping`, row for row.
+    """
+
+    train: Dataset | None
+    eval: Dataset | None
+    eval_examples: Dataset | None = None
+    eval_features: Dataset | None = None
+
+
+class Task(Protocol):
+    """What every task module provides. Tasks are plain classes that match this shape; none inherits.
+
+    Attributes:
+        name: Registry key and CLI `--task` value.
+        description: One line for `--help` and reports.
+        kind: "classification", "qa", "seq2seq" (use `Seq2SeqTrainer`) or "causal_lm".
+        default_model: Hub id of the paper's model for this task.
+        default_dataset: Human description of the default Hub data.
+        metric_names: Keys of the dict `compute_metrics` returns.
+        main_metric: The metric the paper reports (`metric_for_best_model`).
+        greater_is_better: Whether a larger `main_metric` is better.
+        model_class: The transformers class that loads the model with the right head.
+        model_kwargs: Extra `from_pretrained` kwargs the head needs (e.g. `num_labels`).
+        preprocess_logits_for_metrics: Reduces logits per batch before the Trainer stores them, or `None`.
+    """
+
+    name: str
+    description: str
+    kind: TaskKind
+    default_model: str
+    default_dataset: str
+    metric_names: tuple[str, ...]
+    main_metric: str
+    greater_is_better: bool
+    model_class: type
+    model_kwargs: dict[str, Any]
+    preprocess_logits_for_metrics: LogitsReducer | None
+
+    def load_raw(self, data: DataArgs) -> DatasetDict:
+        """Loads the raw rows: local files when `data` names any, the Hub otherwise."""
+        ...
+
+    def preprocess(
+        self,
+        raw: DatasetDict,
+        tokenizer: PreTrainedTokenizerBase,
+        data: DataArgs,
+        model_config: PretrainedConfig | None = None,
+    ) -> PreparedData:
+        """Tokenizes `raw` into model features (`model_config` picks model-specific bits such as T5 prefixes)."""
+        ...
+
+    def data_collator(self, tokenizer: PreTrainedTokenizerBase, model: Any = None) -> Callable:
+        """The collator that pads a list of features into a batch."""
+        ...
+
+    def compute_metrics(self, prepared: PreparedData, tokenizer: PreTrainedTokenizerBase, data: DataArgs) -> MetricsFn:
+        """The Trainer's `compute_metrics`: `EvalPrediction` over `prepared.eval` in, metrics out."""
+        ...
+
+    def training_overrides(self, data: DataArgs) -> dict[str, Any]:
+        """`TrainingArguments` fields this task needs (generation settings, best-model metric)."""
+        ...
+
+
+def load_splits(
+    data: DataArgs,
+    *,
+    task: str,
+    hub: tuple[str, str | None],
+    read_file: Callable[[Path], Dataset],
+    offline_example: tuple[str, str],
+) -> DatasetDict:
+    """Loads "train" and "validation" from local files when any is given, from the Hub otherwise.
+
+    With local files only the splits given are loaded (e.g. just `validation_file` for evaluation).
+
+    Args:
+        data: The data arguments (files, Hub overrides, sample limits).
+        task: Task name, for the offline hint.
+        hub: Default Hub `(path, config)`; `data.dataset_name`/`data.dataset_config` override them.
+        read_file: Reads and checks one local file.
+        offline_example: Example train and validation file names for the offline hint.
+
+    Raises:
+        HubUnreachableError: The Hub could not be reached and no local file was given.
+    """
+    files = {"train": data.train_file, "validation": data.validation_file}
+    if any(files.values()):
+        splits = {split: read_file(Path(path)) for split, path in files.items() if path}
+    else:
+        path, config = data.dataset_name or hub[0], data.dataset_config or hub[1]
+        try:
+            loaded = datasets.load_dataset(path, config)
+        except (ConnectionError, LocalEntryNotFoundError) as err:  # ConnectionError covers OfflineModeIsEnabled
+            train, dev = offline_example
+            raise HubUnreachableError(
+                f"Could not load {path} ({config}) from the Hugging Face Hub: {err}\n"
+                f"Offline, point the task at local files instead:\n"
+                f"  adamoe finetune --task {task} --model PATH --train-file {train} --validation-file {dev}\n"
+                "(HF_HUB_OFFLINE=1 skips the download retries.)"
+            ) from err
+        splits = {split: loaded[split] for split in SPLITS if split in loaded}
+    limits = {"train": data.max_train_samples, "validation": data.max_eval_samples}
+    return DatasetDict({split: take(rows, limits[split]) for split, rows in splits.items()})
+
+
+def take(rows: Dataset, n: int | None) -> Dataset:
+    """The first `n` rows of `rows` (all of them when `n` is `None`)."""
+    return rows if n is None else rows.select(range(min(n, len(rows))))
+
+
+def tokenize_split(
+    raw: DatasetDict, split: str, fn: Callable[[dict[str, list]], dict[str, list]], data: DataArgs
+) -> Dataset | None:
+    """Applies a batched `fn` to `raw[split]`, replacing all raw columns; `None` when the split is absent."""
+    if split not in raw:
+        return None
+    rows = raw[split]
+    return rows.map(
+        fn,
+        batched=True,
+        remove_columns=rows.column_names,
+        num_proc=data.preprocessing_num_workers,
+        desc=f"Tokenizing {split}",
+    )
+
+
+def prepare_splits(raw: DatasetDict, fn: Callable[[dict[str, list]], dict[str, list]], data: DataArgs) -> PreparedData:
+    """`PreparedData` with the same batched `fn` applied to the train and validation splits."""
+    return PreparedData(train=tokenize_split(raw, "train", fn, data), eval=tokenize_split(raw, "validation", fn, data))

@@ -1,0 +1,115 @@
+"""Pieces shared by the two sequence-to-sequence tasks (wmt19, cnn_dailymail), as in HF `run_translation.py`
+and `run_summarization.py`: source prefixes per model type, source/target tokenization, the padding
+collator, and decoding generated ids for scoring.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+from datasets import DatasetDict
+from transformers import DataCollatorForSeq2Seq, EvalPrediction, PretrainedConfig, PreTrainedTokenizerBase
+
+from .base import DataArgs, PreparedData, prepare_splits
+
+# model_type -> task family -> source prefix. T5 was pretrained on a multi-task mixture that names the task
+# in a text prefix; other models take none. Adding a model family = one row here.
+SOURCE_PREFIXES: dict[str, dict[str, str]] = {
+    "t5": {"translation": "translate {source} to {target}: ", "summarization": "summarize: "},
+}
+LANGUAGE_NAMES = {"de": "German", "en": "English"}
+
+
+def source_prefix(data: DataArgs, model_config: PretrainedConfig | None, family: str, **fields: str) -> str:
+    """`data.source_prefix` if set, else the model type's prefix for `family` from `SOURCE_PREFIXES`, else "".
+
+    Example:
+        ```python
+        >>> source_prefix(DataArgs(), T5Config(), "translation", source="German", target="English")
+        'translate German to English: '
+        ```
+    """
+    if data.source_prefix is not None:
+        return data.source_prefix
+    model_type = getattr(model_config, "model_type", None)
+    return SOURCE_PREFIXES.get(model_type, {}).get(family, "").format(**fields)
+
+
+def prepare_pairs(
+    raw: DatasetDict,
+    tokenizer: PreTrainedTokenizerBase,
+    data: DataArgs,
+    pairs: Callable[[dict[str, list]], tuple[list[str], list[str]]],
+    *,
+    prefix: str,
+    max_source_length: int,
+    max_target_length: int,
+) -> PreparedData:
+    """Tokenizes the (source, target) texts `pairs` extracts from each batch: `prefix` + source as inputs,
+    target as `labels`, both truncated.
+
+    No padding here: the collator pads `labels` with -100, so padding never counts in the loss.
+    """
+
+    def tokenize(batch: dict[str, list]) -> dict[str, list]:
+        sources, targets = pairs(batch)
+        features = tokenizer([prefix + s for s in sources], max_length=max_source_length, truncation=True)
+        labels = tokenizer(text_target=targets, max_length=max_target_length, truncation=True)
+        features["labels"] = labels["input_ids"]
+        return features
+
+    return prepare_splits(raw, tokenize, data)
+
+
+def seq2seq_collator(tokenizer: PreTrainedTokenizerBase, model: Any = None) -> DataCollatorForSeq2Seq:
+    """Pads inputs with the pad token and labels with -100; with `model`, also builds `decoder_input_ids`."""
+    return DataCollatorForSeq2Seq(tokenizer, model=model, label_pad_token_id=-100)
+
+
+def generation_overrides(main_metric: str, max_target_length: int, num_beams: int | None) -> dict[str, Any]:
+    """`Seq2SeqTrainingArguments` fields for scoring generated text rather than teacher-forced logits."""
+    overrides: dict[str, Any] = {
+        "predict_with_generate": True,
+        "generation_max_length": max_target_length,
+        "metric_for_best_model": main_metric,
+        "greater_is_better": True,
+    }
+    if num_beams is not None:
+        overrides["generation_num_beams"] = num_beams
+    return overrides
+
+
+def decode_predictions(eval_pred: EvalPrediction, tokenizer: PreTrainedTokenizerBase) -> tuple[list[str], list[str]]:
+    """Decodes generated ids and labels to stripped strings (`predict_with_generate=True`).
+
+    The Trainer pads generated ids and labels across batches with -100, which is not a token id: it is
+    mapped back to the pad token before decoding, and special tokens are skipped.
+    """
+    predictions = eval_pred.predictions
+    if isinstance(predictions, tuple):
+        predictions = predictions[0]
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+
+    def decode(ids: np.ndarray) -> list[str]:
+        ids = np.where(np.asarray(ids) < 0, pad, ids)
+        return [text.strip() for text in tokenizer.batch_decode(ids, skip_special_tokens=True)]
+
+    return decode(predictions), decode(eval_pred.label_ids)
+
+
+def generation_metrics(
+    score: Callable[[list[str], list[str]], dict[str, float]], tokenizer: PreTrainedTokenizerBase
+) -> Callable[[EvalPrediction], dict[str, float]]:
+    """A `compute_metrics` that decodes generations and labels, scores them, and adds the mean `gen_len`."""
+    pad = tokenizer.pad_token_id
+
+    def compute_metrics(eval_pred: EvalPrediction) -> dict[str, float]:
+        predictions, references = decode_predictions(eval_pred, tokenizer)
+        metrics = score(predictions, references)
+        ids = eval_pred.predictions[0] if isinstance(eval_pred.predictions, tuple) else eval_pred.predictions
+        metrics["gen_len"] = float(np.mean(np.sum((ids != pad) & (ids >= 0), axis=1)))
+        return metrics
+
+    return compute_metrics

@@ -1,0 +1,117 @@
+"""Dialogue response modelling: SODA, microsoft/DialoGPT-medium, perplexity (paper Table 3, "DialoGPT / SODA / PPL").
+
+Every pair of consecutive turns of a dialogue becomes one example in DialoGPT's format,
+`context<eos>response<eos>`, where only the response and its closing EOS carry labels (the context gets
+-100). Perplexity is exp(total NLL / response tokens) over the validation pairs (see `causal_lm`). When a
+pair exceeds `max_seq_length` (default 256) the context loses its oldest tokens first, so the scored
+response stays whole whenever it fits.
+
+Local files: JSON lines `{"dialogue": [turn, turn, ...]}` (the Hub schema; other columns are ignored), or the
+same as JSON/Parquet.
+"""
+
+from __future__ import annotations
+
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+from datasets import Dataset, DatasetDict
+from transformers import AutoModelForCausalLM, PretrainedConfig, PreTrainedTokenizerBase
+
+from .base import DataArgs, MetricsFn, PreparedData, TaskKind, load_splits, prepare_splits
+from .causal_lm import padding_lm_collator, perplexity_metrics
+from .io import DataFormatError, Schema, read_rows
+from .metrics import token_nll
+
+SCHEMA = Schema(
+    columns=("dialogue",),
+    example={"dialogue": ["Did you finish the report?", "Almost, I'll send it tonight.", "Great, thanks!"]},
+)
+FORMATS = (".jsonl", ".json", ".parquet")
+MAX_SEQ_LENGTH = 256  # a SODA turn pair is ~40 tokens; 256 leaves room for long turns
+
+
+def read_dialogue_file(path: Path) -> Dataset:
+    rows = read_rows(path, SCHEMA, FORMATS)
+    first = rows[0]["dialogue"]
+    if not isinstance(first, list) or not all(isinstance(turn, str) for turn in first):
+        raise DataFormatError(f"{path}: 'dialogue' must be a list of turn strings; first row has {first!r}.")
+    return rows
+
+
+def turn_pairs(batch: dict[str, list]) -> tuple[list[str], list[str]]:
+    """(context, response) for every pair of consecutive turns in a batch of dialogues."""
+    contexts, responses = [], []
+    for turns in batch["dialogue"]:
+        contexts.extend(turns[:-1])
+        responses.extend(turns[1:])
+    return contexts, responses
+
+
+def build_example(context: list[int], response: list[int], eos: int, max_length: int) -> dict[str, list[int]]:
+    """`context<eos>response<eos>` ids with labels on the response and its EOS only, at most `max_length` long."""
+    response = response[: max_length - 2]  # room for the two EOS tokens
+    budget = max_length - len(response) - 2
+    context = context[len(context) - budget :] if budget > 0 else []  # keep the turns nearest the response
+    input_ids = [*context, eos, *response, eos]
+    labels = [-100] * (len(context) + 1) + [*response, eos]
+    return {"input_ids": input_ids, "attention_mask": [1] * len(input_ids), "labels": labels}
+
+
+def tokenize_dialogues(
+    batch: dict[str, list], tokenizer: PreTrainedTokenizerBase, max_length: int
+) -> dict[str, list[list[int]]]:
+    contexts, responses = turn_pairs(batch)
+    context_ids = tokenizer(contexts, add_special_tokens=False)["input_ids"]
+    response_ids = tokenizer(responses, add_special_tokens=False)["input_ids"]
+    examples = [
+        build_example(c, r, tokenizer.eos_token_id, max_length) for c, r in zip(context_ids, response_ids, strict=True)
+    ]
+    return {key: [example[key] for example in examples] for key in ("input_ids", "attention_mask", "labels")}
+
+
+class SodaTask:
+    name = "soda"
+    description = "Open-domain dialogue response modelling on social dialogues (SODA)."
+    kind: TaskKind = "causal_lm"
+    default_model = "microsoft/DialoGPT-medium"
+    default_dataset = "SODA dialogues (allenai/soda)"
+    metric_names = ("perplexity", "nll")
+    main_metric = "perplexity"
+    greater_is_better = False
+    model_class = AutoModelForCausalLM
+    model_kwargs: dict[str, Any] = {}
+    preprocess_logits_for_metrics = staticmethod(token_nll)
+
+    def load_raw(self, data: DataArgs) -> DatasetDict:
+        return load_splits(
+            data,
+            task=self.name,
+            hub=("allenai/soda", None),
+            read_file=read_dialogue_file,
+            offline_example=("train.jsonl", "valid.jsonl"),
+        )
+
+    def preprocess(
+        self,
+        raw: DatasetDict,
+        tokenizer: PreTrainedTokenizerBase,
+        data: DataArgs,
+        model_config: PretrainedConfig | None = None,
+    ) -> PreparedData:
+        if tokenizer.eos_token_id is None:
+            raise ValueError("soda needs a tokenizer with an EOS token: it separates context and response.")
+        max_length = data.max_seq_length or MAX_SEQ_LENGTH
+        if max_length < 3:
+            raise ValueError(f"max_seq_length must be at least 3 (EOS, a token, EOS), got {max_length}.")
+        return prepare_splits(raw, partial(tokenize_dialogues, tokenizer=tokenizer, max_length=max_length), data)
+
+    def data_collator(self, tokenizer: PreTrainedTokenizerBase, model: Any = None) -> Any:
+        return padding_lm_collator(tokenizer, model)
+
+    def compute_metrics(self, prepared: PreparedData, tokenizer: PreTrainedTokenizerBase, data: DataArgs) -> MetricsFn:
+        return perplexity_metrics
+
+    def training_overrides(self, data: DataArgs) -> dict[str, Any]:
+        return {"metric_for_best_model": self.main_metric, "greater_is_better": self.greater_is_better}

@@ -1,0 +1,102 @@
+"""SST-2 sentiment classification: GLUE SST-2, bert-base-uncased, accuracy (paper Table 3, "BERT / SST-2 / Acc").
+
+Single sentences with binary labels (0 negative, 1 positive), tokenized as in HF `run_glue.py` and padded per
+batch. Local files: the GLUE TSV (`sentence<TAB>label` with a header row) or the Hub schema as CSV/JSON/
+JSONL/Parquet.
+"""
+
+from __future__ import annotations
+
+from functools import partial
+from typing import Any
+
+import numpy as np
+from datasets import Dataset, DatasetDict
+from transformers import (
+    AutoModelForSequenceClassification,
+    DataCollatorWithPadding,
+    EvalPrediction,
+    PretrainedConfig,
+    PreTrainedTokenizerBase,
+)
+
+from .base import DataArgs, MetricsFn, PreparedData, TaskKind, load_splits, prepare_splits
+from .io import DataFormatError, Schema, read_rows
+from .metrics import accuracy
+
+SCHEMA = Schema(
+    columns=("sentence", "label"),
+    example={"sentence": "a gripping , funny film", "label": 1},
+    note="GLUE TSV with a header row; label 0 = negative, 1 = positive",
+)
+FORMATS = (".tsv", ".csv", ".json", ".jsonl", ".parquet")
+LABELS = {0: "negative", 1: "positive"}
+
+
+def check_labels(rows: Dataset, source: str) -> Dataset:
+    """Raises `DataFormatError` unless every label is 0 or 1 (the Hub's unlabeled test split uses -1)."""
+    found = set(rows.unique("label"))
+    if not found <= set(LABELS):
+        bad = sorted(found - set(LABELS), key=str)[:5]
+        raise DataFormatError(f"{source}: SST-2 labels must be 0 (negative) or 1 (positive); found {bad}.")
+    return rows
+
+
+class SST2Task:
+    name = "sst2"
+    description = "Binary sentiment classification of movie-review sentences (GLUE SST-2)."
+    kind: TaskKind = "classification"
+    default_model = "bert-base-uncased"
+    default_dataset = "GLUE SST-2 (nyu-mll/glue, sst2)"
+    metric_names = ("accuracy",)
+    main_metric = "accuracy"
+    greater_is_better = True
+    model_class = AutoModelForSequenceClassification
+    model_kwargs: dict[str, Any] = {
+        "num_labels": 2,
+        "id2label": LABELS,
+        "label2id": {name: i for i, name in LABELS.items()},
+    }
+    preprocess_logits_for_metrics = None
+
+    def load_raw(self, data: DataArgs) -> DatasetDict:
+        raw = load_splits(
+            data,
+            task=self.name,
+            hub=("nyu-mll/glue", "sst2"),
+            read_file=partial(read_rows, schema=SCHEMA, formats=FORMATS),
+            offline_example=("train.tsv", "dev.tsv"),
+        )
+        sources = {"train": data.train_file, "validation": data.validation_file}
+        return DatasetDict(
+            {split: check_labels(rows, sources[split] or f"{split} split") for split, rows in raw.items()}
+        )
+
+    def preprocess(
+        self,
+        raw: DatasetDict,
+        tokenizer: PreTrainedTokenizerBase,
+        data: DataArgs,
+        model_config: PretrainedConfig | None = None,
+    ) -> PreparedData:
+        max_length = data.max_seq_length or 128
+
+        def tokenize(batch: dict[str, list]) -> dict[str, list]:
+            features = tokenizer(batch["sentence"], max_length=max_length, truncation=True)
+            features["labels"] = batch["label"]
+            return features
+
+        return prepare_splits(raw, tokenize, data)
+
+    def data_collator(self, tokenizer: PreTrainedTokenizerBase, model: Any = None) -> DataCollatorWithPadding:
+        return DataCollatorWithPadding(tokenizer)
+
+    def compute_metrics(self, prepared: PreparedData, tokenizer: PreTrainedTokenizerBase, data: DataArgs) -> MetricsFn:
+        def compute(eval_pred: EvalPrediction) -> dict[str, float]:
+            logits = eval_pred.predictions[0] if isinstance(eval_pred.predictions, tuple) else eval_pred.predictions
+            return {"accuracy": accuracy(np.argmax(logits, axis=-1), eval_pred.label_ids)}
+
+        return compute
+
+    def training_overrides(self, data: DataArgs) -> dict[str, Any]:
+        return {"metric_for_best_model": self.main_metric, "greater_is_better": self.greater_is_better}

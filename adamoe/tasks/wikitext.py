@@ -1,0 +1,100 @@
+"""Language modelling: WikiText-103 (raw), gpt2-medium, perplexity (paper Table 3, "GPT-2 / WikiText / PPL").
+
+As in HF `run_clm.py`: every line is tokenized, the token stream is concatenated and cut into blocks of
+`block_size` tokens (the remainder is dropped), and each block is its own label sequence. Perplexity is
+exp(total NLL / predicted tokens) over the validation blocks (see `causal_lm`). `dataset_config`
+"wikitext-2-raw-v1" selects WikiText-2.
+
+Local files: raw text (`.txt`, `.tokens`, `.raw`; one row per line, WikiText `wiki.*.tokens` style), or a
+`text` column as JSON/JSONL/CSV/Parquet.
+"""
+
+from __future__ import annotations
+
+from functools import partial
+from itertools import chain
+from typing import Any
+
+from datasets import DatasetDict
+from transformers import (
+    AutoModelForCausalLM,
+    PretrainedConfig,
+    PreTrainedTokenizerBase,
+    default_data_collator,
+)
+
+from .base import DataArgs, MetricsFn, PreparedData, TaskKind, load_splits, prepare_splits, tokenize_split
+from .causal_lm import perplexity_metrics
+from .io import Schema, read_rows
+from .metrics import token_nll
+
+SCHEMA = Schema(
+    columns=("text",),
+    example={"text": " The lobster is a species of clawed lobster . \n"},
+    note="or raw text with one row per line",
+)
+FORMATS = (".txt", ".tokens", ".raw", ".json", ".jsonl", ".csv", ".parquet")
+MAX_BLOCK_SIZE = 1024  # GPT-2's context length
+
+
+def group_texts(batch: dict[str, list], block_size: int) -> dict[str, list]:
+    """Concatenates the token lists of a batch and cuts them into `block_size` blocks, labels = inputs.
+
+    The tail shorter than a block is dropped, as in `run_clm.py`; with batched `map` that loses at most one
+    partial block per 1000 lines.
+    """
+    concatenated = {key: list(chain.from_iterable(batch[key])) for key in batch}
+    total = len(concatenated["input_ids"]) // block_size * block_size
+    blocks = {key: [ids[i : i + block_size] for i in range(0, total, block_size)] for key, ids in concatenated.items()}
+    blocks["labels"] = [list(block) for block in blocks["input_ids"]]
+    return blocks
+
+
+class WikiTextTask:
+    name = "wikitext"
+    description = "Causal language modelling of Wikipedia articles (WikiText-103, raw)."
+    kind: TaskKind = "causal_lm"
+    default_model = "gpt2-medium"
+    default_dataset = "WikiText-103 raw (Salesforce/wikitext, wikitext-103-raw-v1)"
+    metric_names = ("perplexity", "nll")
+    main_metric = "perplexity"
+    greater_is_better = False
+    model_class = AutoModelForCausalLM
+    model_kwargs: dict[str, Any] = {}
+    preprocess_logits_for_metrics = staticmethod(token_nll)
+
+    def load_raw(self, data: DataArgs) -> DatasetDict:
+        return load_splits(
+            data,
+            task=self.name,
+            hub=("Salesforce/wikitext", "wikitext-103-raw-v1"),
+            read_file=partial(read_rows, schema=SCHEMA, formats=FORMATS),
+            offline_example=("wiki.train.tokens", "wiki.valid.tokens"),
+        )
+
+    def preprocess(
+        self,
+        raw: DatasetDict,
+        tokenizer: PreTrainedTokenizerBase,
+        data: DataArgs,
+        model_config: PretrainedConfig | None = None,
+    ) -> PreparedData:
+        block_size = data.block_size or min(MAX_BLOCK_SIZE, tokenizer.model_max_length)
+        tokenized = DatasetDict(
+            {split: tokenize_split(raw, split, lambda batch: tokenizer(batch["text"]), data) for split in raw}
+        )
+        prepared = prepare_splits(tokenized, partial(group_texts, block_size=block_size), data)
+        for split, blocks in (("train", prepared.train), ("validation", prepared.eval)):
+            if blocks is not None and len(blocks) == 0:
+                raise ValueError(f"The {split} split has fewer than block_size={block_size} tokens; lower block_size.")
+        return prepared
+
+    def data_collator(self, tokenizer: PreTrainedTokenizerBase, model: Any = None) -> Any:
+        # Every block has exactly block_size tokens, so nothing needs padding.
+        return default_data_collator
+
+    def compute_metrics(self, prepared: PreparedData, tokenizer: PreTrainedTokenizerBase, data: DataArgs) -> MetricsFn:
+        return perplexity_metrics
+
+    def training_overrides(self, data: DataArgs) -> dict[str, Any]:
+        return {"metric_for_best_model": self.main_metric, "greater_is_better": self.greater_is_better}

@@ -1,0 +1,60 @@
+"""Training arguments: the transformers ones plus the few adamoe adds (curriculum, target loss, routing logs)."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+from transformers import Seq2SeqTrainingArguments, TrainingArguments
+
+
+@dataclass
+class AdaMoETrainingArguments(TrainingArguments):
+    """`TrainingArguments` plus adamoe's options; every other field is the transformers one.
+
+    The adamoe trainer also accepts plain `TrainingArguments` and then uses the defaults below.
+
+    Example:
+        ```python
+        >>> args = AdaMoETrainingArguments(output_dir="out", curriculum=True, target_loss=0.35)
+        ```
+    """
+
+    curriculum: bool = field(
+        default=False,
+        metadata={
+            "help": "Curriculum learning (paper §3.2): after the first epoch, order the training samples by "
+            "descending cosine similarity of their per-layer two-expert fractions to the simplest sample's. "
+            "Replaces `train_sampling_strategy`; ignored for a dense model."
+        },
+    )
+    target_loss: float | None = field(
+        default=None,
+        metadata={
+            "help": "Training (task) loss whose first crossing, by the EMA of the logged losses, gives "
+            "`time_to_target_s`. None: not measured."
+        },
+    )
+    target_loss_smoothing: float = field(
+        default=0.9,
+        metadata={"help": "EMA factor over logging events for the target-loss check, in [0, 1); 0 = raw losses."},
+    )
+    log_routing: bool = field(
+        default=True,
+        metadata={
+            "help": "At each logging step also log the per-layer two-expert fraction and expert load "
+            "(the task loss, balance loss and overall two-expert fraction are always logged)."
+        },
+    )
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.target_loss is not None and not math.isfinite(self.target_loss):
+            raise ValueError(f"target_loss must be a finite number or None, got {self.target_loss}.")
+        if not 0.0 <= self.target_loss_smoothing < 1.0:
+            raise ValueError(f"target_loss_smoothing must be in [0, 1), got {self.target_loss_smoothing}.")
+
+
+@dataclass
+class AdaMoESeq2SeqTrainingArguments(AdaMoETrainingArguments, Seq2SeqTrainingArguments):
+    """`Seq2SeqTrainingArguments` (`predict_with_generate`, generation settings) plus adamoe's options."""

@@ -1,0 +1,338 @@
+"""`AdaMoETrainer` / `AdaMoESeq2SeqTrainer`: the transformers trainers with the balance loss, routing logs,
+curriculum ordering and the paper's timing figures added at their hooks.
+
+All the logic is in `AdaMoETrainerMixin`, which overrides only hooks (`compute_loss`, `log`, `evaluate`,
+`_get_train_sampler`, `get_train_dataloader`, `train` to note the checkpoint being resumed) and registers two
+callbacks: `TimingCallback` (public, `trainer.timing`) and `_CheckpointCallback`, which syncs the curriculum
+across ranks and writes the curriculum and timing state into every checkpoint folder, so that
+`trainer.train(resume_from_checkpoint=...)` continues the same curriculum and clocks.
+
+What a training step does beyond the stock trainer:
+
+- the task loss comes from the model as usual; for an MoE model `adamoe.balance_loss(model)` (already scaled by
+  `aux_loss_coef`) is added in training only, so it never reaches `eval_loss` or a perplexity;
+- the routing of that same forward (`adamoe.routing_stats`) feeds the logs, the timing figures and, with
+  `curriculum=True`, the per-sample complexity vectors, filed under the dataset index that `IndexedDataset`
+  attaches as `"sample_index"` (see `indexing.py`) and that `compute_loss` pops before the forward.
+
+A dense model (the paper's Dense baseline) trains through the same code with no balance loss and no routing.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from typing import Any
+
+import torch
+from torch import nn
+from torch.utils.data import DataLoader, IterableDataset, Sampler
+from transformers import Seq2SeqTrainer, Trainer, TrainerCallback, TrainerControl, TrainerState, TrainingArguments
+from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, TrainOutput, get_last_checkpoint, has_length
+
+from ..modeling import check_patched_consistently
+from ..patching import is_moe_model
+from ..stats import RoutingStats, balance_loss, routing_stats
+from .curriculum import CurriculumSampler
+from .indexing import SAMPLE_INDEX_KEY, IndexCollator, IndexedDataset
+from .meters import RoutingMeter
+from .timing import TimingCallback, count_tokens
+
+logger = logging.getLogger(__name__)
+
+CURRICULUM_STATE_NAME = "adamoe_curriculum.pt"
+TIMING_STATE_NAME = "adamoe_timing.pt"
+
+
+class AdaMoETrainerMixin:
+    """Hooks shared by `AdaMoETrainer` and `AdaMoESeq2SeqTrainer`; list it before the transformers trainer.
+
+    Reads `curriculum`, `target_loss`, `target_loss_smoothing` and `log_routing` from the training arguments
+    (`AdaMoETrainingArguments`); plain `TrainingArguments` mean no curriculum and no target.
+
+    Attributes:
+        timing (`TimingCallback`): training-time, throughput and routing figures; `timing.summary()` after
+            `train()`.
+        curriculum_sampler (`CurriculumSampler` or `None`): the sampler of the current `train()` call when the
+            curriculum is on.
+    """
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._is_moe = False
+        self._check_model(self.model)
+        self.data_collator = IndexCollator(self.data_collator)
+        self.timing = TimingCallback(
+            target_loss=getattr(self.args, "target_loss", None),
+            smoothing=getattr(self.args, "target_loss_smoothing", 0.9),
+            reduce_sum=self._reduce_sum if self.accelerator.num_processes > 1 else None,
+        )
+        self.add_callback(self.timing)
+        self.add_callback(_CheckpointCallback(self))
+        self.curriculum_sampler: CurriculumSampler | None = None
+        self._resume_checkpoint: str | None = None
+        self._interval_routing = RoutingMeter()
+        self._reset_interval(step=0)
+        if getattr(self.args, "curriculum", False):
+            if not self._is_moe:
+                logger.warning("curriculum=True is ignored: the model has no MoE blocks, so no routing to order by.")
+            elif self.args.train_sampling_strategy != "random":
+                logger.warning(
+                    f"curriculum=True replaces train_sampling_strategy={self.args.train_sampling_strategy!r}."
+                )
+
+    # ---- model checks ----
+
+    def _check_model(self, model: nn.Module | None) -> None:
+        if model is None:
+            return
+        # A patched checkpoint loaded with plain transformers has the `adamoe` config key but dense, randomly
+        # initialised FFNs; training it would silently fine-tune the wrong model.
+        check_patched_consistently(model)
+        self._is_moe = is_moe_model(model)
+        if self._is_moe and self.args.n_gpu > 1:
+            # nn.DataParallel replicates the blocks per step and their routing never reaches the original.
+            raise ValueError("MoE models need one process per GPU (torchrun / accelerate launch), not DataParallel.")
+
+    def call_model_init(self, trial: Any = None) -> nn.Module:
+        model = super().call_model_init(trial)
+        self._check_model(model)
+        return model
+
+    # ---- data ----
+
+    def _curriculum_active(self) -> bool:
+        dataset = self.train_dataset
+        return (
+            bool(getattr(self.args, "curriculum", False))
+            and self._is_moe
+            and dataset is not None
+            and not isinstance(dataset, IterableDataset)
+            and has_length(dataset)
+        )
+
+    def get_train_dataloader(self) -> DataLoader:
+        if not self._curriculum_active():
+            return super().get_train_dataloader()
+        # The stock body with the dataset wrapped so each item carries its "sample_index" (see indexing.py).
+        return self._get_dataloader(
+            dataset=IndexedDataset(self.train_dataset),
+            description="Training",
+            batch_size=self._train_batch_size,
+            sampler_fn=self._get_train_sampler,
+            is_training=True,
+        )
+
+    def _get_train_sampler(self, train_dataset: Any = None) -> Sampler | None:
+        if not self._curriculum_active():
+            return super()._get_train_sampler(train_dataset)
+        dataset = train_dataset if train_dataset is not None else self.train_dataset
+        # One global order, the same on every rank; accelerate then hands rank r the batches r, r + W, ...
+        sampler = CurriculumSampler(
+            len(dataset),
+            curriculum=True,
+            seed=self.args.data_seed if self.args.data_seed is not None else self.args.seed,
+        )
+        if self._resume_checkpoint is not None:
+            path = os.path.join(self._resume_checkpoint, CURRICULUM_STATE_NAME)
+            if os.path.isfile(path):
+                sampler.load_state_dict(torch.load(path, weights_only=True))
+            else:
+                logger.warning(f"{path} not found: the curriculum starts afresh (random order until vectors exist).")
+        self.curriculum_sampler = sampler
+        return sampler
+
+    def _set_signature_columns_if_needed(self) -> None:
+        # `remove_unused_columns` drops every feature the model's forward does not accept; "sample_index" must
+        # survive to `compute_loss`, which removes it before the forward.
+        super()._set_signature_columns_if_needed()
+        if SAMPLE_INDEX_KEY not in self._signature_columns:
+            self._signature_columns.append(SAMPLE_INDEX_KEY)
+
+    # ---- loss ----
+
+    def compute_loss(
+        self,
+        model: nn.Module,
+        inputs: dict[str, torch.Tensor | Any],
+        return_outputs: bool = False,
+        num_items_in_batch: torch.Tensor | int | None = None,
+    ) -> torch.Tensor | tuple[torch.Tensor, Any]:
+        """The task loss, plus in training the balance loss of the same forward (see the module docstring)."""
+        sample_index = inputs.get(SAMPLE_INDEX_KEY)  # (batch,) or None
+        if sample_index is not None:
+            inputs = {k: v for k, v in inputs.items() if k != SAMPLE_INDEX_KEY}
+        loss, outputs = super().compute_loss(model, inputs, return_outputs=True, num_items_in_batch=num_items_in_batch)
+        if model.training:
+            loss = self._add_training_terms(model, inputs, loss, sample_index, num_items_in_batch)
+        return (loss, outputs) if return_outputs else loss
+
+    def _add_training_terms(
+        self,
+        model: nn.Module,
+        inputs: dict[str, Any],
+        task_loss: torch.Tensor,
+        sample_index: torch.Tensor | None,
+        num_items_in_batch: torch.Tensor | int | None,
+    ) -> torch.Tensor:
+        # Mirror `training_step`: a loss normalised by `num_items_in_batch` is already a share of the accumulated
+        # step; a per-batch mean is divided by the number of micro-batches afterwards. The balance loss is always a
+        # per-batch mean, so it is divided here in the first case, and the sums below are per-optimizer-step values
+        # that add up, like the Trainer's logged "loss", to task + balance.
+        if self.loss_is_scaled_for_ga is not None:
+            scaled_for_ga = self.loss_is_scaled_for_ga
+        else:
+            scaled_for_ga = (
+                self.model_accepts_loss_kwargs and num_items_in_batch is not None
+            ) or self.compute_loss_func is not None
+        micro_batches = self.current_gradient_accumulation_steps
+        self._task_loss_sum += task_loss.detach().float() / (1 if scaled_for_ga else micro_batches)
+
+        stats: RoutingStats | None = None
+        loss = task_loss
+        if self._is_moe:
+            unwrapped = self.accelerator.unwrap_model(model)
+            balance = balance_loss(unwrapped)
+            stats = routing_stats(unwrapped)
+            loss = task_loss + (balance / micro_batches if scaled_for_ga else balance)
+            self._balance_loss_sum += balance.detach().float() / micro_batches
+            self._interval_routing.add(stats)
+            if self.curriculum_sampler is not None and sample_index is not None and stats.per_sample is not None:
+                self.curriculum_sampler.record(sample_index, stats.per_sample)
+        is_encoder_decoder = bool(getattr(getattr(model, "config", None), "is_encoder_decoder", False))
+        self.timing.record_batch(count_tokens(inputs, is_encoder_decoder=is_encoder_decoder), stats)
+        return loss
+
+    # ---- logging ----
+
+    def _reset_interval(self, step: int) -> None:
+        self._task_loss_sum = torch.zeros((), device=self.args.device)
+        self._balance_loss_sum = torch.zeros((), device=self.args.device)
+        self._interval_routing.reset()
+        self._last_logged_step = step
+
+    def _reduce_sum(self, tensor: torch.Tensor) -> torch.Tensor:
+        """Sum over ranks (a collective); CPU tensors travel through the accelerator's device."""
+        return self.accelerator.reduce(tensor.to(self.accelerator.device), reduction="sum").cpu()
+
+    def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
+        """Add to each training log the task loss, balance loss and routing figures since the previous one."""
+        steps = self.state.global_step - self._last_logged_step
+        if "loss" in logs and steps > 0:  # a training log (eval logs carry "eval_loss", the final one "train_loss")
+            world = self.accelerator.num_processes
+            losses = torch.stack([self._task_loss_sum, self._balance_loss_sum])
+            if world > 1:
+                losses = self._reduce_sum(losses) / world  # the mean over ranks, as the Trainer's "loss"
+            logs["task_loss"] = float(losses[0]) / steps
+            if self._is_moe:
+                logs["balance_loss"] = float(losses[1]) / steps
+                if world > 1:
+                    self._interval_routing.reduce(self._reduce_sum)
+                logs.update(self._routing_logs(self._interval_routing))
+            self._reset_interval(self.state.global_step)
+        super().log(logs, start_time)
+
+    def _routing_logs(self, meter: RoutingMeter) -> dict[str, float]:
+        if not meter:
+            return {}
+        figures = meter.figures()
+        logs = {"two_expert_fraction": figures["two_expert_fraction"], "flops_vs_top2": figures["flops_vs_top2"]}
+        if getattr(self.args, "log_routing", True):
+            for name, fraction in figures["two_expert_fraction_per_layer"].items():
+                logs[f"two_expert_fraction/{name}"] = fraction
+            for name, load in figures["expert_load_max_over_mean"].items():
+                logs[f"expert_load_max_over_mean/{name}"] = load
+        return logs
+
+    # ---- evaluation and training entry points ----
+
+    def evaluate(self, *args: Any, **kwargs: Any) -> dict[str, float]:
+        """The stock `evaluate`; its time is left out of the training time when it runs during training."""
+        start = time.perf_counter()
+        try:
+            return super().evaluate(*args, **kwargs)
+        finally:
+            if self.is_in_train:
+                self.timing.exclude(time.perf_counter() - start)
+
+    def train(
+        self,
+        resume_from_checkpoint: str | bool | None = None,
+        trial: Any = None,
+        ignore_keys_for_eval: list[str] | None = None,
+    ) -> TrainOutput:
+        """The stock `train`; when resuming, the checkpoint's curriculum and timing state are restored too."""
+        checkpoint = resume_from_checkpoint
+        if checkpoint is True:
+            checkpoint = get_last_checkpoint(self.args.output_dir)  # None: the stock train raises below
+        self._resume_checkpoint = checkpoint if isinstance(checkpoint, str) else None
+        if self._resume_checkpoint is not None:
+            timing_path = os.path.join(self._resume_checkpoint, TIMING_STATE_NAME)
+            if os.path.isfile(timing_path):
+                # Counts in the file are summed over ranks: one rank carries them on, or they would be counted W times.
+                self.timing.load_state_dict(
+                    torch.load(timing_path, weights_only=True), with_counts=self.args.process_index == 0
+                )
+        try:
+            return super().train(
+                resume_from_checkpoint=resume_from_checkpoint, trial=trial, ignore_keys_for_eval=ignore_keys_for_eval
+            )
+        finally:
+            self._resume_checkpoint = None
+
+
+class _CheckpointCallback(TrainerCallback):
+    """Keep the curriculum consistent across ranks and write adamoe's state into each checkpoint folder."""
+
+    def __init__(self, trainer: AdaMoETrainerMixin) -> None:
+        self.trainer = trainer
+
+    def on_train_begin(
+        self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs: Any
+    ) -> None:
+        self.trainer._reset_interval(step=state.global_step)
+
+    def on_epoch_end(
+        self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs: Any
+    ) -> None:
+        # Every rank must hold every sample's vector before the next epoch's order is computed.
+        if self.trainer.curriculum_sampler is not None:
+            self.trainer.curriculum_sampler.sync()
+
+    def on_save(self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs: Any) -> None:
+        sampler = self.trainer.curriculum_sampler
+        if sampler is not None:
+            sampler.sync()  # a collective: on_save runs on every rank
+        timing_state = self.trainer.timing.state_dict(reduce_sum=self.trainer.timing.reduce_sum)
+        if not args.should_save:
+            return
+        folder = os.path.join(args.output_dir, f"{PREFIX_CHECKPOINT_DIR}-{state.global_step}")
+        os.makedirs(folder, exist_ok=True)
+        if sampler is not None:
+            torch.save(sampler.state_dict(), os.path.join(folder, CURRICULUM_STATE_NAME))
+        torch.save(timing_state, os.path.join(folder, TIMING_STATE_NAME))
+
+
+class AdaMoETrainer(AdaMoETrainerMixin, Trainer):
+    """`transformers.Trainer` for adamoe models (and their dense baselines).
+
+    Adds the balance loss in training, routing figures to the logs, the curriculum (`curriculum=True`) and the
+    timing figures (`trainer.timing.summary()`). Refuses a patched checkpoint that was loaded without its MoE
+    blocks (`adamoe.CheckpointError`: load it with `adamoe.from_pretrained`).
+
+    Example:
+        ```python
+        >>> model = adamoe.moeify(AutoModelForSequenceClassification.from_pretrained("bert-base-uncased"),
+        ...                       adamoe.MoEConfig(num_experts=16, threshold=0.1))
+        >>> args = AdaMoETrainingArguments(output_dir="out", curriculum=True, target_loss=0.3)
+        >>> trainer = AdaMoETrainer(model=model, args=args, train_dataset=train, eval_dataset=dev)
+        >>> trainer.train()
+        >>> trainer.timing.summary()["time_to_target_s"]
+        ```
+    """
+
+
+class AdaMoESeq2SeqTrainer(AdaMoETrainerMixin, Seq2SeqTrainer):
+    """`transformers.Seq2SeqTrainer` (`predict_with_generate`) with the same additions as `AdaMoETrainer`;
+    use it with `AdaMoESeq2SeqTrainingArguments`."""

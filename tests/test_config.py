@@ -1,0 +1,54 @@
+import pytest
+
+from adamoe import MoEConfig, MoEConfigError
+
+
+def test_defaults_follow_the_paper_and_the_toolkit_choice():
+    cfg = MoEConfig()
+    assert (cfg.num_experts, cfg.gating, cfg.threshold, cfg.aux_loss_coef) == (16, "adaptive", 0.1, 0.01)
+    assert (cfg.expert_init, cfg.combine, cfg.threshold_on) == ("upcycle", "normalized", "normalized")
+
+
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        ({"threshold": 1.5}, "threshold must be in [0, 1]"),
+        ({"threshold": -0.1}, "threshold must be in [0, 1]"),
+        ({"threshold": float("nan")}, "threshold must be in [0, 1]"),
+        ({"num_experts": 0}, "num_experts must be between 1"),
+        ({"num_experts": 4096}, "num_experts must be between 1"),
+        ({"num_experts": 2.5}, "num_experts must be an integer"),
+        ({"num_experts": 1}, "needs num_experts >= 2"),
+        ({"gating": "top3"}, "gating must be one of"),
+        ({"combine": "sum"}, "combine must be one of"),
+        ({"threshold_on": "log"}, "threshold_on must be one of"),
+        ({"aux_loss_coef": -1.0}, "aux_loss_coef must be a finite number >= 0"),
+        ({"layers": "some"}, "layers must be 'all'"),
+        ({"layers": [-1]}, "non-empty list of layer indices"),
+        ({"every_n_layers": 0}, "every_n_layers must be an integer >= 1"),
+        ({"every_n_layers": 2, "layers": [1]}, "not both"),
+    ],
+)
+def test_bad_values_fail_with_a_message_that_names_them(kwargs, message):
+    with pytest.raises(MoEConfigError, match=message.replace("[", r"\[").replace("]", r"\]")):
+        MoEConfig(**kwargs)
+
+
+def test_round_trip_and_unknown_keys():
+    cfg = MoEConfig(num_experts=4, gating="top2", layers=[3, 1, 1], threshold=1)
+    again = MoEConfig.from_dict(cfg.to_dict())
+    assert again == cfg and again.layers == [1, 3] and isinstance(again.threshold, float)
+    with pytest.raises(MoEConfigError, match="Unknown MoEConfig field"):
+        MoEConfig.from_dict({**cfg.to_dict(), "capacity_factor": 1.25})
+
+
+def test_layer_selection():
+    assert [i for i in range(6) if MoEConfig(every_n_layers=2).converts_layer(i)] == [1, 3, 5]
+    assert [i for i in range(6) if MoEConfig(layers=[0, 4]).converts_layer(i)] == [0, 4]
+    assert all(MoEConfig().converts_layer(i) for i in range(6))
+
+
+def test_differences_split_structure_from_routing():
+    a, b = MoEConfig(num_experts=4), MoEConfig(num_experts=8, threshold=0.3, expert_init="random")
+    assert a.structural_differences(b) == {"num_experts": (4, 8)}
+    assert a.routing_differences(b) == {"threshold": (0.1, 0.3)}

@@ -1,0 +1,145 @@
+"""Fast dispatch against the per-token float64 reference, and the cost claim: work follows the pairs."""
+
+import pytest
+import torch
+from torch import nn
+from torch.utils._python_dispatch import TorchDispatchMode
+from torch.utils.flop_counter import FlopCounterMode
+
+from adamoe.experts import Experts
+
+BACKENDS = ["loop", "grouped_mm"]
+
+
+def make_experts(gated: bool, bias: bool, backend: str, num_experts: int = 5, dtype=torch.float32) -> Experts:
+    torch.manual_seed(0)
+    experts = Experts(
+        num_experts=num_experts,
+        hidden_size=16,
+        ffn_size=24,
+        activation=nn.GELU(),
+        gated=gated,
+        bias=bias,
+        dispatch=backend,
+    )
+    with torch.no_grad():  # non-zero biases so they are checked too
+        for p in experts.parameters():
+            p.normal_(std=0.3)
+    return experts.to(dtype)
+
+
+def routing(num_tokens: int, num_experts: int, seed: int = 0, skip_expert: int | None = 3):
+    g = torch.Generator().manual_seed(seed)
+    index = torch.stack([torch.randperm(num_experts, generator=g)[:2] for _ in range(num_tokens)])
+    if skip_expert is not None:  # an expert that receives no token at all
+        index[index == skip_expert] = (skip_expert + 1) % num_experts
+        index[:, 1] = torch.where(index[:, 0] == index[:, 1], (index[:, 0] + 2) % num_experts, index[:, 1])
+    active = torch.stack([torch.ones(num_tokens, dtype=torch.bool), torch.rand(num_tokens, generator=g) < 0.4], -1)
+    weights = torch.rand(num_tokens, 2, generator=g) * active
+    return index, weights, active
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("gated,bias", [(False, True), (True, False)])
+def test_outputs_and_gradients_equal_the_float64_reference(backend, gated, bias):
+    experts = make_experts(gated, bias, backend)
+    index, weights, active = routing(40, 5)
+    x = torch.randn(40, 16, requires_grad=True)
+    w = weights.clone().requires_grad_()
+    out = experts(x, index, w, active)
+    upstream = torch.randn_like(out)
+    grads = torch.autograd.grad(out, [x, w, *experts.parameters()], upstream)
+
+    x64 = x.detach().double().requires_grad_()
+    w64 = weights.double().requires_grad_()
+    ref_experts = make_experts(gated, bias, "loop").double()
+    ref = ref_experts.reference_forward(x64, index, w64, active)
+    ref_grads = torch.autograd.grad(ref, [x64, w64, *ref_experts.parameters()], upstream.double())
+
+    torch.testing.assert_close(out.double(), ref, rtol=1e-5, atol=1e-5)
+    for got, want in zip(grads, ref_grads, strict=True):
+        torch.testing.assert_close(got.double(), want, rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_inactive_pairs_cost_nothing_and_change_nothing(backend):
+    experts = make_experts(False, True, backend)
+    index, weights, active = routing(30, 5)
+    garbage = weights.clone()
+    garbage[~active] = 123.0  # weights of unused second choices must never be read
+    torch.testing.assert_close(
+        experts(torch.ones(30, 16), index, garbage, active), experts(torch.ones(30, 16), index, weights, active)
+    )
+
+
+def expert_flops(experts: Experts, num_tokens: int, second_share: float) -> int:
+    index, weights, active = routing(num_tokens, experts.num_experts, skip_expert=None)
+    active[:, 1] = torch.arange(num_tokens) < int(second_share * num_tokens)
+    with FlopCounterMode(display=False) as counter:
+        experts(torch.randn(num_tokens, 16), index, weights, active)
+    return counter.get_total_flops()
+
+
+def test_matmul_flops_are_exactly_proportional_to_active_pairs():
+    experts = make_experts(False, True, "loop")
+    per_pair = 2 * (16 * 24) * 2  # two projections, 2 FLOPs per multiply-add
+    for share in (0.0, 0.25, 1.0):
+        pairs = 64 + int(share * 64)
+        assert expert_flops(experts, 64, share) == per_pair * pairs
+
+
+class LargestAllocation(TorchDispatchMode):
+    """Records the largest tensor any op produces."""
+
+    def __init__(self):
+        super().__init__()
+        self.largest = 0
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        for t in out if isinstance(out, (tuple, list)) else [out]:
+            if isinstance(t, torch.Tensor):
+                self.largest = max(self.largest, t.numel())
+        return out
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_no_tokens_by_experts_by_hidden_intermediate(backend):
+    num_tokens, num_experts = 64, 16
+    experts = Experts(num_experts=num_experts, hidden_size=16, ffn_size=24, activation=nn.ReLU(), dispatch=backend)
+    index, weights, active = routing(num_tokens, num_experts, skip_expert=None)
+    x = torch.randn(num_tokens, 16, requires_grad=True)
+    with LargestAllocation() as mode:
+        experts(x, index, weights, active).sum().backward()
+    # The largest tensors are the expert weights themselves; activations are at most pairs x ffn.
+    biggest_activation = 2 * num_tokens * 24
+    assert mode.largest <= max(biggest_activation, num_experts * 16 * 24)
+    assert mode.largest < num_tokens * num_experts * 16
+
+
+def test_bf16_autocast_stays_close_to_float32():
+    experts = make_experts(False, True, "loop")
+    index, weights, active = routing(40, 5)
+    x = torch.randn(40, 16)
+    want = experts(x, index, weights, active)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        got = experts(x, index, weights, active)
+    assert got.dtype == torch.bfloat16
+    torch.testing.assert_close(got.float(), want, rtol=0.05, atol=0.1)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+@pytest.mark.parametrize("dtype,tol", [(torch.float32, 1e-4), (torch.bfloat16, 3e-2), (torch.float16, 3e-3)])
+def test_cuda_fast_path_equals_reference(dtype, tol):
+    experts = make_experts(False, True, "auto").cuda().to(dtype)
+    index, weights, active = routing(256, 5)
+    x = torch.randn(256, 16, device="cuda", dtype=dtype, requires_grad=True)
+    out = experts(x, index.cuda(), weights.cuda().to(dtype), active.cuda())
+    out.float().square().sum().backward()
+    ref_experts = make_experts(False, True, "loop").double()
+    x64 = x.detach().cpu().double().requires_grad_()
+    ref = ref_experts.reference_forward(x64, index, weights.double(), active)
+    ref.square().sum().backward()
+    torch.testing.assert_close(out.double().cpu(), ref, rtol=tol, atol=tol)
+    torch.testing.assert_close(x.grad.double().cpu(), x64.grad, rtol=tol * 10, atol=tol * 10)

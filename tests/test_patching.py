@@ -1,0 +1,158 @@
+"""moeify over the architecture table: equivalence with the dense model, structure, and refusals."""
+
+import pytest
+import torch
+from tiny_models import arch_by_name
+
+import adamoe
+from adamoe import MoEBlock, MoEConfig, UnsupportedArchitectureError
+
+
+def count_ffn_layers(arch) -> int:
+    c = arch.config
+    if arch.seq2seq:
+        return 2 * getattr(c, "num_layers", getattr(c, "encoder_layers", 2))
+    return getattr(c, "num_hidden_layers", getattr(c, "n_layer", 2))
+
+
+@pytest.mark.parametrize("gating", ["adaptive", "top1", "top2"])
+def test_upcycled_model_equals_the_dense_model(arch, gating):
+    dense = arch.build()
+    inputs = arch.inputs()
+    want = dense(**inputs).logits
+    model = adamoe.moeify(arch.build(), MoEConfig(num_experts=4, gating=gating, threshold=0.2))
+    got = model(**inputs).logits
+    torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
+    assert len(adamoe.moe_blocks(model)) == count_ffn_layers(arch)
+    stats = adamoe.routing_stats(model)
+    expected_fraction = {"top1": 0.0, "top2": 1.0}.get(gating)
+    if expected_fraction is not None:
+        assert stats.two_expert_fraction == expected_fraction
+
+
+def test_generate_with_kv_cache_equals_the_dense_model(arch):
+    if not (arch.causal or arch.seq2seq):
+        pytest.skip("encoder-only models do not generate")
+    inputs = arch.inputs(padded=False)
+    inputs.pop("decoder_input_ids", None)
+    kwargs = dict(max_new_tokens=6, do_sample=False, use_cache=True, output_scores=True, return_dict_in_generate=True)
+    if arch.causal:
+        kwargs["pad_token_id"] = 0
+    want = arch.build().generate(**inputs, **kwargs)
+    model = adamoe.moeify(arch.build(), MoEConfig(num_experts=4, threshold=0.2))
+    got = model.generate(**inputs, **kwargs)
+    assert torch.equal(got.sequences, want.sequences)
+    for a, b in zip(got.scores, want.scores, strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
+
+
+def test_only_ffns_change(arch):
+    dense = arch.build()
+    before = {n: p.clone() for n, p in dense.named_parameters()}
+    model = adamoe.moeify(dense, MoEConfig(num_experts=3))
+    after = dict(model.named_parameters())
+    kept = [n for n in before if n in after]
+    assert kept and all(torch.equal(before[n], after[n]) for n in kept)
+    removed = [n for n in before if n not in after]
+    ffn_words = ("intermediate.dense", "output.dense", "mlp.c_", "DenseReluDense", "fc1", "fc2")
+    assert removed and all(any(w in n for w in ffn_words) for n in removed)
+    assert not any("attention.output.dense" in n for n in removed)  # BERT's look-alike suffix stays
+
+
+def test_single_expert_top1_block_is_the_dense_ffn():
+    arch = arch_by_name("bert")
+    inputs = arch.inputs()
+    want = arch.build()(**inputs).logits
+    model = adamoe.moeify(arch.build(), MoEConfig(num_experts=1, gating="top1", combine="gate"))
+    torch.testing.assert_close(model(**inputs).logits, want, rtol=1e-5, atol=1e-5)
+
+
+def test_every_n_layers_and_layer_lists():
+    arch = arch_by_name("bart")
+    model = adamoe.moeify(arch.build(), MoEConfig(num_experts=2, every_n_layers=2))
+    assert [n for n, _ in adamoe.moe_blocks(model)] == ["model.encoder.layers.1.fc1", "model.decoder.layers.1.fc1"]
+    model = adamoe.moeify(arch.build(), MoEConfig(num_experts=2, layers=[0]))
+    assert [b.layer_name for _, b in adamoe.moe_blocks(model)] == ["model.encoder.layers.0", "model.decoder.layers.0"]
+    assert [b.stack for _, b in adamoe.moe_blocks(model)] == ["encoder", "decoder"]
+
+
+def test_unsupported_architecture_names_the_supported_ones_and_the_way_to_add_one():
+    from transformers import DistilBertConfig, DistilBertModel
+
+    model = DistilBertModel(DistilBertConfig(dim=32, n_layers=1, n_heads=2, hidden_dim=64, vocab_size=100))
+    with pytest.raises(UnsupportedArchitectureError, match="distilbert") as err:
+        adamoe.moeify(model)
+    assert "bert, bart, fsmt, gpt2, roberta, t5" in str(err.value).replace("'", "") or all(
+        t in str(err.value) for t in ("bart", "fsmt", "gpt2", "roberta", "t5")
+    )
+    assert "register_ffn_spec" in str(err.value)
+
+
+def test_a_failure_leaves_the_model_untouched():
+    arch = arch_by_name("bert")
+    model = arch.build()
+    del model.bert.encoder.layer[1].intermediate.dense  # the last layer no longer fits the spec
+    snapshot = repr(model)
+    with pytest.raises(UnsupportedArchitectureError, match="Nothing was changed"):
+        adamoe.moeify(model, MoEConfig(num_experts=2))
+    assert repr(model) == snapshot and not adamoe.is_moe_model(model)
+    assert not hasattr(model.config, "adamoe")
+    with pytest.raises(ValueError, match="no layer"):
+        adamoe.moeify(arch.build(), MoEConfig(num_experts=2, layers=[0, 7]))
+
+
+def test_patching_twice_is_refused():
+    model = adamoe.moeify(arch_by_name("gpt2").build(), MoEConfig(num_experts=2))
+    with pytest.raises(ValueError, match="only once"):
+        adamoe.moeify(model, MoEConfig(num_experts=2))
+
+
+def test_random_expert_init_differs_from_the_dense_ffn():
+    arch = arch_by_name("gpt2")
+    inputs = arch.inputs()
+    want = arch.build()(**inputs).logits
+    model = adamoe.moeify(arch.build(), MoEConfig(num_experts=4, expert_init="random", combine="gate"))
+    assert not torch.allclose(model(**inputs).logits, want, atol=1e-3)
+    block = adamoe.moe_blocks(model)[0][1]
+    assert isinstance(block, MoEBlock) and not torch.equal(block.experts.w_in[0], block.experts.w_in[1])
+
+
+def test_gradient_checkpointing_gives_the_same_gradients():
+    arch = arch_by_name("gpt2")
+    inputs = arch.inputs()
+    grads = []
+    for checkpointing in (False, True):
+        model = adamoe.moeify(arch.build(), MoEConfig(num_experts=4, threshold=0.3, expert_init="random"))
+        model.train()
+        model.config.resid_pdrop = model.config.embd_pdrop = model.config.attn_pdrop = 0.0
+        for m in model.modules():
+            if isinstance(m, torch.nn.Dropout):
+                m.p = 0.0
+        if checkpointing:
+            model.gradient_checkpointing_enable()
+        out = model(**inputs, labels=inputs["input_ids"])
+        (out.loss + adamoe.balance_loss(model)).backward()
+        grads.append({n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None})
+    assert grads[0].keys() == grads[1].keys()
+    assert any("router" in n for n in grads[1])
+    for name in grads[0]:
+        torch.testing.assert_close(grads[1][name], grads[0][name], rtol=1e-5, atol=1e-6)
+
+
+def test_training_under_bf16_autocast():
+    arch = arch_by_name("t5-gated")
+    model = adamoe.moeify(arch.build(), MoEConfig(num_experts=4, threshold=0.3))
+    inputs = arch.inputs()
+    fp32 = model(**inputs).logits
+    model.train()
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = model(**inputs)
+        loss = out.logits.float().logsumexp(-1).mean() + adamoe.balance_loss(model)
+    loss.backward()
+    block = adamoe.moe_blocks(model)[0][1]
+    assert block.last_routing.probs.dtype == torch.float32
+    assert block.router.weight.grad is not None and torch.isfinite(block.router.weight.grad).all()
+    model.eval()
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        bf16 = model(**inputs).logits
+    assert (bf16.float() - fp32).abs().mean() < 0.05 * fp32.abs().mean() + 1e-3
