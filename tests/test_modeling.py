@@ -1,0 +1,114 @@
+"""Checkpoints: save -> load round trips, strict loading, and what plain transformers does with them."""
+
+import json
+import logging
+
+import pytest
+import torch
+from safetensors.torch import load_file, save_file
+from tiny_models import arch_by_name
+from transformers import AutoModelForSequenceClassification
+
+import adamoe
+from adamoe import CheckpointError, MoEConfig
+
+
+def saved_moe_model(arch, tmp_path, threshold=0.3):
+    model = adamoe.moeify(arch.build(), MoEConfig(num_experts=3, expert_init="random", threshold=threshold))
+    model.save_pretrained(tmp_path)
+    return model
+
+
+def test_save_then_load_gives_identical_outputs(arch, tmp_path):
+    model = saved_moe_model(arch, tmp_path)
+    inputs = arch.inputs()
+    want = model(**inputs).logits
+    stored = json.loads((tmp_path / "config.json").read_text())["adamoe"]
+    assert stored["num_experts"] == 3 and stored["threshold"] == 0.3
+
+    loaded = adamoe.from_pretrained(str(tmp_path))
+    assert type(loaded) is type(model) and not loaded.training
+    assert adamoe.moe_config_of(loaded) == adamoe.moe_config_of(model)
+    torch.testing.assert_close(loaded(**inputs).logits, want, rtol=0, atol=0)
+
+
+def test_dense_checkpoint_plus_moe_config_is_upcycled(tmp_path):
+    arch = arch_by_name("bert")
+    dense = arch.build()
+    dense.save_pretrained(tmp_path)
+    inputs = arch.inputs()
+    model = adamoe.from_pretrained(str(tmp_path), moe=MoEConfig(num_experts=4))
+    assert adamoe.is_moe_model(model)
+    torch.testing.assert_close(model(**inputs).logits, dense(**inputs).logits, rtol=1e-5, atol=1e-5)
+    with pytest.raises(CheckpointError, match="dense checkpoint"):
+        adamoe.from_pretrained(str(tmp_path))
+
+
+def test_head_class_can_be_chosen(tmp_path):
+    arch = arch_by_name("bert")
+    saved_moe_model(arch, tmp_path)
+    model = adamoe.from_pretrained(str(tmp_path), model_class=AutoModelForSequenceClassification)
+    assert type(model).__name__ == "BertForSequenceClassification" and adamoe.is_moe_model(model)
+
+
+def rewrite_weights(tmp_path, edit):
+    path = tmp_path / "model.safetensors"
+    state = load_file(path)
+    edit(state)
+    save_file(state, path, metadata={"format": "pt"})
+
+
+def test_missing_expert_weights_fail_loudly(tmp_path):
+    saved_moe_model(arch_by_name("gpt2"), tmp_path)
+    rewrite_weights(tmp_path, lambda s: s.pop(next(k for k in s if k.endswith("experts.w_out"))))
+    with pytest.raises(CheckpointError, match=r"missing \(1\): transformer\.h\.\d\.mlp\.experts\.w_out"):
+        adamoe.from_pretrained(str(tmp_path))
+
+
+def test_extra_expert_weights_fail_loudly(tmp_path):
+    saved_moe_model(arch_by_name("gpt2"), tmp_path)
+    rewrite_weights(tmp_path, lambda s: s.__setitem__("transformer.h.0.mlp.experts.w_extra", torch.zeros(2)))
+    with pytest.raises(CheckpointError, match="unexpected"):
+        adamoe.from_pretrained(str(tmp_path))
+
+
+def test_weights_that_disagree_with_the_config_fail_loudly(tmp_path):
+    saved_moe_model(arch_by_name("t5"), tmp_path)
+    config = json.loads((tmp_path / "config.json").read_text())
+    config["adamoe"]["num_experts"] = 5  # weights hold 3 experts
+    (tmp_path / "config.json").write_text(json.dumps(config))
+    with pytest.raises(CheckpointError, match=r"shape mismatch.*checkpoint \(3, 32, 64\), model \(5, 32, 64\)"):
+        adamoe.from_pretrained(str(tmp_path))
+
+
+def test_a_different_structure_is_refused_and_a_different_routing_is_announced(tmp_path, caplog):
+    arch = arch_by_name("bart")
+    model = saved_moe_model(arch, tmp_path, threshold=0.0)
+    with pytest.raises(CheckpointError, match="num_experts: checkpoint 3, requested 8"):
+        adamoe.from_pretrained(str(tmp_path), moe=MoEConfig(num_experts=8))
+    requested = MoEConfig(num_experts=3, threshold=1.0)
+    with caplog.at_level(logging.WARNING, logger="adamoe.modeling"):
+        loaded = adamoe.from_pretrained(str(tmp_path), moe=requested)
+    assert "threshold: 0.0 -> 1.0" in caplog.text
+    loaded(**arch.inputs())
+    assert adamoe.routing_stats(loaded).two_expert_fraction == 1.0
+    model(**arch.inputs())
+    assert adamoe.routing_stats(model).two_expert_fraction == 0.0
+
+
+def test_plain_transformers_load_comes_back_unpatched_and_is_detected(tmp_path):
+    arch = arch_by_name("bert")
+    saved_moe_model(arch, tmp_path)
+    plain = AutoModelForSequenceClassification.from_pretrained(str(tmp_path))
+    # Pinned transformers behaviour: the MoE key survives in the config, the experts do not.
+    assert not adamoe.is_moe_model(plain) and "adamoe" in plain.config.to_dict()
+    with pytest.raises(CheckpointError, match="adamoe.from_pretrained"):
+        adamoe.check_patched_consistently(plain)
+    adamoe.check_patched_consistently(adamoe.from_pretrained(str(tmp_path)))
+
+
+def test_missing_weights_file_is_explained(tmp_path):
+    saved_moe_model(arch_by_name("bert"), tmp_path)
+    (tmp_path / "model.safetensors").unlink()
+    with pytest.raises(CheckpointError, match="No weights"):
+        adamoe.from_pretrained(str(tmp_path))

@@ -1,0 +1,130 @@
+"""Routing statistics and the balance loss against straightforward recomputations."""
+
+import pytest
+import torch
+from tiny_models import arch_by_name
+
+import adamoe
+from adamoe import MoEConfig
+from adamoe.balance import load_balancing_loss
+
+
+def patched(name, **moe):
+    arch = arch_by_name(name)
+    cfg = dict(num_experts=4, threshold=0.1, expert_init="random", router_init_std=1.0)
+    return arch, adamoe.moeify(arch.build(), MoEConfig(**{**cfg, **moe}))
+
+
+def test_balance_loss_equals_a_float64_loop():
+    torch.manual_seed(0)
+    probs = torch.randn(50, 6).softmax(-1)
+    first = probs.argmax(-1)
+    mask = torch.rand(50) > 0.3
+    rows = [i for i in range(50) if mask[i]]
+    ref = 0.0
+    for e in range(6):
+        f_e = sum(1 for i in rows if first[i] == e) / len(rows)
+        p_e = sum(float(probs[i, e]) for i in rows) / len(rows)
+        ref += f_e * p_e
+    assert load_balancing_loss(probs, first, mask).item() == pytest.approx(6 * ref, rel=1e-6)
+
+
+def test_balance_loss_is_one_when_uniform_and_larger_when_collapsed():
+    uniform = torch.full((8, 4), 0.25)
+    assert load_balancing_loss(uniform, torch.arange(8) % 4).item() == pytest.approx(1.0)
+    collapsed = torch.tensor([[0.97, 0.01, 0.01, 0.01]]).repeat(8, 1)
+    assert load_balancing_loss(collapsed, torch.zeros(8, dtype=torch.long)).item() == pytest.approx(4 * 0.97)
+
+
+# FSMT is left out: its dense decoder output itself changes when encoder padding is appended.
+@pytest.mark.parametrize("name", ["bert", "gpt2", "bart", "t5"])
+def test_padding_never_changes_the_balance_loss_or_the_statistics(name):
+    arch, model = patched(name)
+    inputs = arch.inputs(batch=2, seq_len=6, padded=False)
+    model(**inputs)
+    loss, stats = adamoe.balance_loss(model), adamoe.routing_stats(model)
+    padded = {k: torch.cat([v, torch.full((2, 3), 5, dtype=v.dtype)], dim=1) for k, v in inputs.items()}
+    padded["attention_mask"][:, 6:] = 0
+    if arch.seq2seq:
+        padded["decoder_attention_mask"] = torch.ones_like(padded["decoder_input_ids"])
+        padded["decoder_attention_mask"][:, 4:] = 0
+    model(**padded)
+    torch.testing.assert_close(adamoe.balance_loss(model), loss, rtol=1e-5, atol=1e-6)
+    padded_stats = adamoe.routing_stats(model)
+    assert [s.first_choice_counts for s in padded_stats.layers] == [s.first_choice_counts for s in stats.layers]
+    torch.testing.assert_close(padded_stats.per_sample, stats.per_sample)
+
+
+@pytest.mark.parametrize("name,router_std", [("bert", 1.0), ("t5", 0.02), ("fsmt", 1.0)])
+def test_routing_stats_match_a_recount_from_the_decisions(name, router_std):
+    arch, model = patched(name, router_init_std=router_std)
+    inputs = arch.inputs(batch=3, seq_len=7, padded=True)
+    model(**inputs)
+    stats = adamoe.routing_stats(model)
+    mask = inputs["attention_mask"].bool()
+    total_tokens = total_two = 0
+    for i, (layer, (_, block)) in enumerate(zip(stats.layers, adamoe.moe_blocks(model), strict=True)):
+        r = block.last_routing
+        batch, seq_len = r.batch_shape
+        # Recount sample by sample, position by position, from the raw decisions.
+        grid_two = (
+            r.second_active.view(seq_len, batch).t() if block.seq_first else r.second_active.view(batch, seq_len)
+        )
+        grid_first = (
+            r.expert_index[:, 0].view(seq_len, batch).t()
+            if block.seq_first
+            else r.expert_index[:, 0].view(batch, seq_len)
+        )
+        layer_mask = mask if block.stack == "encoder" else torch.ones(batch, seq_len, dtype=torch.bool)
+        counts, two, per_sample = [0] * 4, 0, []
+        for b in range(batch):
+            real = [t for t in range(seq_len) if layer_mask[b, t]]
+            for t in real:
+                counts[int(grid_first[b, t])] += 1
+                two += int(grid_two[b, t])
+            per_sample.append(sum(int(grid_two[b, t]) for t in real) / len(real))
+        assert layer.first_choice_counts == counts
+        assert layer.num_tokens == int(layer_mask.sum()) and layer.two_expert_fraction == pytest.approx(
+            two / layer.num_tokens
+        )
+        assert layer.flops_vs_top2 == pytest.approx((layer.num_tokens + two) / (2 * layer.num_tokens))
+        assert sum(layer.second_choice_counts) == two
+        torch.testing.assert_close(stats.per_sample[:, i], torch.tensor(per_sample))
+        total_tokens, total_two = total_tokens + layer.num_tokens, total_two + two
+    assert stats.two_expert_fraction == pytest.approx(total_two / total_tokens)
+    assert 0 < stats.two_expert_fraction < 1
+
+
+@pytest.mark.parametrize("name", ["bert", "gpt2", "fsmt", "t5"])
+def test_per_sample_vectors_do_not_depend_on_the_batch(name):
+    arch, model = patched(name)
+    inputs = arch.inputs(batch=3, seq_len=6, padded=False)
+    model(**inputs)
+    together = adamoe.per_sample_two_expert_fractions(model)
+    alone = []
+    for b in range(3):
+        model(**{k: v[b : b + 1] for k, v in inputs.items()})
+        alone.append(adamoe.per_sample_two_expert_fractions(model))
+    torch.testing.assert_close(together, torch.cat(alone))
+
+
+def test_balance_loss_scales_with_the_coefficient_and_stays_out_of_the_model_loss():
+    arch, model = patched("gpt2", aux_loss_coef=0.5)
+    inputs = arch.inputs()
+    out = model(**inputs, labels=inputs["input_ids"])
+    blocks = adamoe.moe_blocks(model)
+    by_hand = sum(
+        load_balancing_loss(b.last_routing.probs, b.last_routing.expert_index[:, 0], b.last_routing.token_mask)
+        for _, b in blocks
+    )
+    torch.testing.assert_close(adamoe.balance_loss(model), 0.5 * by_hand)
+    dense_loss = torch.nn.functional.cross_entropy(
+        out.logits[:, :-1].reshape(-1, 100), inputs["input_ids"][:, 1:].reshape(-1)
+    )
+    torch.testing.assert_close(out.loss, dense_loss)
+
+
+def test_stats_before_any_forward_are_refused():
+    _, model = patched("bert")
+    with pytest.raises(ValueError, match="forward pass first"):
+        adamoe.routing_stats(model)
