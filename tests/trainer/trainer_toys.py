@@ -1,0 +1,54 @@
+"""Tiny offline models and data for the trainer tests (imported by the test modules)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from transformers import BertConfig, BertForSequenceClassification
+
+import adamoe
+
+VOCAB = 100
+
+
+def tiny_bert(*, moe: bool = True, seed: int = 0, threshold: float = 0.2) -> BertForSequenceClassification:
+    """Two-layer BERT classifier without dropout (so train- and eval-mode forwards agree); with `moe`, 4 experts
+    and a wide router init so that the adaptive gate sends some, not all, tokens to two experts."""
+    torch.manual_seed(seed)
+    config = BertConfig(
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        intermediate_size=64,
+        vocab_size=VOCAB,
+        hidden_dropout_prob=0.0,
+        attention_probs_dropout_prob=0.0,
+    )
+    model = BertForSequenceClassification(config)
+    if moe:
+        adamoe.moeify(model, adamoe.MoEConfig(num_experts=4, threshold=threshold, router_init_std=1.0))
+    return model
+
+
+def toy_dataset(n: int, seed: int = 1) -> list[dict[str, Any]]:
+    """`n` sequences of 3..9 random token ids; the label is the parity of the first token."""
+    generator = torch.Generator().manual_seed(seed)
+    data = []
+    for _ in range(n):
+        length = int(torch.randint(3, 10, (1,), generator=generator))
+        ids = torch.randint(1, VOCAB, (length,), generator=generator).tolist()
+        data.append({"input_ids": ids, "labels": ids[0] % 2})
+    return data
+
+
+def pad_collate(features: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
+    """Right-pad `input_ids` with 0 and build the attention mask."""
+    width = max(len(f["input_ids"]) for f in features)
+    input_ids = torch.zeros(len(features), width, dtype=torch.long)
+    attention_mask = torch.zeros_like(input_ids)
+    for row, feature in enumerate(features):
+        input_ids[row, : len(feature["input_ids"])] = torch.tensor(feature["input_ids"])
+        attention_mask[row, : len(feature["input_ids"])] = 1
+    labels = torch.tensor([f["labels"] for f in features])
+    return {"input_ids": input_ids, "attention_mask": attention_mask, "labels": labels}
