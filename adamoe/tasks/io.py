@@ -12,6 +12,7 @@ import csv
 import json
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from itertools import islice
 from pathlib import Path
 from typing import Any
 
@@ -53,9 +54,15 @@ def _read_text(path: Path) -> Dataset:
 
 
 def _read_delimited(path: Path, sep: str) -> Dataset:
-    # QUOTE_NONE: GLUE TSVs contain bare quote characters inside sentences. keep_default_na=False: sentences
-    # such as "NA" or "null" must stay text, not become missing values.
-    return Dataset.from_csv(str(path), sep=sep, quoting=csv.QUOTE_NONE, keep_default_na=False)
+    # TSV is read with QUOTE_NONE because GLUE TSVs hold bare quote characters inside sentences; CSV keeps
+    # standard quoting, which is how commas inside a field are written. keep_default_na=False: sentences such
+    # as "NA" or "null" must stay text, not become missing values.
+    quoting = csv.QUOTE_NONE if sep == "\t" else csv.QUOTE_MINIMAL
+    with path.open(encoding="utf-8") as f:
+        lines = [line for line in islice(f, 2) if line.strip()]
+    if len(lines) < 2:  # a header alone; the csv builder would fail with an unhelpful message
+        return Dataset.from_dict({column: [] for column in lines[0].rstrip("\r\n").split(sep)})
+    return Dataset.from_csv(str(path), sep=sep, quoting=quoting, keep_default_na=False)
 
 
 # Suffix -> reader. Nested schemas (SQuAD answers, WMT translation pairs) cannot live in CSV/TSV; a task that
@@ -111,7 +118,10 @@ def read_rows(path: str | Path, schema: Schema, formats: Sequence[str]) -> Datas
     try:
         rows = READERS[path.suffix](path)
     except Exception as err:  # the readers raise pyarrow/pandas/json errors of many types
-        raise DataFormatError(f"{path}: not readable as {path.suffix} ({err}). Expected {schema.describe()}.") from err
+        cause = err.__cause__ or err  # datasets wraps the parser's error in a generic one
+        raise DataFormatError(
+            f"{path}: not readable as {path.suffix} ({cause}). Expected {schema.describe()}."
+        ) from err
     return check_columns(rows, path, schema)
 
 

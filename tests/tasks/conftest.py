@@ -1,0 +1,64 @@
+"""Tiny offline tokenizers and the optional shared data folder for the task tests.
+
+The tokenizers are built from vocab files written to a temporary folder and loaded with `from_pretrained`
+(in transformers 5, `BertTokenizer(vocab_file=...)` and `GPT2Tokenizer(vocab_file=..., merges_file=...)`
+silently build tokenizers without the vocabulary). Both are character/byte level, so every word is
+representable and offsets are exact, which is all preprocessing and post-processing tests need.
+"""
+
+from __future__ import annotations
+
+import json
+import string
+from pathlib import Path
+
+import pytest
+from tokenizers.pre_tokenizers import ByteLevel
+from transformers import BertTokenizer, GPT2Tokenizer, PreTrainedTokenizerBase, T5Tokenizer
+
+# tests/tasks/conftest.py -> repo root is parents[2]; the shared data sits next to the repo.
+SHARED_DATA = Path(__file__).resolve().parents[2] / ".." / "shared" / "data"
+BERT_SPECIALS = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
+BERT_WORDS = ["the", "cat", "sat", "on", "mat", "paris", "france", "capital", "is", "of", "what", "where"]
+
+
+def shared_path(*parts: str) -> Path:
+    """A path under ../shared/data, or a skip when that folder (or the file) is absent."""
+    path = SHARED_DATA.joinpath(*parts)
+    if not path.exists():
+        pytest.skip(f"shared data not available: {path} (tests using ../shared/data skip on a fresh clone)")
+    return path
+
+
+@pytest.fixture(scope="session")
+def bert_tokenizer(tmp_path_factory: pytest.TempPathFactory) -> PreTrainedTokenizerBase:
+    """Lowercasing WordPiece tokenizer: a few whole words, otherwise one token per character."""
+    chars = list(string.ascii_lowercase + string.digits + string.punctuation)
+    vocab = BERT_SPECIALS + BERT_WORDS + chars + [f"##{c}" for c in chars]
+    folder = tmp_path_factory.mktemp("bert_tokenizer")
+    (folder / "vocab.txt").write_text("\n".join(vocab) + "\n", encoding="utf-8")
+    return BertTokenizer.from_pretrained(str(folder))
+
+
+@pytest.fixture
+def gpt2_tokenizer(tmp_path_factory: pytest.TempPathFactory) -> PreTrainedTokenizerBase:
+    """Byte-level BPE tokenizer with no merges (one token per byte) and GPT-2's `<|endoftext|>` EOS.
+
+    Function-scoped: the causal-LM collator sets its pad token, which must not leak between tests.
+    """
+    folder = tmp_path_factory.mktemp("gpt2_tokenizer")
+    vocab = {char: i for i, char in enumerate(sorted(ByteLevel.alphabet()))}
+    vocab["<|endoftext|>"] = len(vocab)
+    (folder / "vocab.json").write_text(json.dumps(vocab), encoding="utf-8")
+    (folder / "merges.txt").write_text("#version: 0.2\n", encoding="utf-8")
+    return GPT2Tokenizer.from_pretrained(str(folder))
+
+
+@pytest.fixture
+def real_gpt2_tokenizer() -> PreTrainedTokenizerBase:
+    return GPT2Tokenizer.from_pretrained(str(shared_path("tokenizers", "gpt2")))
+
+
+@pytest.fixture(scope="session")
+def real_t5_tokenizer() -> PreTrainedTokenizerBase:
+    return T5Tokenizer.from_pretrained(str(shared_path("tokenizers", "t5")))
