@@ -62,3 +62,22 @@ def real_gpt2_tokenizer() -> PreTrainedTokenizerBase:
 @pytest.fixture(scope="session")
 def real_t5_tokenizer() -> PreTrainedTokenizerBase:
     return T5Tokenizer.from_pretrained(str(shared_path("tokenizers", "t5")))
+
+
+@pytest.fixture
+def squad_example() -> dict:
+    """A question whose answer lies only in the second window at max_seq_length=20, doc_stride=4.
+
+    With `bert_tokenizer` every word here is one token: the question is 4 tokens (where, is, paris, ?), so a
+    20-token window holds 13 context tokens. The context has 21 tokens and "capital of france" is tokens
+    17-19, so with 4 tokens of overlap the answer lies only in the second window (context tokens 9-20).
+    """
+    context = "the cat sat on the mat . the cat sat on the mat . paris is the capital of france ."
+    answer = "capital of france"
+    return {
+        "id": "q1",
+        "title": "t",
+        "context": context,
+        "question": "  where is paris?",  # leading whitespace, as some SQuAD questions have
+        "answers": {"text": [answer], "answer_start": [context.index(answer)]},
+    }
