@@ -105,6 +105,17 @@ def load_state_dict_strictly(model: nn.Module, state: dict[str, torch.Tensor], s
     a name of the same tensor was loaded.
     """
     expected = model.state_dict()
+    new_head: list[str] = []
+    prefix = getattr(model, "base_model_prefix", "")
+    if (
+        prefix
+        and not any(k.startswith(prefix + ".") for k in state)
+        and any(k.startswith(prefix + ".") for k in expected)
+    ):
+        # A base-model checkpoint (e.g. BertModel) loaded under a task head: the head starts fresh, as in
+        # transformers, but every base weight, the experts included, must still be there.
+        state = {f"{prefix}.{k}": v for k, v in state.items()}
+        new_head = [k for k in expected if not k.startswith(prefix + ".")]
     aliases: dict[int, set[str]] = {}
     for name, tensor in list(model.named_parameters(remove_duplicate=False)) + list(
         model.named_buffers(remove_duplicate=False)
@@ -112,7 +123,7 @@ def load_state_dict_strictly(model: nn.Module, state: dict[str, torch.Tensor], s
         aliases.setdefault(id(tensor), set()).add(name)
     loaded_ids = {id(t) for n, t in list(model.named_parameters(remove_duplicate=False)) if n in state}
     name_to_id = {n: i for i, names in aliases.items() for n in names}
-    missing = [k for k in expected if k not in state and name_to_id.get(k) not in loaded_ids]
+    missing = [k for k in expected if k not in state and name_to_id.get(k) not in loaded_ids and k not in new_head]
     unexpected = [k for k in state if k not in expected]
     mismatched = [
         f"{k}: checkpoint {tuple(state[k].shape)}, model {tuple(expected[k].shape)}"
@@ -131,6 +142,8 @@ def load_state_dict_strictly(model: nn.Module, state: dict[str, torch.Tensor], s
             + ". The checkpoint was saved with a different MoE config or architecture, or is damaged; "
             "re-save it from the model that trained it, or load it with the MoE config it was written with."
         )
+    if new_head:
+        logger.warning("%s holds no task head; these weights start freshly initialised: %s", source, new_head)
     model.load_state_dict(state, strict=False)
     if hasattr(model, "tie_weights"):
         model.tie_weights()

@@ -1,0 +1,26 @@
+"""The `adamoe` command line: typer commands that parse flags and call the Python API, nothing more."""
+
+from __future__ import annotations
+
+import logging
+
+import typer
+
+from . import run
+
+app = typer.Typer(
+    name="adamoe",
+    help="Adaptive-gated mixture-of-experts fine-tuning for Hugging Face models.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+app.command("finetune")(run.finetune_command)
+app.command("evaluate")(run.evaluate_command)
+app.command("convert")(run.convert_command)
+app.command("tasks")(run.tasks_command)
+
+
+def main() -> None:
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    app()

@@ -1,0 +1,87 @@
+"""Option aliases and choices shared by the commands (the huggingface_hub CLI style)."""
+
+from __future__ import annotations
+
+from enum import Enum
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+from ..config import MoEConfig
+from ..tasks import TASKS
+
+TaskName = Enum("TaskName", {name: name for name in TASKS}, type=str)
+
+
+class Gating(str, Enum):
+    adaptive = "adaptive"
+    top1 = "top1"
+    top2 = "top2"
+    dense = "dense"
+
+
+class ThresholdOn(str, Enum):
+    normalized = "normalized"
+    raw = "raw"
+
+
+class Combine(str, Enum):
+    normalized = "normalized"
+    gate = "gate"
+
+
+class ExpertInit(str, Enum):
+    upcycle = "upcycle"
+    random = "random"
+
+
+TaskOpt = Annotated[TaskName, typer.Option("--task", "-t", help="Which task (see `adamoe tasks`).")]
+ModelOpt = Annotated[str | None, typer.Option("--model", "-m", help="Hub id or local model folder.")]
+GatingOpt = Annotated[
+    Gating | None,
+    typer.Option(help="adaptive: top-1, plus top-2 when unsure; top1/top2: fixed; dense: no MoE (baseline)."),
+]
+ThresholdOpt = Annotated[
+    float | None, typer.Option(help="Adaptive-gating threshold T in [0, 1] on the gap between the top-2 gate probs.")
+]
+NumExpertsOpt = Annotated[int | None, typer.Option("--num-experts", help="Experts per MoE layer.")]
+ThresholdOnOpt = Annotated[ThresholdOn | None, typer.Option(help="Compare T with the normalised or the raw gap.")]
+CombineOpt = Annotated[Combine | None, typer.Option(help="gate: weight by gate prob (paper); normalized: sum to 1.")]
+ExpertInitOpt = Annotated[ExpertInit | None, typer.Option(help="upcycle: copy the FFN into every expert; random.")]
+AuxLossOpt = Annotated[float | None, typer.Option("--aux-loss-coef", help="Balance-loss coefficient.")]
+EveryNOpt = Annotated[int | None, typer.Option("--every-n-layers", help="Convert every n-th FFN only.")]
+TrainFileOpt = Annotated[Path | None, typer.Option("--train-file", help="Local training file (offline).")]
+ValidationFileOpt = Annotated[Path | None, typer.Option("--validation-file", help="Local validation file.")]
+MaxEvalOpt = Annotated[int | None, typer.Option("--max-eval-samples", help="Use the first N validation rows.")]
+BatchSizeOpt = Annotated[int | None, typer.Option("--batch-size", help="Per-device batch size.")]
+OutputDirOpt = Annotated[Path | None, typer.Option("--output-dir", "-o", help="Where checkpoints and results go.")]
+
+
+def moe_overrides(
+    *,
+    gating: Gating | None,
+    threshold: float | None,
+    num_experts: int | None,
+    threshold_on: ThresholdOn | None = None,
+    combine: Combine | None = None,
+    expert_init: ExpertInit | None = None,
+    aux_loss_coef: float | None = None,
+    every_n_layers: int | None = None,
+) -> dict[str, Any]:
+    """The MoE fields the user set on the command line (unset flags are None and left out)."""
+    given = {
+        "gating": gating.value if gating is not None and gating is not Gating.dense else None,
+        "threshold": threshold,
+        "num_experts": num_experts,
+        "threshold_on": threshold_on.value if threshold_on else None,
+        "combine": combine.value if combine else None,
+        "expert_init": expert_init.value if expert_init else None,
+        "aux_loss_coef": aux_loss_coef,
+        "every_n_layers": every_n_layers,
+    }
+    return {k: v for k, v in given.items() if v is not None}
+
+
+def moe_config(base: dict[str, Any] | None, overrides: dict[str, Any]) -> MoEConfig:
+    return MoEConfig.from_dict({**(base or {}), **overrides})

