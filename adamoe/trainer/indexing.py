@@ -60,6 +60,12 @@ class IndexCollator:
     def __init__(self, collator: Callable[[list[dict[str, Any]]], dict[str, Any]]) -> None:
         self.collator = collator
 
+    def __getattr__(self, name: str) -> Any:
+        # Code that inspects the trainer's collator (e.g. for its `tokenizer`) sees the task's collator.
+        if name == "collator":  # not set yet (unpickling): avoid recursing into ourselves
+            raise AttributeError(name)
+        return getattr(self.collator, name)
+
     def __call__(self, features: list[dict[str, Any]]) -> dict[str, Any]:
         if not features or SAMPLE_INDEX_KEY not in features[0]:
             return self.collator(features)

@@ -186,7 +186,7 @@ class AdaMoETrainerMixin:
             scaled_for_ga = (
                 self.model_accepts_loss_kwargs and num_items_in_batch is not None
             ) or self.compute_loss_func is not None
-        micro_batches = self.current_gradient_accumulation_steps
+        micro_batches = getattr(self, "current_gradient_accumulation_steps", 1)  # set per step by the loop
         self._task_loss_sum += task_loss.detach().float() / (1 if scaled_for_ga else micro_batches)
 
         stats: RoutingStats | None = None

@@ -1,0 +1,185 @@
+"""`AdaMoETrainer` on tiny BERTs: balance loss in training only, routing logs, complexity vectors, curriculum,
+resume, the dense baseline and the refusal of a silently unpatched checkpoint."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+from torch import nn
+from trainer_toys import pad_collate, tiny_bert, toy_dataset
+from transformers import BertForSequenceClassification
+
+import adamoe
+from adamoe.trainer import (
+    CURRICULUM_STATE_NAME,
+    TIMING_STATE_NAME,
+    AdaMoETrainer,
+    AdaMoETrainingArguments,
+    curriculum_order,
+)
+
+
+class SpyTrainer(AdaMoETrainer):
+    """Records, for every training forward, the sampler's epoch and the dataset indices of the batch."""
+
+    def compute_loss(self, model: nn.Module, inputs: dict[str, Any], *args: Any, **kwargs: Any) -> Any:
+        if model.training and "sample_index" in inputs:
+            self.seen.append((self.curriculum_sampler.epoch, inputs["sample_index"].tolist()))
+        return super().compute_loss(model, inputs, *args, **kwargs)
+
+
+def _spy(**kwargs: Any) -> SpyTrainer:
+    trainer = SpyTrainer(data_collator=pad_collate, **kwargs)
+    trainer.seen = []
+    return trainer
+
+
+def _indices_of_epoch(trainer: SpyTrainer, epoch: int) -> list[int]:
+    return [i for e, batch in trainer.seen if e == epoch for i in batch]
+
+
+def _training_logs(trainer: AdaMoETrainer) -> list[dict[str, float]]:
+    return [log for log in trainer.state.log_history if "loss" in log]
+
+
+def test_balance_loss_in_training_only(train_kwargs: dict[str, Any]) -> None:
+    model = tiny_bert()
+    data, dev = toy_dataset(16), toy_dataset(8, seed=2)
+    args = AdaMoETrainingArguments(max_steps=4, logging_steps=2, **train_kwargs)
+    trainer = AdaMoETrainer(model=model, args=args, train_dataset=data, eval_dataset=dev, data_collator=pad_collate)
+    trainer.train()
+
+    logs = _training_logs(trainer)
+    assert len(logs) == 2
+    for log in logs:
+        assert log["balance_loss"] > 0
+        assert log["loss"] == pytest.approx(log["task_loss"] + log["balance_loss"], rel=1e-5)
+        per_layer = [log[f"two_expert_fraction/bert.encoder.layer.{i}"] for i in (0, 1)]
+        assert 0 < log["two_expert_fraction"] < 1 and all(0 <= f <= 1 for f in per_layer)
+        assert log["flops_vs_top2"] == pytest.approx(0.5 * (1 + log["two_expert_fraction"]))
+        assert all(log[f"expert_load_max_over_mean/bert.encoder.layer.{i}"] >= 1 for i in (0, 1))
+
+    # In training, compute_loss is the task loss plus the balance loss of the same forward.
+    batch = pad_collate(data[:4])
+    model.train()
+    with torch.no_grad():
+        expected = model(**batch).loss + adamoe.balance_loss(model)
+        assert trainer.compute_loss(model, dict(batch)) == pytest.approx(float(expected), rel=1e-6)
+
+    # In evaluation, eval_loss is the plain task loss, recomputed independently in eval mode.
+    metrics = trainer.evaluate()
+    model.eval()
+    with torch.no_grad():
+        reference = model(**pad_collate(dev)).loss
+        balance = adamoe.balance_loss(model)
+    assert balance > 1e-4
+    assert metrics["eval_loss"] == pytest.approx(float(reference), abs=1e-6)
+    assert abs(metrics["eval_loss"] - float(reference + balance)) > balance / 2
+
+
+def test_complexity_vectors_equal_a_separate_forward_and_drive_epoch_two(train_kwargs: dict[str, Any]) -> None:
+    model = tiny_bert()
+    data = toy_dataset(16)
+    # lr = 0: the weights of the training forwards are the ones we check against afterwards.
+    args = AdaMoETrainingArguments(learning_rate=0.0, num_train_epochs=2, curriculum=True, **train_kwargs)
+    trainer = _spy(model=model, args=args, train_dataset=data)
+    trainer.train()
+
+    model.eval()
+    with torch.no_grad():
+        reference = []
+        for sample in data:  # one sample per forward: no padding, nothing shared with the training batches
+            model(**pad_collate([sample]))
+            reference.append(adamoe.routing_stats(model).per_sample[0])
+    reference = torch.stack(reference)  # (16, 2)
+    collected = torch.stack([trainer.curriculum_sampler.vectors[i] for i in range(16)])
+    torch.testing.assert_close(collected, reference, rtol=0, atol=1e-6)
+    assert len({tuple(v) for v in reference.tolist()}) > 4  # the samples really differ in complexity
+
+    epoch0, epoch1 = _indices_of_epoch(trainer, 0), _indices_of_epoch(trainer, 1)
+    assert sorted(epoch0) == sorted(epoch1) == list(range(16))
+    assert epoch0 == torch.randperm(16, generator=torch.Generator().manual_seed(0)).tolist()
+    assert epoch1 == curriculum_order(reference)
+    assert epoch1 != torch.randperm(16, generator=torch.Generator().manual_seed(1)).tolist()  # not epoch 1's shuffle
+
+
+def test_gradient_accumulation_keeps_every_vector_and_the_loss_split(train_kwargs: dict[str, Any]) -> None:
+    train_kwargs["per_device_train_batch_size"] = 2
+    args = AdaMoETrainingArguments(
+        gradient_accumulation_steps=3, num_train_epochs=1, logging_steps=1, curriculum=True, **train_kwargs
+    )
+    trainer = _spy(model=tiny_bert(), args=args, train_dataset=toy_dataset(12))
+    trainer.train()
+    assert trainer.state.global_step == 2
+    assert sorted(trainer.curriculum_sampler.vectors) == list(range(12))
+    for log in _training_logs(trainer):
+        assert log["loss"] == pytest.approx(log["task_loss"] + log["balance_loss"], rel=1e-5)
+
+
+def test_resume_replays_the_interrupted_curriculum_epoch(train_kwargs: dict[str, Any]) -> None:
+    data = toy_dataset(12)
+    save = {"save_strategy": "steps", "save_steps": 4}
+    args = AdaMoETrainingArguments(num_train_epochs=2, curriculum=True, **{**train_kwargs, **save})
+    full = _spy(model=tiny_bert(), args=args, train_dataset=data)
+    full.train()
+    checkpoint = os.path.join(args.output_dir, "checkpoint-4")  # after the first of epoch 1's three batches
+    assert os.path.isfile(os.path.join(checkpoint, CURRICULUM_STATE_NAME))
+    saved = torch.load(os.path.join(checkpoint, CURRICULUM_STATE_NAME), weights_only=True)
+    assert saved["order_epoch"] == 1 and saved["order"].tolist() == _indices_of_epoch(full, 1)
+    saved_elapsed = torch.load(os.path.join(checkpoint, TIMING_STATE_NAME), weights_only=True)["elapsed_s"]
+
+    resumed = _spy(model=tiny_bert(seed=5), args=args, train_dataset=data)
+    resumed.train(resume_from_checkpoint=checkpoint)
+    # The resumed run skips the batch it had trained and goes on in the checkpointed order.
+    assert _indices_of_epoch(resumed, 1) == _indices_of_epoch(full, 1)[4:]
+    assert _indices_of_epoch(full, 1) != torch.randperm(12, generator=torch.Generator().manual_seed(1)).tolist()
+    assert resumed.timing.summary()["train_time_s"] > saved_elapsed
+
+
+def test_dense_baseline_trains_through_the_same_trainer(train_kwargs: dict[str, Any]) -> None:
+    data = toy_dataset(8)
+    args = AdaMoETrainingArguments(max_steps=2, logging_steps=1, curriculum=True, **train_kwargs)
+    trainer = AdaMoETrainer(model=tiny_bert(moe=False), args=args, train_dataset=data, data_collator=pad_collate)
+    trainer.train()
+    assert trainer.curriculum_sampler is None  # nothing to order by
+    for log in _training_logs(trainer):
+        assert log["task_loss"] == pytest.approx(log["loss"], rel=1e-6)
+        assert "balance_loss" not in log and "two_expert_fraction" not in log
+    summary = trainer.timing.summary()
+    assert summary["num_tokens"] == sum(len(sample["input_ids"]) for sample in data)  # 2 steps x 4 = all 8
+    assert summary["tokens_per_second"] == pytest.approx(summary["num_tokens"] / summary["train_time_s"])
+    assert summary["two_expert_fraction"] is None and summary["flops_vs_top2"] is None
+
+
+def test_summary_routing_figures_cover_the_whole_run(train_kwargs: dict[str, Any]) -> None:
+    data = toy_dataset(8)
+    args = AdaMoETrainingArguments(learning_rate=0.0, max_steps=2, **train_kwargs)
+    model = tiny_bert()
+    trainer = AdaMoETrainer(model=model, args=args, train_dataset=data, data_collator=pad_collate)
+    trainer.train()
+    model.eval()
+    with torch.no_grad():  # the same 8 samples at the same weights, in one padded batch
+        model(**pad_collate(data))
+    stats = adamoe.routing_stats(model)
+    summary = trainer.timing.summary()
+    assert summary["two_expert_fraction"] == pytest.approx(stats.two_expert_fraction)
+    assert summary["flops_vs_top2"] == pytest.approx(stats.flops_vs_top2)
+    assert summary["two_expert_fraction_per_layer"] == pytest.approx(
+        {layer.name: layer.two_expert_fraction for layer in stats.layers}
+    )
+
+
+def test_refuses_a_patched_checkpoint_loaded_with_plain_transformers(
+    tmp_path: Path, train_kwargs: dict[str, Any]
+) -> None:
+    tiny_bert().save_pretrained(tmp_path / "patched")
+    args = AdaMoETrainingArguments(max_steps=1, **train_kwargs)
+    unpatched = BertForSequenceClassification.from_pretrained(tmp_path / "patched")
+    with pytest.raises(adamoe.CheckpointError, match="adamoe.from_pretrained"):
+        AdaMoETrainer(model=unpatched, args=args, train_dataset=toy_dataset(4), data_collator=pad_collate)
+    loaded = adamoe.from_pretrained(str(tmp_path / "patched"))
+    assert adamoe.is_moe_model(AdaMoETrainer(model=loaded, args=args, data_collator=pad_collate).model)
