@@ -162,7 +162,7 @@ def postprocess_predictions(
     windows = defaultdict(list)
     for index, example_id in enumerate(features["example_id"]):
         windows[example_id].append(index)
-    all_offsets = features["offset_mapping"]
+    all_offsets = list(features["offset_mapping"])  # one read; indexing a datasets Column reads row by row
     predictions = {}
     for example_id, context in zip(examples["id"], examples["context"], strict=True):
         best_score, best_text = -np.inf, ""

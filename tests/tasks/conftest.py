@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import string
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -28,6 +29,12 @@ def shared_path(*parts: str) -> Path:
     if not path.exists():
         pytest.skip(f"shared data not available: {path} (tests using ../shared/data skip on a fresh clone)")
     return path
+
+
+@pytest.fixture(name="shared_path")
+def shared_path_fixture() -> Callable[..., Path]:
+    """`shared_path` for tests: `shared_path("sst2", "train.tsv")`, skipping when the file is absent."""
+    return shared_path
 
 
 @pytest.fixture(scope="session")
