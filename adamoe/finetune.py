@@ -142,6 +142,8 @@ class FinetuneConfig:
 
     @classmethod
     def from_yaml(cls, path: str | Path, **overrides: Any) -> FinetuneConfig:
+        """Read a run-config YAML file (a path, or a packaged config's name such as "sst2")."""
+        path = resolve_config_path(path)
         with open(path) as f:
             values = yaml.safe_load(f) or {}
         if not isinstance(values, dict):
@@ -150,6 +152,21 @@ class FinetuneConfig:
             return cls.from_dict(values, **overrides)
         except (RunConfigError, ValueError) as err:
             raise RunConfigError(f"{path}: {err}") from err
+
+
+PACKAGED_CONFIGS = Path(__file__).parent / "configs"
+
+
+def resolve_config_path(name_or_path: str | Path) -> Path:
+    """A run-config file: a path, or the name of a packaged paper config (`sst2` -> configs/sst2.yaml)."""
+    path = Path(name_or_path)
+    if path.exists():
+        return path
+    packaged = PACKAGED_CONFIGS / f"{path.stem}.yaml"
+    if path.suffix in ("", ".yaml") and path.parent == Path(".") and packaged.exists():
+        return packaged
+    names = sorted(p.stem for p in PACKAGED_CONFIGS.glob("*.yaml"))
+    raise FileNotFoundError(f"No run config {name_or_path!r}: give a YAML path or one of the packaged {names}.")
 
 
 def _prepare_output_dir(config: FinetuneConfig) -> Path:
