@@ -20,6 +20,7 @@ A dense model (the paper's Dense baseline) trains through the same code with no 
 
 from __future__ import annotations
 
+import inspect
 import logging
 import os
 import time
@@ -62,6 +63,13 @@ class AdaMoETrainerMixin:
         super().__init__(*args, **kwargs)
         self._is_moe = False
         self._check_model(self.model)
+        if self.model_accepts_loss_kwargs and not _normalises_by_num_items(self.accelerator.unwrap_model(self.model)):
+            # transformers takes a `**kwargs` in `forward` to mean "my loss is already normalised by
+            # num_items_in_batch", but most task heads (BERT/RoBERTa classification and QA, T5, BART, FSMT) take
+            # **kwargs and still return a per-batch mean, so under gradient accumulation the loss, its gradient and
+            # the logs grow with the number of micro-batches (huggingface/transformers#47688). Such heads get the
+            # stock division by the number of micro-batches instead.
+            self.model_accepts_loss_kwargs = False
         self.data_collator = IndexCollator(self.data_collator)
         self.timing = TimingCallback(
             target_loss=getattr(self.args, "target_loss", None),
@@ -187,7 +195,9 @@ class AdaMoETrainerMixin:
                 self.model_accepts_loss_kwargs and num_items_in_batch is not None
             ) or self.compute_loss_func is not None
         micro_batches = getattr(self, "current_gradient_accumulation_steps", 1)  # set per step by the loop
-        self._task_loss_sum += task_loss.detach().float() / (1 if scaled_for_ga else micro_batches)
+        self._task_loss_sum += task_loss.detach().float().to(self._task_loss_sum.device) / (
+            1 if scaled_for_ga else micro_batches
+        )
 
         stats: RoutingStats | None = None
         loss = task_loss
@@ -196,7 +206,7 @@ class AdaMoETrainerMixin:
             balance = balance_loss(unwrapped)
             stats = routing_stats(unwrapped)
             loss = task_loss + (balance / micro_batches if scaled_for_ga else balance)
-            self._balance_loss_sum += balance.detach().float() / micro_batches
+            self._balance_loss_sum += balance.detach().float().to(self._balance_loss_sum.device) / micro_batches
             self._interval_routing.add(stats)
             if self.curriculum_sampler is not None and sample_index is not None and stats.per_sample is not None:
                 self.curriculum_sampler.record(sample_index, stats.per_sample)
@@ -280,6 +290,19 @@ class AdaMoETrainerMixin:
             )
         finally:
             self._resume_checkpoint = None
+
+
+def _normalises_by_num_items(model: nn.Module) -> bool:
+    """Whether `model`'s loss is normalised by the `num_items_in_batch` the Trainer passes under gradient
+    accumulation: an explicit `accepts_loss_kwargs` says so; otherwise the heads that do it call
+    `self.loss_function(..., **kwargs)` in `forward` (e.g. GPT-2), the others compute a per-batch mean."""
+    if hasattr(model, "accepts_loss_kwargs"):
+        return bool(model.accepts_loss_kwargs)
+    try:
+        source = inspect.getsource(type(model).forward)
+    except (OSError, TypeError):  # no source (compiled, interactive): keep the Trainer's own assumption
+        return True
+    return "loss_function" in source
 
 
 class _CheckpointCallback(TrainerCallback):

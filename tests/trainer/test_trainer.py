@@ -3,15 +3,17 @@ resume, the dense baseline and the refusal of a silently unpatched checkpoint.""
 
 from __future__ import annotations
 
+import math
 import os
 from pathlib import Path
 from typing import Any
 
 import pytest
 import torch
+from datasets import Dataset
 from torch import nn
-from trainer_toys import pad_collate, tiny_bert, toy_dataset
-from transformers import BertForSequenceClassification
+from trainer_toys import VOCAB, pad_collate, tiny_bert, toy_dataset
+from transformers import BertForSequenceClassification, GPT2Config, GPT2LMHeadModel
 
 import adamoe
 from adamoe.trainer import (
@@ -112,12 +114,55 @@ def test_gradient_accumulation_keeps_every_vector_and_the_loss_split(train_kwarg
     args = AdaMoETrainingArguments(
         gradient_accumulation_steps=3, num_train_epochs=1, logging_steps=1, curriculum=True, **train_kwargs
     )
-    trainer = _spy(model=tiny_bert(), args=args, train_dataset=toy_dataset(12))
+    # A datasets.Dataset with a column the model does not take: remove_unused_columns must drop "text" but keep
+    # "sample_index" all the way to compute_loss.
+    dataset = Dataset.from_list([{**sample, "text": "unused"} for sample in toy_dataset(12)])
+
+    def strict_collate(features: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
+        assert all(set(feature) == {"input_ids", "labels"} for feature in features)
+        return pad_collate(features)
+
+    trainer = SpyTrainer(model=tiny_bert(), args=args, train_dataset=dataset, data_collator=strict_collate)
+    trainer.seen = []
     trainer.train()
     assert trainer.state.global_step == 2
     assert sorted(trainer.curriculum_sampler.vectors) == list(range(12))
     for log in _training_logs(trainer):
         assert log["loss"] == pytest.approx(log["task_loss"] + log["balance_loss"], rel=1e-5)
+
+
+def test_gradient_accumulation_equals_one_big_batch(train_kwargs: dict[str, Any]) -> None:
+    # BERT's classification head returns a per-batch mean although its forward takes **kwargs; the trainer must
+    # still divide by the micro-batches (transformers#47688), so 2 x 2 accumulated == one batch of 4 under SGD.
+    data = toy_dataset(4)
+    results = []
+    for batch_size, accumulation in ((4, 1), (2, 2)):
+        model = tiny_bert(moe=False)
+        args = AdaMoETrainingArguments(
+            max_steps=1,
+            learning_rate=0.5,
+            optim="sgd",
+            max_grad_norm=0.0,
+            logging_steps=1,
+            gradient_accumulation_steps=accumulation,
+            **{**train_kwargs, "per_device_train_batch_size": batch_size},
+        )
+        trainer = AdaMoETrainer(model=model, args=args, train_dataset=data, data_collator=pad_collate)
+        assert trainer.model_accepts_loss_kwargs is False
+        trainer.train()
+        results.append((_training_logs(trainer)[0]["task_loss"], torch.cat([p.flatten() for p in model.parameters()])))
+    (loss_one, weights_one), (loss_accumulated, weights_accumulated) = results
+    assert loss_one == pytest.approx(loss_accumulated, rel=1e-5)
+    assert loss_one == pytest.approx(math.log(2), abs=0.05)  # a 2-class mean at init, not 2 x that
+    torch.testing.assert_close(weights_accumulated, weights_one, rtol=0, atol=1e-6)
+    assert not torch.equal(weights_one, torch.cat([p.flatten() for p in tiny_bert(moe=False).parameters()]))
+
+
+def test_only_heads_that_normalise_by_num_items_keep_the_loss_kwargs(train_kwargs: dict[str, Any]) -> None:
+    gpt2 = GPT2LMHeadModel(GPT2Config(n_embd=32, n_layer=1, n_head=2, vocab_size=VOCAB, n_positions=16))
+    args = AdaMoETrainingArguments(max_steps=1, **train_kwargs)
+    assert AdaMoETrainer(model=gpt2, args=args).model_accepts_loss_kwargs is True  # uses self.loss_function
+    assert AdaMoETrainer(model=tiny_bert(), args=args).model_accepts_loss_kwargs is False
 
 
 def test_resume_replays_the_interrupted_curriculum_epoch(train_kwargs: dict[str, Any]) -> None:
