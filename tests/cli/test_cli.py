@@ -1,0 +1,103 @@
+"""CLI parsing: flags override the run config, and reach the Python API unchanged."""
+
+import pytest
+from typer.testing import CliRunner
+
+import adamoe.finetune as recipes
+from adamoe.cli import app
+
+runner = CliRunner()
+
+
+@pytest.fixture
+def captured(monkeypatch):
+    """Replace the training itself: these tests check what the CLI asks the API for."""
+    calls = []
+
+    def fake_finetune(config):
+        calls.append(config)
+        return {"task": config.task, "gating": config.gating, "metrics": {"accuracy": 0.5}, "checkpoint": "x"}
+
+    monkeypatch.setattr(recipes, "finetune", fake_finetune)
+    return calls
+
+
+def test_main_command_maps_flags_onto_the_run_config(captured, tmp_path):
+    result = runner.invoke(
+        app,
+        [
+            "finetune",
+            "--task",
+            "sst2",
+            "--threshold",
+            "0.2",
+            "--num-experts",
+            "8",
+            "--model",
+            "some/model",
+            "--train-file",
+            "t.tsv",
+            "--validation-file",
+            "v.tsv",
+            "--epochs",
+            "2",
+            "--batch-size",
+            "4",
+            "--lr",
+            "1e-4",
+            "--seed",
+            "7",
+            "--max-train-samples",
+            "10",
+            "--curriculum",
+            "--target-loss",
+            "0.3",
+            "--output-dir",
+            str(tmp_path / "o"),
+        ],
+    )
+    assert result.exit_code == 0, result.output
+    (config,) = captured
+    assert (config.task, config.model, config.moe.threshold, config.moe.num_experts) == ("sst2", "some/model", 0.2, 8)
+    assert (config.data.train_file, config.data.validation_file, config.data.max_train_samples) == (
+        "t.tsv",
+        "v.tsv",
+        10,
+    )
+    assert config.training == {
+        "num_train_epochs": 2.0,
+        "per_device_train_batch_size": 4,
+        "per_device_eval_batch_size": 4,
+        "learning_rate": 1e-4,
+        "seed": 7,
+        "curriculum": True,
+        "target_loss": 0.3,
+    }
+    assert "accuracy" in result.output
+
+
+def test_flags_override_the_config_file_and_dense_drops_the_moe(captured):
+    result = runner.invoke(app, ["finetune", "--config", "sst2", "--lr", "5e-5", "--gating", "top2"])
+    assert result.exit_code == 0, result.output
+    config = captured[-1]
+    assert config.training["learning_rate"] == 5e-5 and config.training["per_device_train_batch_size"] == 24
+    assert config.moe.gating == "top2" and config.moe.expert_init == "random"
+    result = runner.invoke(app, ["finetune", "--config", "sst2", "--gating", "dense"])
+    assert result.exit_code == 0 and captured[-1].moe is None
+
+
+def test_bad_input_gets_a_message_not_a_traceback(captured):
+    result = runner.invoke(app, ["finetune", "--task", "sst2", "--threshold", "1.5"])
+    assert result.exit_code == 2 and "threshold must be in [0, 1]" in result.output
+    assert not captured
+    result = runner.invoke(app, ["finetune", "--task", "mnli"])
+    assert result.exit_code == 2 and "sst2" in result.output
+    result = runner.invoke(app, ["finetune", "--threshold", "0.1"])
+    assert result.exit_code == 2 and "Name a task" in result.output
+
+
+def test_tasks_lists_every_task():
+    result = runner.invoke(app, ["tasks"], terminal_width=200)
+    assert result.exit_code == 0
+    for name in ("sst2", "squad", "wmt19", "cnn_dailymail", "wikitext", "soda"):
+        assert name in result.output

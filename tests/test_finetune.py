@@ -1,0 +1,90 @@
+"""Run configs: the paper's hyper-parameters, strict keys, and output-directory safety."""
+
+import json
+
+import pytest
+
+from adamoe.finetune import FinetuneConfig, OutputDirError, RunConfigError, _prepare_output_dir
+
+# The paper's Table 2 hyper-parameters, as the issue lists them.
+PAPER = {
+    "sst2": ("bert-base-uncased", 24, 3e-5),
+    "squad": ("bert-base-uncased", 24, 3e-5),
+    "wmt19": ("facebook/wmt19-de-en", None, 5e-4),
+    "cnn_dailymail": ("facebook/bart-large", None, 1e-5),
+    "wikitext": ("gpt2-medium", 8, 1.5e-4),
+    "soda": ("microsoft/DialoGPT-medium", 64, 1e-4),
+}
+
+
+@pytest.mark.parametrize("task", sorted(PAPER))
+def test_packaged_configs_carry_the_papers_settings(task):
+    config = FinetuneConfig.from_yaml(task)
+    model, batch, lr = PAPER[task]
+    assert (config.task, config.model, config.training["learning_rate"]) == (task, model, lr)
+    if batch is not None:
+        assert config.training["per_device_train_batch_size"] == batch
+    moe = config.moe
+    assert (moe.num_experts, moe.gating, moe.threshold, moe.aux_loss_coef) == (16, "adaptive", 0.1, 0.01)
+    assert (moe.expert_init, moe.combine) == ("random", "gate")
+
+
+@pytest.mark.parametrize(
+    "values, message",
+    [
+        ({"task": "sst2", "epochs": 3}, "Unknown run-config key"),
+        ({"task": "sst2", "moe": {"experts": 4}}, "Unknown MoEConfig field"),
+        ({"task": "sst2", "data": {"train": "x.tsv"}}, "Unknown data field"),
+        ({"task": "sst2", "training": {"epochs": 3}}, "Unknown training field"),
+        ({"task": "sst2", "training": {"output_dir": "x"}}, "top level"),
+        ({"task": "sst2", "moe": {"threshold": 2.0}}, "threshold must be in"),
+    ],
+)
+def test_unknown_or_bad_keys_are_errors(values, message):
+    with pytest.raises(ValueError, match=message):
+        FinetuneConfig.from_dict(values)
+
+
+def test_unknown_task_lists_the_known_ones():
+    with pytest.raises(KeyError, match="sst2"):
+        FinetuneConfig(task="mnli")
+
+
+def test_yaml_errors_name_the_file(tmp_path):
+    path = tmp_path / "run.yaml"
+    path.write_text("task: sst2\ntraining:\n  lr: 0.1\n")
+    with pytest.raises(RunConfigError, match="run.yaml.*Unknown training field"):
+        FinetuneConfig.from_yaml(path)
+
+
+def test_defaults_fill_model_and_output_dir_and_round_trip():
+    config = FinetuneConfig.from_dict({"task": "wikitext", "moe": None})
+    assert config.model == "gpt2-medium" and config.gating == "dense" and config.output_dir == "outputs/wikitext-dense"
+    again = FinetuneConfig.from_dict(json.loads(json.dumps(config.to_dict())))
+    assert again.to_dict() == config.to_dict()
+
+
+def test_an_output_dir_holding_another_run_is_refused(tmp_path):
+    out = tmp_path / "run"
+    out.mkdir()
+    (out / "results.json").write_text("{}")
+    config = FinetuneConfig(task="sst2", output_dir=str(out))
+    with pytest.raises(OutputDirError, match="--overwrite"):
+        _prepare_output_dir(config)
+    assert (out / "results.json").exists()  # nothing lost
+    _prepare_output_dir(FinetuneConfig(task="sst2", output_dir=str(out), overwrite=True))
+    assert not (out / "results.json").exists()
+
+
+def test_resume_needs_a_checkpoint_and_the_same_settings(tmp_path):
+    out = tmp_path / "run"
+    with pytest.raises(OutputDirError, match="no checkpoint"):
+        _prepare_output_dir(FinetuneConfig(task="sst2", output_dir=str(out), resume=True))
+    (out / "checkpoint-5").mkdir(parents=True)
+    (out / "run_config.json").write_text(json.dumps(FinetuneConfig(task="sst2", output_dir=str(out)).to_dict()))
+    assert _prepare_output_dir(FinetuneConfig(task="sst2", output_dir=str(out), resume=True)) == out
+    other = FinetuneConfig.from_dict({"task": "sst2", "output_dir": str(out), "moe": {"num_experts": 4}}, resume=True)
+    with pytest.raises(OutputDirError, match="moe"):
+        _prepare_output_dir(other)
+    with pytest.raises(RunConfigError, match="--overwrite"):
+        FinetuneConfig(task="sst2", resume=True, overwrite=True)
