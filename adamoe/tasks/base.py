@@ -6,13 +6,18 @@ contract, so adding a task never touches them:
 
 ```python
 task = TASKS["sst2"]
+model = task.model_class.from_pretrained(task.default_model, **task.model_kwargs)
 raw = task.load_raw(data)                                   # DatasetDict: "train", "validation"
 prepared = task.preprocess(raw, tokenizer, data, model.config)
+args = TrainingArguments(output_dir, **task.training_overrides(data))  # Seq2Seq* when task.kind == "seq2seq"
 trainer = Trainer(model, args, train_dataset=prepared.train, eval_dataset=prepared.eval,
                   data_collator=task.data_collator(tokenizer, model),
                   compute_metrics=task.compute_metrics(prepared, tokenizer, data),
                   preprocess_logits_for_metrics=task.preprocess_logits_for_metrics)
 ```
+
+Every task's metrics come out of a plain `trainer.evaluate()`: QA post-processing happens inside its
+`compute_metrics`, and the causal-LM tasks compute perplexity from the logits (see `causal_lm.py`).
 """
 
 from __future__ import annotations

@@ -65,8 +65,8 @@ def _read_delimited(path: Path, sep: str) -> Dataset:
     return Dataset.from_csv(str(path), sep=sep, quoting=quoting, keep_default_na=False)
 
 
-# Suffix -> reader. Nested schemas (SQuAD answers, WMT translation pairs) cannot live in CSV/TSV; a task that
-# needs them simply leaves those suffixes out of its `formats`.
+# Suffix -> reader. Nested schemas (SQuAD answers, WMT translation pairs) cannot live in CSV/TSV: a task that
+# needs them leaves those suffixes out of its `formats` or reads flat columns instead (wmt19).
 READERS: dict[str, Callable[[Path], Dataset]] = {
     ".json": lambda path: Dataset.from_json(str(path)),
     ".jsonl": lambda path: Dataset.from_json(str(path)),

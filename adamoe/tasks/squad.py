@@ -30,7 +30,7 @@ from transformers import (
 )
 
 from .base import DataArgs, MetricsFn, PreparedData, TaskKind, load_splits, tokenize_split
-from .io import Schema, check_columns, check_file, read_rows
+from .io import DataFormatError, Schema, check_columns, check_file, read_rows
 from .metrics import squad_metrics
 
 SCHEMA = Schema(
@@ -75,7 +75,14 @@ def read_squad_file(path: Path) -> Dataset:
         except json.JSONDecodeError:  # JSON lines, read below
             document = None
         if isinstance(document, dict) and "data" in document:
-            return check_columns(Dataset.from_list(flatten_squad(document["data"])), path, SCHEMA)
+            try:
+                rows = flatten_squad(document["data"])
+            except (KeyError, TypeError) as err:
+                raise DataFormatError(
+                    f"{path}: nested SQuAD JSON without the field {err} (expected data > paragraphs > context, "
+                    "qas > id, question, answers > text, answer_start)."
+                ) from err
+            return check_columns(Dataset.from_list(rows), path, SCHEMA)
     return read_rows(path, SCHEMA, FORMATS)
 
 

@@ -83,7 +83,7 @@ class SST2Task:
 
         def tokenize(batch: dict[str, list]) -> dict[str, list]:
             features = tokenizer(batch["sentence"], max_length=max_length, truncation=True)
-            features["labels"] = batch["label"]
+            features["labels"] = [int(label) for label in batch["label"]]  # a float 1.0 would mean regression
             return features
 
         return prepare_splits(raw, tokenize, data)

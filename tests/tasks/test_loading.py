@@ -135,6 +135,15 @@ def test_squad_official_nested_json(tmp_path):
     assert raw["validation"][1]["title"] == "Paris"
 
 
+def test_squad_nested_json_missing_a_field(tmp_path):
+    path = tmp_path / "dev-v1.1.json"
+    path.write_text(
+        json.dumps({"data": [{"title": "Paris", "paragraphs": [{"context": "Paris."}]}]}), encoding="utf-8"
+    )
+    with pytest.raises(DataFormatError, match="without the field 'qas'"):
+        load("squad", str(path))
+
+
 @pytest.mark.parametrize("suffix", [".json", ".jsonl", ".parquet"])
 def test_squad_hub_schema(tmp_path, suffix):
     raw = load("squad", write(tmp_path / f"dev{suffix}", SQUAD_ROWS))
