@@ -26,6 +26,7 @@ import os
 import time
 from typing import Any
 
+import datasets
 import torch
 from torch import nn
 from torch.utils.data import DataLoader, IterableDataset, Sampler
@@ -123,9 +124,13 @@ class AdaMoETrainerMixin:
     def get_train_dataloader(self) -> DataLoader:
         if not self._curriculum_active():
             return super().get_train_dataloader()
+        dataset = self.train_dataset
+        if isinstance(dataset, datasets.Dataset):
+            # Drop unused columns at the dataset level, as the stock path does, before the wrapper hides the type.
+            dataset = self._remove_unused_columns(dataset, description="Training")
         # The stock body with the dataset wrapped so each item carries its "sample_index" (see indexing.py).
         return self._get_dataloader(
-            dataset=IndexedDataset(self.train_dataset),
+            dataset=IndexedDataset(dataset),
             description="Training",
             batch_size=self._train_batch_size,
             sampler_fn=self._get_train_sampler,
@@ -208,7 +213,11 @@ class AdaMoETrainerMixin:
             loss = task_loss + (balance / micro_batches if scaled_for_ga else balance)
             self._balance_loss_sum += balance.detach().float().to(self._balance_loss_sum.device) / micro_batches
             self._interval_routing.add(stats)
-            if self.curriculum_sampler is not None and sample_index is not None and stats.per_sample is not None:
+            if self.curriculum_sampler is not None and sample_index is not None:
+                if stats.per_sample is None:
+                    raise ValueError(
+                        "curriculum=True needs per-sample routing, but the MoE blocks saw flat token tensors."
+                    )
                 self.curriculum_sampler.record(sample_index, stats.per_sample)
         is_encoder_decoder = bool(getattr(getattr(model, "config", None), "is_encoder_decoder", False))
         self.timing.record_batch(count_tokens(inputs, is_encoder_decoder=is_encoder_decoder), stats)
