@@ -22,6 +22,28 @@ SOURCE_PREFIXES: dict[str, dict[str, str]] = {
 LANGUAGE_NAMES = {"de": "German", "en": "English"}
 
 
+def fsmt_target_ids(tokenizer: Any, targets: list[str], max_length: int) -> list[list[int]]:
+    """Target ids for FSMT, in the target language's Moses rules and the target vocabulary.
+
+    `FSMTTokenizer` has no target mode: `tokenizer(text_target=...)` runs the source language's Moses rules and
+    looks pieces up in the source vocabulary, while the decoder predicts (and `decode` reads) target-vocabulary
+    ids. So targets are encoded the way the tokenizer decodes them, ending with `</s>` as FSMT inputs do.
+    """
+    vocab = {token: index for index, token in tokenizer.decoder.items()}  # target vocabulary
+    unk, lang = vocab[tokenizer.unk_token], tokenizer.tgt_lang
+    ids = []
+    for text in targets:
+        text = text.lower() if tokenizer.do_lower_case else text
+        words = tokenizer.moses_tokenize(tokenizer.moses_pipeline(text, lang=lang), lang=lang)
+        pieces = [piece for word in words if word for piece in tokenizer.bpe(word).split(" ")]
+        ids.append([vocab.get(piece, unk) for piece in pieces][: max_length - 1] + [vocab[tokenizer.sep_token]])
+    return ids
+
+
+# Tokenizer class -> target encoder, for tokenizers whose `text_target` does not give decoder-vocabulary ids.
+TARGET_ENCODERS: dict[str, Callable[[Any, list[str], int], list[list[int]]]] = {"FSMTTokenizer": fsmt_target_ids}
+
+
 def source_prefix(data: DataArgs, model_config: PretrainedConfig | None, family: str, **fields: str) -> str:
     """`data.source_prefix` if set, else the model type's prefix for `family` from `SOURCE_PREFIXES`, else "".
 
@@ -47,17 +69,21 @@ def prepare_pairs(
     max_source_length: int,
     max_target_length: int,
 ) -> PreparedData:
-    """Tokenizes the (source, target) texts `pairs` extracts from each batch: `prefix` + source as inputs,
-    target as `labels`, both truncated.
+    """Tokenizes `prefix` + source as inputs and the target as `labels`, both truncated, for every split.
 
-    No padding here: the collator pads `labels` with -100, so padding never counts in the loss.
+    `pairs` extracts the (sources, targets) texts from a batch of raw rows. No padding here: the collator pads
+    `labels` with -100, so padding never counts in the loss.
     """
+    encode_targets = TARGET_ENCODERS.get(type(tokenizer).__name__)
 
     def tokenize(batch: dict[str, list]) -> dict[str, list]:
         sources, targets = pairs(batch)
         features = tokenizer([prefix + s for s in sources], max_length=max_source_length, truncation=True)
-        labels = tokenizer(text_target=targets, max_length=max_target_length, truncation=True)
-        features["labels"] = labels["input_ids"]
+        if encode_targets is None:
+            labels = tokenizer(text_target=targets, max_length=max_target_length, truncation=True)["input_ids"]
+        else:
+            labels = encode_targets(tokenizer, targets, max_target_length)
+        features["labels"] = labels
         return features
 
     return prepare_splits(raw, tokenize, data)

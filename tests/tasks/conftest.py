@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 from tokenizers.pre_tokenizers import ByteLevel
-from transformers import BertTokenizer, GPT2Tokenizer, PreTrainedTokenizerBase, T5Tokenizer
+from transformers import BertTokenizer, FSMTTokenizer, GPT2Tokenizer, PreTrainedTokenizerBase, T5Tokenizer
 
 # tests/tasks/conftest.py -> repo root is parents[2]; the shared data sits next to the repo.
 SHARED_DATA = Path(__file__).resolve().parents[2] / ".." / "shared" / "data"
@@ -59,6 +59,26 @@ def gpt2_tokenizer(tmp_path_factory: pytest.TempPathFactory) -> PreTrainedTokeni
     (folder / "vocab.json").write_text(json.dumps(vocab), encoding="utf-8")
     (folder / "merges.txt").write_text("#version: 0.2\n", encoding="utf-8")
     return GPT2Tokenizer.from_pretrained(str(folder))
+
+
+@pytest.fixture(scope="session")
+def fsmt_tokenizer(tmp_path_factory: pytest.TempPathFactory) -> PreTrainedTokenizerBase:
+    """German-English FSMT tokenizer, one BPE piece per character, whose target vocabulary is ordered
+    differently from its source vocabulary, so source and target ids of the same text differ."""
+    pytest.importorskip("sacremoses", reason="FSMTTokenizer needs sacremoses")
+    folder = tmp_path_factory.mktemp("fsmt_tokenizer")
+    chars = list(string.ascii_letters + string.digits + string.punctuation)
+
+    def vocab(order: list[str]) -> dict[str, int]:
+        pieces = ["<s>", "<pad>", "</s>", "<unk>"] + [p for c in order for p in (c, f"{c}</w>")]
+        return {piece: i for i, piece in enumerate(pieces)}
+
+    (folder / "vocab-src.json").write_text(json.dumps(vocab(chars)), encoding="utf-8")
+    (folder / "vocab-tgt.json").write_text(json.dumps(vocab(chars[::-1])), encoding="utf-8")
+    (folder / "merges.txt").write_text("", encoding="utf-8")
+    config = {"langs": ["de", "en"], "do_lower_case": False, "model_max_length": 1024}
+    (folder / "tokenizer_config.json").write_text(json.dumps(config), encoding="utf-8")
+    return FSMTTokenizer.from_pretrained(str(folder))
 
 
 @pytest.fixture

@@ -58,6 +58,18 @@ def test_wmt19_direction_and_t5_prefix(bert_tokenizer, config, direction, source
     assert bert_tokenizer.decode(first["labels"], skip_special_tokens=True) == target
 
 
+def test_wmt19_fsmt_labels_use_the_target_vocabulary(fsmt_tokenizer):
+    config = FSMTConfig(langs=["de", "en"], src_vocab_size=200, tgt_vocab_size=200)
+    prepared = TASKS["wmt19"].preprocess(both_splits(PAIRS), fsmt_tokenizer, DataArgs(max_target_length=8), config)
+    first = prepared.train[0]
+    assert first["input_ids"] == fsmt_tokenizer("die katze")["input_ids"]  # source vocabulary
+    # decode() reads target-vocabulary ids, as generation produces them: labels must round-trip through it.
+    assert fsmt_tokenizer.decode(first["labels"], skip_special_tokens=True) == "the cat"
+    # Truncated to 7 pieces + </s> (one piece per character here).
+    assert fsmt_tokenizer.decode(prepared.train[1]["labels"], skip_special_tokens=True) == "paris is"
+    assert len(prepared.train[1]["labels"]) == 8
+
+
 def test_wmt19_refuses_an_fsmt_model_of_the_other_direction(bert_tokenizer):
     config = FSMTConfig(langs=["de", "en"], src_vocab_size=10, tgt_vocab_size=10)
     TASKS["wmt19"].preprocess(both_splits(PAIRS), bert_tokenizer, DataArgs(), config)
