@@ -2,10 +2,12 @@
 curriculum ordering and the paper's timing figures added at their hooks.
 
 All the logic is in `AdaMoETrainerMixin`, which overrides only hooks (`compute_loss`, `log`, `evaluate`,
-`_get_train_sampler`, `get_train_dataloader`, `train` to note the checkpoint being resumed) and registers two
-callbacks: `TimingCallback` (public, `trainer.timing`) and `_CheckpointCallback`, which syncs the curriculum
-across ranks and writes the curriculum and timing state into every checkpoint folder, so that
-`trainer.train(resume_from_checkpoint=...)` continues the same curriculum and clocks.
+`_get_train_sampler`, `get_train_dataloader`, `train` to note and check the checkpoint being resumed,
+`_save_checkpoint` and `save_model` to save atomically) and registers two callbacks: `TimingCallback` (public,
+`trainer.timing`) and `_CheckpointCallback`, which syncs the curriculum across ranks. Every checkpoint folder
+also holds the curriculum and timing state, so that `trainer.train(resume_from_checkpoint=...)` continues the
+same curriculum and clocks, and is written aside and renamed into place (see `checkpointing.py`), so a crash
+never leaves a half-written checkpoint for `--resume` to pick up.
 
 What a training step does beyond the stock trainer:
 
@@ -13,7 +15,13 @@ What a training step does beyond the stock trainer:
   `aux_loss_coef`) is added in training only, so it never reaches `eval_loss` or a perplexity;
 - the routing of that same forward (`adamoe.routing_stats`) feeds the logs, the timing figures and, with
   `curriculum=True`, the per-sample complexity vectors, filed under the dataset index that `IndexedDataset`
-  attaches as `"sample_index"` (see `indexing.py`) and that `compute_loss` pops before the forward.
+  attaches as `"sample_index"` (see `indexing.py`) and that `compute_loss` pops before the forward;
+- a router that produces NaN or infinite logits stops the run with a `RouterNumericsError` naming the layer
+  and the optimizer step, instead of training on garbage.
+
+Under data parallelism (`torchrun` / `accelerate launch`, see docs/scale-out.md) every rank computes the same
+curriculum order and accelerate shards its batches; logged losses, routing figures and timing counts are summed
+over ranks; only the process that `args.should_save` names writes files.
 
 A dense model (the paper's Dense baseline) trains through the same code with no balance loss and no routing.
 """
@@ -23,6 +31,7 @@ from __future__ import annotations
 import inspect
 import logging
 import os
+import shutil
 import time
 from typing import Any
 
@@ -31,11 +40,19 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, IterableDataset, Sampler
 from transformers import Seq2SeqTrainer, Trainer, TrainerCallback, TrainerControl, TrainerState, TrainingArguments
-from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, TrainOutput, get_last_checkpoint, has_length
+from transformers.trainer_utils import (
+    PREFIX_CHECKPOINT_DIR,
+    TrainOutput,
+    get_last_checkpoint,
+    has_length,
+    rotate_checkpoints,
+)
 
 from ..modeling import check_patched_consistently
 from ..patching import is_moe_model
+from ..router import RouterNumericsError
 from ..stats import RoutingStats, balance_loss, routing_stats
+from .checkpointing import STAGING_DIR, check_checkpoint_files, move_into_place, replace_files
 from .curriculum import CurriculumSampler
 from .indexing import SAMPLE_INDEX_KEY, IndexCollator, IndexedDataset
 from .meters import RoutingMeter
@@ -81,6 +98,7 @@ class AdaMoETrainerMixin:
         self.add_callback(_CheckpointCallback(self))
         self.curriculum_sampler: CurriculumSampler | None = None
         self._resume_checkpoint: str | None = None
+        self._staging_run_dir: str | None = None  # set while `_save_checkpoint` writes aside
         self._interval_routing = RoutingMeter()
         self._reset_interval(step=0)
         if getattr(self.args, "curriculum", False):
@@ -176,7 +194,18 @@ class AdaMoETrainerMixin:
         sample_index = inputs.get(SAMPLE_INDEX_KEY)  # (batch,) or None
         if sample_index is not None:
             inputs = {k: v for k, v in inputs.items() if k != SAMPLE_INDEX_KEY}
-        loss, outputs = super().compute_loss(model, inputs, return_outputs=True, num_items_in_batch=num_items_in_batch)
+        try:
+            loss, outputs = super().compute_loss(
+                model, inputs, return_outputs=True, num_items_in_batch=num_items_in_batch
+            )
+        except RouterNumericsError as err:
+            # The block names the layer; only the trainer knows when. global_step counts finished optimizer steps.
+            when = (
+                f"optimizer step {self.state.global_step + 1}"
+                if model.training
+                else f"evaluation after optimizer step {self.state.global_step}"
+            )
+            raise RouterNumericsError(f"{err} (Raised in {when}, epoch {self.state.epoch or 0:.2f}.)") from err
         if model.training:
             loss = self._add_training_terms(model, inputs, loss, sample_index, num_items_in_batch)
         return (loss, outputs) if return_outputs else loss
@@ -287,6 +316,8 @@ class AdaMoETrainerMixin:
             checkpoint = get_last_checkpoint(self.args.output_dir)  # None: the stock train raises below
         self._resume_checkpoint = checkpoint if isinstance(checkpoint, str) else None
         if self._resume_checkpoint is not None:
+            # A damaged file would otherwise surface as a raw safetensors or zip error deep in the stock loader.
+            check_checkpoint_files(self._resume_checkpoint)
             timing_path = os.path.join(self._resume_checkpoint, TIMING_STATE_NAME)
             if os.path.isfile(timing_path):
                 # Counts in the file are summed over ranks: one rank carries them on, or they would be counted W times.
@@ -299,6 +330,82 @@ class AdaMoETrainerMixin:
             )
         finally:
             self._resume_checkpoint = None
+
+    # ---- saving ----
+
+    def _get_output_dir(self, trial: Any) -> str:
+        # While `_save_checkpoint` runs, the stock code writes `<this>/checkpoint-N`: the staging folder.
+        return self._staging_run_dir or super()._get_output_dir(trial)
+
+    def _save_checkpoint(self, model: nn.Module, trial: Any) -> None:
+        """The stock checkpoint plus adamoe's state, written aside and renamed into place (see checkpointing.py)."""
+        self._staging_run_dir = None
+        run_dir = self._get_output_dir(trial)
+        name = f"{PREFIX_CHECKPOINT_DIR}-{self.state.global_step}"
+        staging_root = os.path.join(run_dir, STAGING_DIR)
+        staged, final = os.path.join(staging_root, name), os.path.join(run_dir, name)
+        if self.args.should_save:
+            shutil.rmtree(staging_root, ignore_errors=True)  # what a crashed save left
+        self.accelerator.wait_for_everyone()
+        self._staging_run_dir = staging_root
+        try:
+            super()._save_checkpoint(model, trial)  # its rotation finds only this checkpoint there: a no-op
+        finally:
+            self._staging_run_dir = None
+        self._save_adamoe_state(staged)
+        if self.state.best_global_step:
+            # The stock code looked for the best checkpoint under the staging folder; point at the real one.
+            best = os.path.join(run_dir, f"{PREFIX_CHECKPOINT_DIR}-{self.state.best_global_step}")
+            if best == final or os.path.isdir(best):
+                self.state.best_model_checkpoint = best
+                if self.args.should_save:
+                    self.state.save_to_json(os.path.join(staged, "trainer_state.json"))
+        self.accelerator.wait_for_everyone()  # every rank has written its files (RNG state is per rank)
+        if self.args.should_save:
+            move_into_place(staged, final)
+            os.rmdir(staging_root)
+            rotate_checkpoints(
+                output_dir=run_dir,
+                save_total_limit=self.args.save_total_limit,
+                best_model_checkpoint=self.state.best_model_checkpoint,
+                use_mtime=True,
+            )
+        elif os.path.isdir(staged):
+            # A rank on another machine without a shared filesystem: its own copy holds its RNG state.
+            move_into_place(staged, final)
+        self.accelerator.wait_for_everyone()  # nobody reads or rotates checkpoints before the rename
+
+    def _save_adamoe_state(self, folder: str) -> None:
+        """Write the curriculum and timing state into a checkpoint folder (collectives: call on every rank)."""
+        sampler = self.curriculum_sampler
+        if sampler is not None:
+            sampler.sync()
+        timing_state = self.timing.state_dict(reduce_sum=self.timing.reduce_sum)
+        if not self.args.should_save:
+            return
+        os.makedirs(folder, exist_ok=True)
+        if sampler is not None:
+            torch.save(sampler.state_dict(), os.path.join(folder, CURRICULUM_STATE_NAME))
+        torch.save(timing_state, os.path.join(folder, TIMING_STATE_NAME))
+
+    def save_model(self, output_dir: str | None = None, _internal_call: bool = False) -> None:
+        """The stock `save_model`, written into a staging folder and then moved file by file into `output_dir`,
+        so a crash or a full disk leaves the previous files there, not truncated ones."""
+        if _internal_call:  # from `_save_checkpoint`, which is already writing aside
+            return super().save_model(output_dir, _internal_call=True)
+        output_dir = output_dir if output_dir is not None else self.args.output_dir
+        staged = os.path.join(output_dir, STAGING_DIR, "model")
+        if self.args.should_save:
+            shutil.rmtree(os.path.join(output_dir, STAGING_DIR), ignore_errors=True)
+        self.accelerator.wait_for_everyone()
+        super().save_model(staged, _internal_call=True)
+        self.accelerator.wait_for_everyone()
+        if self.args.should_save:
+            replace_files(staged, output_dir)
+            os.rmdir(os.path.join(output_dir, STAGING_DIR))
+        self.accelerator.wait_for_everyone()
+        if self.args.push_to_hub:  # what the stock `save_model` does when called by the user
+            self.push_to_hub(commit_message="Model save", revision=self.args.hub_revision)
 
 
 def _normalises_by_num_items(model: nn.Module) -> bool:
@@ -315,7 +422,7 @@ def _normalises_by_num_items(model: nn.Module) -> bool:
 
 
 class _CheckpointCallback(TrainerCallback):
-    """Keep the curriculum consistent across ranks and write adamoe's state into each checkpoint folder."""
+    """Keep the curriculum consistent across ranks (the trainer's `_save_checkpoint` writes it to checkpoints)."""
 
     def __init__(self, trainer: AdaMoETrainerMixin) -> None:
         self.trainer = trainer
@@ -331,19 +438,6 @@ class _CheckpointCallback(TrainerCallback):
         # Every rank must hold every sample's vector before the next epoch's order is computed.
         if self.trainer.curriculum_sampler is not None:
             self.trainer.curriculum_sampler.sync()
-
-    def on_save(self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs: Any) -> None:
-        sampler = self.trainer.curriculum_sampler
-        if sampler is not None:
-            sampler.sync()  # a collective: on_save runs on every rank
-        timing_state = self.trainer.timing.state_dict(reduce_sum=self.trainer.timing.reduce_sum)
-        if not args.should_save:
-            return
-        folder = os.path.join(args.output_dir, f"{PREFIX_CHECKPOINT_DIR}-{state.global_step}")
-        os.makedirs(folder, exist_ok=True)
-        if sampler is not None:
-            torch.save(sampler.state_dict(), os.path.join(folder, CURRICULUM_STATE_NAME))
-        torch.save(timing_state, os.path.join(folder, TIMING_STATE_NAME))
 
 
 class AdaMoETrainer(AdaMoETrainerMixin, Trainer):
