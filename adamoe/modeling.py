@@ -82,7 +82,7 @@ def _read_state_dict(name_or_path: str, hub_kwargs: dict[str, Any]) -> dict[str,
         )
 
     if path := fetch(SAFE_WEIGHTS):
-        return load_file(path)
+        return _load_weights(path, load_file)
     if index_path := fetch(SAFE_INDEX):
         with open(index_path) as f:
             shards = sorted(set(json.load(f)["weight_map"].values()))
@@ -91,11 +91,21 @@ def _read_state_dict(name_or_path: str, hub_kwargs: dict[str, Any]) -> dict[str,
             shard_path = fetch(shard)
             if shard_path is None:
                 raise CheckpointError(f"Shard {shard} listed in {SAFE_INDEX} of {name_or_path} is missing.")
-            state.update(load_file(shard_path))
+            state.update(_load_weights(shard_path, load_file))
         return state
     if path := fetch(TORCH_WEIGHTS):
-        return torch.load(path, map_location="cpu", weights_only=True)
+        return _load_weights(path, lambda p: torch.load(p, map_location="cpu", weights_only=True))
     raise CheckpointError(f"No weights ({SAFE_WEIGHTS}, {SAFE_INDEX} or {TORCH_WEIGHTS}) found in {name_or_path}.")
+
+
+def _load_weights(path: str, load: Any) -> dict[str, torch.Tensor]:
+    try:
+        return load(path)
+    except Exception as err:  # safetensors, zipfile and pickle each raise their own types for a damaged file
+        raise CheckpointError(
+            f"{path} is damaged (truncated or corrupt: {err}). Copy or save the checkpoint again, or use an "
+            "earlier one."
+        ) from err
 
 
 def load_state_dict_strictly(model: nn.Module, state: dict[str, torch.Tensor], source: str = "checkpoint") -> None:

@@ -1,0 +1,72 @@
+"""A tiny offline model folder and SST-2 files, for tests that run `finetune()` or the CLI end to end.
+
+The model folder is what `--model PATH` expects: a 2-layer BERT (or, to test refusals, DistilBERT) built from a
+config and saved with a WordPiece tokenizer whose vocabulary is written here; the data are GLUE-format TSVs whose
+label is learnable (positive sentences hold a positive word), so losses fall within a few steps.
+"""
+
+from __future__ import annotations
+
+import random
+from pathlib import Path
+
+import torch
+from transformers import (
+    BertConfig,
+    BertForSequenceClassification,
+    BertTokenizer,
+    DistilBertConfig,
+    DistilBertForSequenceClassification,
+)
+
+SPECIALS = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
+POSITIVE = ["good", "great", "fun", "moving", "sharp"]
+NEGATIVE = ["bad", "dull", "slow", "flat", "weak"]
+NEUTRAL = ["the", "a", "film", "movie", "plot", "cast", "is", "was", "very", "and", "story", "ending", "."]
+
+
+def write_model_folder(folder: Path, *, architecture: str = "bert", seed: int = 0) -> Path:
+    """Save a tiny dense classifier and its tokenizer to `folder`; returns `folder`."""
+    folder.mkdir(parents=True, exist_ok=True)
+    vocab = SPECIALS + POSITIVE + NEGATIVE + NEUTRAL
+    (folder / "vocab.txt").write_text("\n".join(vocab) + "\n", encoding="utf-8")
+    tokenizer = BertTokenizer.from_pretrained(str(folder))
+    torch.manual_seed(seed)
+    if architecture == "bert":
+        config = BertConfig(
+            vocab_size=len(vocab),
+            hidden_size=32,
+            num_hidden_layers=2,
+            num_attention_heads=2,
+            intermediate_size=64,
+            max_position_embeddings=64,
+            num_labels=2,
+        )
+        model = BertForSequenceClassification(config)
+    elif architecture == "distilbert":  # not in adamoe's FFN table
+        config = DistilBertConfig(vocab_size=len(vocab), dim=32, n_layers=1, n_heads=2, hidden_dim=64, num_labels=2)
+        model = DistilBertForSequenceClassification(config)
+    else:
+        raise ValueError(architecture)
+    model.save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    return folder
+
+
+def sst2_rows(n: int, seed: int = 0) -> list[tuple[str, int]]:
+    """`n` (sentence, label) pairs: 3-8 neutral words around one positive or negative word."""
+    rng = random.Random(seed)
+    rows = []
+    for i in range(n):
+        label = i % 2
+        words = [rng.choice(NEUTRAL) for _ in range(rng.randint(3, 8))]
+        words.insert(rng.randint(0, len(words)), rng.choice(POSITIVE if label else NEGATIVE))
+        rows.append((" ".join(words), label))
+    return rows
+
+
+def write_sst2(path: Path, n: int, seed: int = 0, *, header: str = "sentence\tlabel") -> Path:
+    """A GLUE SST-2 TSV with a header row."""
+    lines = [header] + [f"{sentence}\t{label}" for sentence, label in sst2_rows(n, seed)]
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    return path
