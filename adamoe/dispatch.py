@@ -13,7 +13,7 @@ Backends (all equal to `reference_mixture`, a per-token float64 loop, in outputs
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 
@@ -28,6 +28,7 @@ class PairLayout:
         weights: `(num_pairs,)` the pair's combine weight.
         counts: `(num_experts,)` pairs per expert.
         offsets: `(num_experts,)` int32 end offset of each expert's rows, as `torch._grouped_mm` wants.
+        split_sizes: `counts` as a Python list, read from the device once (the loop backend slices by it).
     """
 
     token_index: torch.Tensor
@@ -35,6 +36,7 @@ class PairLayout:
     weights: torch.Tensor
     counts: torch.Tensor
     offsets: torch.Tensor
+    split_sizes: list[int] = field(default_factory=list)
 
     @property
     def num_pairs(self) -> int:
@@ -46,20 +48,27 @@ def sort_pairs(
 ) -> PairLayout:
     """Keep the active pairs of `(num_tokens, k)` routing tensors and sort them by expert."""
     num_tokens, k = expert_index.shape
-    # The one device-to-host synchronisation of the MoE forward: the number of active pairs decides
-    # the shape of everything after it, which is what makes the cost proportional to that number.
-    flat_active = active.reshape(-1).nonzero().squeeze(-1)  # (num_pairs,)
-    pair_expert = expert_index.reshape(-1)[flat_active]
-    # Stable sort keeps each expert's tokens in sequence order: deterministic, and cache-friendly gathers.
-    pair_expert, order = pair_expert.sort(stable=True)
-    flat_pairs = flat_active[order]
-    counts = torch.bincount(pair_expert, minlength=num_experts)
+    # Inactive pairs get the key `num_experts`, so one sort puts the active pairs first, grouped by
+    # expert; a stable sort keeps each expert's tokens in sequence order (deterministic, and the
+    # gathers read memory forwards).
+    key = torch.where(active, expert_index, num_experts).reshape(-1)  # (num_tokens * k,)
+    sorted_key, order = key.sort(stable=True)
+    # End offset of every expert's rows (and of the inactive tail) by binary search in the sorted keys:
+    # no `bincount`, which on CUDA reads the maximum back to the host.
+    ends = torch.searchsorted(sorted_key, torch.arange(num_experts + 1, device=key.device), right=True)
+    # The one device-to-host synchronisation of the dispatch: the number of active pairs decides the
+    # shape of everything after it, which is what makes the cost proportional to that number.
+    host_ends = ends.tolist()
+    num_pairs = host_ends[num_experts - 1]
+    flat_pairs = order[:num_pairs]  # (num_pairs,) index into the flattened (num_tokens, k) routing
+    counts = ends[:num_experts].diff(prepend=ends.new_zeros(1))
     return PairLayout(
         token_index=flat_pairs.div(k, rounding_mode="floor"),
-        expert_index=pair_expert,
+        expert_index=sorted_key[:num_pairs],
         weights=weights.reshape(-1)[flat_pairs],
         counts=counts,
-        offsets=counts.cumsum(0).to(torch.int32),
+        offsets=ends[:num_experts].to(torch.int32),
+        split_sizes=[end - start for start, end in zip([0, *host_ends[:-2]], host_ends[:-1], strict=True)],
     )
 
 
@@ -76,8 +85,86 @@ def grouped_mm_supported(tensor: torch.Tensor) -> bool:
     return tensor.device.type == "cpu" and tensor.dtype == torch.float32
 
 
+def default_backend(tensor: torch.Tensor) -> str:
+    """The backend `dispatch="auto"` picks, by measurement (`python -m adamoe.bench`, docs/performance.md).
+
+    On Hopper GPUs one grouped GEMM beats a launch per expert. On CPU the loop is faster: torch's CPU
+    `_grouped_mm` does not reach MKL's GEMM speed, while each expert's slice is one MKL call.
+    """
+    if tensor.device.type == "cuda" and grouped_mm_supported(tensor):
+        return "grouped_mm"
+    return "loop"
+
+
 def _contiguous_grad(grad: torch.Tensor) -> torch.Tensor:
     return grad.contiguous()
+
+
+class _LoopLinear(torch.autograd.Function):
+    """`out[rows of e] = rows[rows of e] @ weight[e] + bias[e]` for every expert, one GEMM each.
+
+    Autograd through `weight[e]` would give each expert's gradient as a full `(num_experts, in, out)`
+    zero tensor with one slice filled (`SelectBackward`), and then sum them: `num_experts` times the
+    weight-gradient memory traffic. Here every GEMM writes straight into its slice of one output, one
+    input gradient and one weight gradient, with no `cat` and no zero-filled copies.
+    """
+
+    @staticmethod
+    def forward(ctx, rows, weight, bias, split_sizes):
+        ctx.set_materialize_grads(False)
+        out = rows.new_empty(rows.shape[0], weight.shape[-1])  # (num_pairs, out_features)
+        for expert, (start, end) in _spans(split_sizes):
+            if bias is None:
+                torch.mm(rows[start:end], weight[expert], out=out[start:end])
+            else:
+                torch.addmm(bias[expert], rows[start:end], weight[expert], out=out[start:end])
+        ctx.save_for_backward(rows, weight)
+        ctx.split_sizes, ctx.has_bias = split_sizes, bias is not None
+        return out
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad_out):
+        if grad_out is None:
+            return None, None, None, None
+        rows, weight = ctx.saved_tensors
+        grad_out = grad_out.contiguous()  # (num_pairs, out_features); some losses hand stride-0 grads
+        spans = list(_spans(ctx.split_sizes))
+        grad_rows = grad_weight = grad_bias = None
+        if ctx.needs_input_grad[0]:
+            grad_rows = torch.empty_like(rows)  # (num_pairs, in_features)
+            for expert, (start, end) in spans:
+                torch.mm(grad_out[start:end], weight[expert].t(), out=grad_rows[start:end])
+        if ctx.needs_input_grad[1]:
+            grad_weight = _per_expert(weight, spans, lambda s, e, out: torch.mm(rows[s:e].t(), grad_out[s:e], out=out))
+        if ctx.has_bias and ctx.needs_input_grad[2]:
+            shape = (weight.shape[0], weight.shape[-1])
+            grad_bias = _per_expert(
+                weight.new_empty(shape), spans, lambda s, e, out: torch.sum(grad_out[s:e], dim=0, out=out)
+            )
+        return grad_rows, grad_weight, grad_bias, None
+
+
+def _spans(split_sizes: list[int]):
+    """`(expert, (start, end))` for every expert with at least one row."""
+    start = 0
+    for expert, size in enumerate(split_sizes):
+        if size:
+            yield expert, (start, start + size)
+        start += size
+
+
+def _per_expert(like: torch.Tensor, spans: list, compute) -> torch.Tensor:
+    """A tensor shaped like `like` whose slice `e` is `compute(start, end, out=slice)`, zero for idle experts."""
+    result = torch.empty_like(like)
+    busy = set()
+    for expert, (start, end) in spans:
+        compute(start, end, result[expert])
+        busy.add(expert)
+    for expert in range(result.shape[0]):
+        if expert not in busy:
+            result[expert].zero_()
+    return result
 
 
 def grouped_linear(
@@ -97,7 +184,7 @@ def grouped_linear(
         bias: `(num_experts, out_features)` or None.
         layout: the sorted pairs.
         backend: "grouped_mm" or "loop".
-        split_sizes: `layout.counts` as a Python list (the loop needs it; computed once per block).
+        split_sizes: pairs per expert as a Python list (default `layout.split_sizes`).
 
     Returns:
         `(num_pairs, out_features)`.
@@ -108,21 +195,14 @@ def grouped_linear(
             # Its backward rejects the broadcast (stride-0) gradients that some losses produce.
             out.register_hook(_contiguous_grad)
         if bias is not None:
-            out = out + bias[layout.expert_index]
+            # index_select's backward is an index_add (atomics on CUDA); indexing's is a sorting index_put.
+            out = out + bias.index_select(0, layout.expert_index)
         return out
     if backend != "loop":
         raise ValueError(f"Unknown dispatch backend {backend!r}.")
     if split_sizes is None:
-        split_sizes = layout.counts.tolist()
-    pieces = []
-    for expert, chunk in enumerate(rows.split(split_sizes)):
-        if chunk.shape[0] == 0:
-            continue
-        piece = chunk @ weight[expert]
-        pieces.append(piece + bias[expert] if bias is not None else piece)
-    if not pieces:
-        return rows.new_zeros(0, weight.shape[-1])
-    return torch.cat(pieces)
+        split_sizes = layout.split_sizes or layout.counts.tolist()
+    return _LoopLinear.apply(rows.contiguous(), weight, bias, split_sizes)
 
 
 def combine_pairs(pair_outputs: torch.Tensor, layout: PairLayout, num_tokens: int) -> torch.Tensor:

@@ -13,7 +13,7 @@ import copy
 import torch
 from torch import nn
 
-from .dispatch import combine_pairs, grouped_linear, grouped_mm_supported, reference_mixture, sort_pairs
+from .dispatch import combine_pairs, default_backend, grouped_linear, reference_mixture, sort_pairs
 
 
 class Experts(nn.Module):
@@ -81,7 +81,7 @@ class Experts(nn.Module):
     def backend_for(self, rows: torch.Tensor) -> str:
         if self.dispatch != "auto":
             return self.dispatch
-        return "grouped_mm" if grouped_mm_supported(rows) else "loop"
+        return default_backend(rows)
 
     def forward(
         self,
@@ -106,19 +106,19 @@ class Experts(nn.Module):
             # grouped_mm is not on autocast's cast lists, so cast by hand the way autocast casts a Linear.
             compute_dtype = torch.get_autocast_dtype(hidden_states.device.type)
         layout = sort_pairs(expert_index, weights, active, self.num_experts)
-        rows = hidden_states[layout.token_index].to(compute_dtype)  # (num_pairs, hidden)
+        # Cast before the gather: there are at least as many pairs as tokens.
+        rows = hidden_states.to(compute_dtype).index_select(0, layout.token_index)  # (num_pairs, hidden)
         backend = self.backend_for(rows)
-        split_sizes = layout.counts.tolist() if backend == "loop" else None
 
         def project(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
             bias = bias.to(compute_dtype) if bias is not None else None
-            return grouped_linear(x, weight.to(compute_dtype), bias, layout, backend=backend, split_sizes=split_sizes)
+            return grouped_linear(x, weight.to(compute_dtype), bias, layout, backend=backend)
 
         with torch.autocast(device_type=hidden_states.device.type, enabled=False):
             if self.gated:  # T5 v1.1: act(x W_gate) * (x W_in), no biases
                 inner = self.activation(project(rows, self.w_gate, None)) * project(rows, self.w_in, None)
             else:
-                inner = self.activation(project(rows, self.w_in, self.b_in))
+                inner = self.activation(project(rows, self.w_in, self.b_in))  # (num_pairs, ffn)
             pair_outputs = project(self.dropout(inner), self.w_out, self.b_out)  # (num_pairs, hidden)
             return combine_pairs(pair_outputs, layout, hidden_states.shape[0])
 
