@@ -30,7 +30,6 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from accelerate import PartialState
 from transformers import AutoTokenizer, PreTrainedModel, set_seed
 from transformers.trainer_utils import get_last_checkpoint
 
@@ -196,18 +195,16 @@ def _prepare_output_dir(config: FinetuneConfig) -> Path:
     return out
 
 
-def _prepare_run_dir(config: FinetuneConfig) -> Path:
-    """`_prepare_output_dir` and the run config, on the main process only; the other ranks wait for it.
+def _prepare_run_dir(config: FinetuneConfig, args: AdaMoETrainingArguments) -> Path:
+    """`_prepare_output_dir` and the run config, by the process that saves; the other ranks wait for it.
 
-    `PartialState()` joins the process group that a launcher (torchrun, accelerate launch) describes in the
-    environment, and is a single process otherwise. If the main process raises, the others wait in the barrier
-    until the launcher stops them, which torchrun does as soon as one worker fails.
+    If that process raises, the others wait in the barrier until the launcher stops them, which torchrun does as
+    soon as one worker fails.
     """
-    state = PartialState()
-    if state.is_main_process:
-        out = _prepare_output_dir(config)
-        write_json_atomically(out / RUN_CONFIG_NAME, config.to_dict())
-    state.wait_for_everyone()
+    with args.main_process_first(local=args.save_on_each_node, desc="preparing the output directory"):
+        if args.should_save:
+            out = _prepare_output_dir(config)
+            write_json_atomically(out / RUN_CONFIG_NAME, config.to_dict())
     return Path(config.output_dir)
 
 
@@ -264,25 +261,40 @@ def _stored_moe_config(name_or_path: str) -> MoEConfig | None:
     return moe_config_of(AutoConfig.from_pretrained(name_or_path))
 
 
+def training_arguments(config: FinetuneConfig, task: Task) -> AdaMoETrainingArguments:
+    """The run's `AdaMoE(Seq2Seq)TrainingArguments`: adamoe's defaults, then the task's, then the run config's.
+
+    Creating them also joins the process group that a launcher (torchrun, accelerate launch) describes in the
+    environment, so `args.process_index`, `args.should_save` and `args.main_process_first()` work from here on.
+    """
+    args_class = AdaMoESeq2SeqTrainingArguments if task.kind == "seq2seq" else AdaMoETrainingArguments
+    return args_class(
+        output_dir=config.output_dir,
+        **{**TRAINING_DEFAULTS, **task.training_overrides(config.data), **config.training},
+    )
+
+
 def build_trainer(
-    config: FinetuneConfig, task: Task, model: PreTrainedModel, tokenizer: Any, *, train: bool
+    config: FinetuneConfig,
+    task: Task,
+    model: PreTrainedModel,
+    tokenizer: Any,
+    *,
+    train: bool,
+    args: AdaMoETrainingArguments | None = None,
 ) -> AdaMoETrainer:
-    """Data, arguments and trainer for `config`; `train=False` loads only the validation split."""
+    """Data, arguments (unless given) and trainer for `config`; `train=False` loads only the validation split."""
     data = config.data if train else dataclasses.replace(config.data, train_file=None)
     if not train and config.data.validation_file is None and config.data.train_file is not None:
         raise RunConfigError("Evaluating from local files needs --validation-file.")
+    args = args if args is not None else training_arguments(config, task)
     # Under a launcher the main process reads and tokenizes first; the others then find the datasets cache filled.
-    with PartialState().main_process_first():
+    with args.main_process_first(desc="loading and tokenizing the data"):
         raw = task.load_raw(data)
         if not train:
             raw.pop("train", None)
         prepared = task.preprocess(raw, tokenizer, data, model.config)
     seq2seq = task.kind == "seq2seq"
-    args_class = AdaMoESeq2SeqTrainingArguments if seq2seq else AdaMoETrainingArguments
-    args = args_class(
-        output_dir=config.output_dir,
-        **{**TRAINING_DEFAULTS, **task.training_overrides(config.data), **config.training},
-    )
     trainer_class = AdaMoESeq2SeqTrainer if seq2seq else AdaMoETrainer
     trainer = trainer_class(
         model=model,
@@ -313,8 +325,9 @@ def finetune(config: FinetuneConfig) -> dict[str, Any]:
     # Loading first: a wrong --model fails before the output directory is touched (or, with --overwrite, emptied).
     model = load_model(task, config.model, config.moe)
     tokenizer = load_tokenizer(config.model)
-    out = _prepare_run_dir(config)
-    trainer = build_trainer(config, task, model, tokenizer, train=True)
+    args = training_arguments(config, task)
+    out = _prepare_run_dir(config, args)
+    trainer = build_trainer(config, task, model, tokenizer, train=True, args=args)
     train_output = trainer.train(resume_from_checkpoint=True if config.resume else None)
     trainer.save_model(str(out))
     eval_output = trainer.evaluate() if trainer.eval_dataset is not None else {}

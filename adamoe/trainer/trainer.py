@@ -360,7 +360,9 @@ class AdaMoETrainerMixin:
                 self.state.best_model_checkpoint = best
                 if self.args.should_save:
                     self.state.save_to_json(os.path.join(staged, "trainer_state.json"))
-        self.accelerator.wait_for_everyone()  # every rank has written its files (RNG state is per rank)
+        # Every rank has written its files (RNG state is per rank) before the saving process publishes them. On
+        # machines without a shared filesystem, `save_on_each_node=True` makes each node's first process do it.
+        self.accelerator.wait_for_everyone()
         if self.args.should_save:
             move_into_place(staged, final)
             os.rmdir(staging_root)
@@ -370,9 +372,6 @@ class AdaMoETrainerMixin:
                 best_model_checkpoint=self.state.best_model_checkpoint,
                 use_mtime=True,
             )
-        elif os.path.isdir(staged):
-            # A rank on another machine without a shared filesystem: its own copy holds its RNG state.
-            move_into_place(staged, final)
         self.accelerator.wait_for_everyone()  # nobody reads or rotates checkpoints before the rename
 
     def _save_adamoe_state(self, folder: str) -> None:
