@@ -322,12 +322,13 @@ def finetune(config: FinetuneConfig) -> dict[str, Any]:
     task = get_task(config.task)
     seed = int(config.training.get("seed", 42))
     set_seed(seed)
-    # Loading first: a wrong --model fails before the output directory is touched (or, with --overwrite, emptied).
+    # Model and data first: a wrong --model or data file fails before the output directory is touched (with
+    # --overwrite: emptied), so fixing the input and running again needs no --overwrite.
     model = load_model(task, config.model, config.moe)
     tokenizer = load_tokenizer(config.model)
     args = training_arguments(config, task)
-    out = _prepare_run_dir(config, args)
     trainer = build_trainer(config, task, model, tokenizer, train=True, args=args)
+    out = _prepare_run_dir(config, args)
     train_output = trainer.train(resume_from_checkpoint=True if config.resume else None)
     trainer.save_model(str(out))
     eval_output = trainer.evaluate() if trainer.eval_dataset is not None else {}

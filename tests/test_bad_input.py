@@ -1,0 +1,162 @@
+"""Bad input through the real `adamoe finetune` command: each case ends with exit code 2 and one "Error: ..."
+paragraph that says what is wrong and what to do, never a traceback, and nothing is trained or overwritten.
+
+The library-level checks behind these messages are tested where they live (tests/test_modeling.py,
+tests/test_finetune.py, tests/tasks/); this table pins what a user sees.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+from tiny_run import write_model_folder, write_sst2
+from transformers import AutoModelForSequenceClassification
+from typer.testing import CliRunner
+
+from adamoe import MoEConfig
+from adamoe.cli import app
+from adamoe.finetune import convert
+
+
+@pytest.fixture(scope="module")
+def files(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """Every input the table needs, good and bad, built once."""
+    root = tmp_path_factory.mktemp("bad_input")
+    dense = write_model_folder(root / "dense")
+    moe = root / "moe4"  # an adamoe checkpoint with 4 experts
+    convert(str(dense), str(moe), MoEConfig(num_experts=4), model_class=AutoModelForSequenceClassification)
+    truncated = root / "moe4-truncated"
+    shutil.copytree(moe, truncated)
+    weights = truncated / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[: weights.stat().st_size // 2])
+    (root / "empty.tsv").write_text("")
+    lines = {
+        "wrong_columns.tsv": "text\tlabel\na fine film\t1\n",
+        "bad_labels.tsv": "sentence\tlabel\na fine film\t1\na dull film\t2\n",
+    }
+    for name, text in lines.items():
+        (root / name).write_text(text)
+    return {
+        "root": root,
+        "dense": dense,
+        "moe4": moe,
+        "truncated": truncated,
+        "distilbert": write_model_folder(root / "distilbert", architecture="distilbert"),
+        "train": write_sst2(root / "train.tsv", 8),
+        "dev": write_sst2(root / "dev.tsv", 4, seed=1),
+        **{Path(name).stem: root / name for name in ("empty.tsv", *lines)},
+    }
+
+
+def _run_holding(files: dict[str, Path], name: str, *, checkpoint: Path | None = None) -> Path:
+    """An output directory that already holds a run (results only, or a run config and a checkpoint)."""
+    out = files["root"] / name
+    shutil.rmtree(out, ignore_errors=True)
+    out.mkdir()
+    if checkpoint is None:
+        (out / "results.json").write_text("{}")
+    else:
+        shutil.copytree(checkpoint, out / "checkpoint-4")
+    return out
+
+
+@dataclass(frozen=True)
+class Case:
+    name: str
+    args: Callable[[dict[str, Path]], list[str]]  # flags after `finetune --task sst2`, given the files
+    says: tuple[str, ...]  # what the message must contain: the problem, and what to do
+
+
+def _base(files: dict[str, Path], *, model: str = "dense", train: str = "train", out: str = "out") -> list[str]:
+    return [
+        *("--model", str(files[model]) if model in files else model),
+        *("--train-file", str(files[train]), "--validation-file", str(files["dev"])),
+        *("--output-dir", str(files["root"] / out), "--num-experts", "4", "--max-steps", "1"),
+    ]
+
+
+CASES = [
+    Case(
+        "model path does not exist",
+        lambda f: _base(f, model=str(f["root"] / "no-such-model")),
+        ("Model folder", "no-such-model does not exist", "Pass --model with a folder"),
+    ),
+    Case(
+        "unsupported architecture",
+        lambda f: _base(f, model="distilbert"),
+        ("cannot convert model_type 'distilbert'", "supported are bart, bert", "register_ffn_spec"),
+    ),
+    Case("empty data file", lambda f: _base(f, train="empty"), ("empty.tsv is empty",)),
+    Case(
+        "data file lacks the task's columns",
+        lambda f: _base(f, train="wrong_columns"),
+        ("missing column(s) ['sentence']", "found ['text', 'label']", "Expected columns ['sentence', 'label']"),
+    ),
+    Case(
+        "unknown label values",
+        lambda f: _base(f, train="bad_labels"),
+        ("bad_labels.tsv: SST-2 labels must be 0 (negative) or 1 (positive); found [2]",),
+    ),
+    Case(
+        "missing data file",
+        lambda f: _base(f, train="dev") + ["--train-file", str(f["root"] / "nope.tsv")],
+        ("Data file", "nope.tsv does not exist"),
+    ),
+    Case("threshold out of range", lambda f: _base(f) + ["--threshold", "-0.1"], ("threshold must be in [0, 1]",)),
+    Case(
+        "expert count out of range",
+        lambda f: _base(f) + ["--num-experts", "0"],
+        ("num_experts must be between 1 and 1024, got 0",),
+    ),
+    Case(
+        "output directory holds another run",
+        lambda f: _base(f, out=_run_holding(f, "other-run").name),
+        ("already holds a run", "Pass --resume to continue it, --overwrite to replace it"),
+    ),
+    Case(
+        "truncated checkpoint as the model",
+        lambda f: _base(f, model="truncated"),
+        ("moe4-truncated/model.safetensors is damaged", "incomplete metadata", "save the checkpoint again"),
+    ),
+    Case(
+        "truncated checkpoint to resume from",
+        lambda f: _base(f, out=_run_holding(f, "crashed", checkpoint=f["truncated"]).name) + ["--resume"],
+        ("checkpoint-4/model.safetensors is damaged", "delete", "or start again with --overwrite"),
+    ),
+    Case(
+        "checkpoint with another MoE structure",
+        lambda f: _base(f, model="moe4") + ["--num-experts", "8"],
+        ("is an adamoe checkpoint with num_experts=4, but this run asks for num_experts=8", "--num-experts"),
+    ),
+]
+
+
+@pytest.mark.parametrize("case", CASES, ids=[c.name for c in CASES])
+def test_bad_input_is_explained_with_exit_code_2(case: Case, files: dict[str, Path]) -> None:
+    result = CliRunner().invoke(app, ["finetune", "--task", "sst2", *case.args(files)])
+    assert result.exit_code == 2, result.output
+    assert result.output.count("Error: ") == 1 and "Traceback" not in result.output
+    # The paragraph after "Error: " (progress bars may come before it; rich may wrap long lines).
+    message = " ".join(result.output.split("Error: ", 1)[1].split())
+    for part in case.says:
+        assert part in message, f"{part!r} not in {message!r}"
+
+
+def test_a_refused_output_directory_is_left_untouched(files: dict[str, Path]) -> None:
+    out = _run_holding(files, "kept")
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
+    result = CliRunner().invoke(app, ["finetune", "--task", "sst2", *_base(files, out="kept")])
+    assert result.exit_code == 2 and {p.name: p.read_bytes() for p in out.iterdir()} == before
+    # A wrong --model or data file is refused before the output directory is even looked at: --overwrite cannot
+    # empty it, and a fresh directory stays empty, so running again with the input fixed needs no --overwrite.
+    for bad in (_base(files, model=str(files["root"] / "typo"), out="kept"), _base(files, train="empty", out="kept")):
+        result = CliRunner().invoke(app, ["finetune", "--task", "sst2", *bad, "--overwrite"])
+        assert result.exit_code == 2 and {p.name: p.read_bytes() for p in out.iterdir()} == before
+    assert json.loads((out / "results.json").read_text()) == {}
+    result = CliRunner().invoke(app, ["finetune", "--task", "sst2", *_base(files, train="bad_labels", out="fresh")])
+    assert result.exit_code == 2 and not (files["root"] / "fresh").exists()
