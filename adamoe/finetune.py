@@ -150,8 +150,8 @@ class FinetuneConfig:
             raise RunConfigError(f"{path} must hold a mapping of run-config sections, got {type(values).__name__}.")
         try:
             return cls.from_dict(values, **overrides)
-        except (RunConfigError, ValueError) as err:
-            raise RunConfigError(f"{path}: {err}") from err
+        except (RunConfigError, ValueError, KeyError) as err:  # KeyError: an unknown task, naming the known ones
+            raise RunConfigError(f"{path}: {err.args[0] if isinstance(err, KeyError) else err}") from err
 
 
 PACKAGED_CONFIGS = Path(__file__).parent / "configs"

@@ -35,6 +35,7 @@ def files(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     weights = truncated / "model.safetensors"
     weights.write_bytes(weights.read_bytes()[: weights.stat().st_size // 2])
     (root / "empty.tsv").write_text("")
+    (root / "unknown_task.yaml").write_text("task: mnli\n")
     lines = {
         "wrong_columns.tsv": "text\tlabel\na fine film\t1\n",
         "bad_labels.tsv": "sentence\tlabel\na fine film\t1\na dull film\t2\n",
@@ -49,7 +50,7 @@ def files(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
         "distilbert": write_model_folder(root / "distilbert", architecture="distilbert"),
         "train": write_sst2(root / "train.tsv", 8),
         "dev": write_sst2(root / "dev.tsv", 4, seed=1),
-        **{Path(name).stem: root / name for name in ("empty.tsv", *lines)},
+        **{Path(name).stem: root / name for name in ("empty.tsv", "unknown_task.yaml", *lines)},
     }
 
 
@@ -107,6 +108,11 @@ CASES = [
         lambda f: _base(f, train="dev") + ["--train-file", str(f["root"] / "nope.tsv")],
         ("Data file", "nope.tsv does not exist"),
     ),
+    Case(
+        "unknown task in a run config",
+        lambda f: ["--config", str(f["unknown_task"])],
+        ("unknown_task.yaml", "mnli", "sst2"),
+    ),
     Case("threshold out of range", lambda f: _base(f) + ["--threshold", "-0.1"], ("threshold must be in [0, 1]",)),
     Case(
         "expert count out of range",
@@ -138,7 +144,8 @@ CASES = [
 
 @pytest.mark.parametrize("case", CASES, ids=[c.name for c in CASES])
 def test_bad_input_is_explained_with_exit_code_2(case: Case, files: dict[str, Path]) -> None:
-    result = CliRunner().invoke(app, ["finetune", "--task", "sst2", *case.args(files)])
+    args = case.args(files)
+    result = CliRunner().invoke(app, ["finetune", *([] if "--config" in args else ["--task", "sst2"]), *args])
     assert result.exit_code == 2, result.output
     assert result.output.count("Error: ") == 1 and "Traceback" not in result.output
     # The paragraph after "Error: " (progress bars may come before it; rich may wrap long lines).
