@@ -365,15 +365,35 @@ def finetune(config: FinetuneConfig) -> dict[str, Any]:
 
 
 def evaluate_checkpoint(
-    task_name: str, checkpoint: str, data: DataArgs | None = None, training: dict[str, Any] | None = None
+    task_name: str,
+    checkpoint: str,
+    *,
+    validation_file: str | None = None,
+    max_eval_samples: int | None = None,
+    data: DataArgs | None = None,
+    training: dict[str, Any] | None = None,
 ) -> dict[str, float]:
-    """The task's metrics for a saved model (adamoe or dense) on the validation split."""
+    """The task's metrics for a saved model (adamoe or dense) on the validation split.
+
+    Without `data`, the data settings of the run that wrote the checkpoint (its `run_config.json`: sequence
+    lengths, SQuAD windows, generation lengths) are used, so the figures match the ones it reported;
+    `validation_file` and `max_eval_samples` override them.
+    """
     task = get_task(task_name)
+    if data is None:
+        saved = Path(checkpoint) / RUN_CONFIG_NAME
+        data = DataArgs(**json.loads(saved.read_text())["data"]) if saved.exists() else DataArgs()
+    data = dataclasses.replace(
+        data,
+        train_file=None,
+        validation_file=validation_file or data.validation_file,
+        max_eval_samples=max_eval_samples or data.max_eval_samples,
+    )
     config = FinetuneConfig(
         task=task_name,
         model=checkpoint,
         moe=None,
-        data=data or DataArgs(),
+        data=data,
         training=dict(training or {}),
         output_dir=str(Path(checkpoint) / "eval"),
     )

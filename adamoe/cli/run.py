@@ -164,14 +164,15 @@ def evaluate_command(
     max_eval_samples: MaxEvalOpt = None,
     batch_size: BatchSizeOpt = None,
 ) -> None:
-    """Compute a task's metrics for a saved checkpoint on its validation data."""
-    from ..tasks import DataArgs
-
-    data = DataArgs(
-        validation_file=str(validation_file) if validation_file else None, max_eval_samples=max_eval_samples
-    )
+    """Compute a task's metrics for a saved checkpoint on its validation data (the run's own data settings)."""
     training = {"per_device_eval_batch_size": batch_size} if batch_size else {}
-    metrics = recipes.evaluate_checkpoint(task.value, str(checkpoint), data, training)
+    metrics = recipes.evaluate_checkpoint(
+        task.value,
+        str(checkpoint),
+        validation_file=str(validation_file) if validation_file else None,
+        max_eval_samples=max_eval_samples,
+        training=training,
+    )
     console.print_json(json.dumps(metrics))
 
 
