@@ -1,0 +1,578 @@
+"""Speed and memory benchmark: does a skipped expert become saved training time?
+
+Two sections, each written as a markdown table and a JSON file into the output folder:
+
+- `layer`: one MoE layer (`Experts`, 16 experts by default), forward + backward, with forced routing: top-1,
+  top-2, and adaptive with an exact forced share of two-expert tokens. Each is compared with the *floor*,
+  one dense FFN of the same shape run over as many rows as the MoE has token-expert pairs (what a perfect
+  dispatch would cost), with top-2, and with the per-expert Python loop over `torch.where` masks that
+  transformers' `MixtralExperts` uses.
+- `train`: one full training step (forward, loss + balance loss, backward, AdamW step) of a BERT-base- and a
+  GPT-2-medium-shaped model built from configs with random weights: dense, top-1, top-2 and adaptive.
+  Adaptive runs with `gating="adaptive"` and a forward hook on every router that forces an exact random
+  share of two-expert tokens (default 20%) and recomputes the combine weights from the router's own
+  probabilities, so gradients flow as in real training while the cost is pinned.
+
+Times are medians over repeats after warm-up. The cases of the layer section are timed in interleaved
+rounds, so load from other processes hits them alike. Memory is the peak allocated during one step above
+what was allocated before it: `torch.cuda.max_memory_allocated` on CUDA; on CPU the running sum of the
+allocation and free events of `torch.profiler(profile_memory=True)` (the CPU allocator's own record).
+
+    python -m adamoe.bench --device cpu --out bench-results
+    python -m adamoe.bench --device cuda --out bench-results   # bf16, 16k tokens, full depth
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import platform
+import statistics
+import subprocess
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from .config import MoEConfig
+from .experts import Experts
+from .patching import moe_blocks, moeify
+from .router import combine_weights
+from .stats import balance_loss, routing_stats
+
+SECTIONS = ("layer", "train")
+# Targets of GitHub issue 4, checked against the results of the device they name.
+TARGETS = {
+    "cpu": {"layer top1/top2": 0.65, "layer adaptive20/top2": 0.72},
+    "cuda": {
+        "layer max adamoe/floor": 1.25,
+        "layer top1/top2": 0.63,
+        "layer adaptive20/top2": 0.70,
+        "train top1/dense": 1.15,
+        "train adaptive/top2": 0.80,
+    },
+}
+
+
+@dataclass(frozen=True)
+class Shape:
+    """A model shape: the FFN of one layer and the model it sits in for the training-step section."""
+
+    name: str
+    model_type: str  # "bert" (sequence classification, as SST-2) or "gpt2" (causal LM)
+    hidden_size: int
+    ffn_size: int
+    num_layers: int
+    num_heads: int
+    vocab_size: int
+    seq_len: int
+
+
+SHAPES = {
+    "bert-base": Shape("bert-base", "bert", 768, 3072, 12, 12, 30522, 128),
+    "gpt2-medium": Shape("gpt2-medium", "gpt2", 1024, 4096, 24, 16, 50257, 512),
+}
+# `--quick`: the same code paths at toy size, for CI.
+QUICK_SHAPES = {
+    "bert-base": Shape("bert-base (quick)", "bert", 32, 64, 2, 2, 128, 16),
+    "gpt2-medium": Shape("gpt2-medium (quick)", "gpt2", 32, 64, 2, 2, 128, 32),
+}
+
+
+@dataclass
+class BenchConfig:
+    """What `run_benchmark` measures. `None` fields take a per-device default (see `resolved`)."""
+
+    device: str = field(default="cpu", metadata={"help": "'cpu' or 'cuda' (or 'cuda:N')."})
+    dtype: str | None = field(default=None, metadata={"help": "float32/bfloat16/float16; bf16 on CUDA, fp32 on CPU."})
+    tokens: int | None = field(default=None, metadata={"help": "Tokens per layer call (16384 on CUDA, 2048 CPU)."})
+    train_tokens: int | None = field(default=None, metadata={"help": "Tokens per training step (16384 / 1024)."})
+    repeats: int | None = field(default=None, metadata={"help": "Timed repeats per case (median reported)."})
+    warmup: int | None = field(default=None, metadata={"help": "Untimed runs per case first."})
+    sections: tuple[str, ...] = field(default=SECTIONS, metadata={"help": "Any of 'layer', 'train'."})
+    shapes: tuple[str, ...] = field(default=tuple(SHAPES), metadata={"help": "Names in SHAPES."})
+    num_experts: int = field(default=16, metadata={"help": "Experts per MoE layer."})
+    fractions: tuple[float, ...] = field(
+        default=(0.0, 0.1, 0.2, 0.25, 0.5, 1.0),
+        metadata={"help": "Forced two-expert shares of the layer section; 0 (top-1) and 1 (top-2) always run."},
+    )
+    train_fraction: float = field(default=0.2, metadata={"help": "Forced two-expert share of the adaptive step."})
+    train_layers: int | None = field(
+        default=None, metadata={"help": "Layers of the training-step models; full depth on CUDA, 2 on CPU."}
+    )
+    mixtral_loop: tuple[str, ...] | None = field(
+        default=None, metadata={"help": "Routings also run as Mixtral's loop (top1 top2 on CUDA, top2 on CPU)."}
+    )
+    threads: int | None = field(default=None, metadata={"help": "torch CPU threads (default: torch's choice)."})
+    dispatch: str = field(default="auto", metadata={"help": "MoEConfig.dispatch: auto, grouped_mm or loop."})
+    memory: bool = field(default=True, metadata={"help": "Also measure peak memory (in the last warm-up run)."})
+    quick: bool = field(default=False, metadata={"help": "Toy shapes, few tokens, one repeat: a smoke test."})
+    seed: int = 0
+    output_dir: str | None = field(default="bench-results", metadata={"help": "Where bench.json/bench.md go."})
+
+    def resolved(self) -> BenchConfig:
+        """A copy with every per-device default filled in."""
+        cuda = torch.device(self.device).type == "cuda"
+        values = dataclasses.asdict(self)
+        defaults = {
+            "dtype": "bfloat16" if cuda else "float32",
+            "repeats": 10 if cuda else 3,
+            "warmup": 3 if cuda else 1,
+        }
+        defaults |= {"tokens": 16384, "train_tokens": 16384} if cuda else {"tokens": 2048, "train_tokens": 1024}
+        defaults |= {"train_layers": None if cuda else 2}  # None: the shape's full depth
+        defaults |= {"mixtral_loop": ("top1", "top2") if cuda else ("top2",)}  # it takes seconds on CPU
+        if self.quick:
+            # One thread: toy GEMMs gain nothing from two, and on a loaded machine every parallel region
+            # can wait a scheduler slice for its second thread.
+            defaults |= {"tokens": 256, "train_tokens": 256, "train_layers": 2, "threads": 1}
+            defaults |= {"repeats": 1, "warmup": 1}
+        for name, value in defaults.items():
+            if values[name] is None:
+                values[name] = value
+        values["fractions"] = tuple(sorted({0.0, 1.0, *map(float, values["fractions"])}))
+        if not all(0 <= f <= 1 for f in values["fractions"]):
+            raise ValueError(f"fractions must lie in [0, 1], got {values['fractions']}.")
+        unknown = set(values["sections"]) - set(SECTIONS)
+        if unknown or not set(values["shapes"]) <= set(SHAPES):
+            raise ValueError(f"sections must be in {SECTIONS} and shapes in {tuple(SHAPES)}.")
+        return BenchConfig(**values)
+
+    def shape(self, name: str) -> Shape:
+        return (QUICK_SHAPES if self.quick else SHAPES)[name]
+
+
+@dataclass
+class Case:
+    """One thing to time: `run()` is one forward + backward (+ optimizer step); `reset()` drops the gradients."""
+
+    run: Callable[[], Any]
+    reset: Callable[[], Any]
+
+
+def peak_memory_mib(case: Case, device: torch.device) -> float:
+    """Peak memory allocated while `case.run()` runs, above what was allocated before it, in MiB.
+
+    The gradients are dropped first, so the peak counts them: it is what a training step needs on top of
+    the weights (and optimizer state).
+    """
+    case.reset()
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+        before = torch.cuda.memory_allocated(device)
+        torch.cuda.reset_peak_memory_stats(device)
+        case.run()
+        torch.cuda.synchronize(device)
+        return (torch.cuda.max_memory_allocated(device) - before) / 2**20
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
+        case.run()
+    kineto_events = prof.profiler.kineto_results.events()
+    events = sorted((e.start_ns(), e.nbytes()) for e in kineto_events if e.name() == "[memory]")
+    live = peak = 0
+    for _, nbytes in events:
+        live += nbytes
+        peak = max(peak, live)
+    return peak / 2**20
+
+
+def measure(cases: dict[str, Case], config: BenchConfig, device: torch.device) -> dict[str, dict[str, Any]]:
+    """`{"times_ms": [...], "time_ms": median, "peak_mib": ...}` per case.
+
+    Every case is warmed up (its last warm-up run measures memory when asked), then timed in rounds in
+    which the cases take turns, so a burst of load from other processes hits them alike.
+    """
+    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
+    out = {name: {"times_ms": [], "peak_mib": None} for name in cases}
+    for name, case in cases.items():
+        for _ in range(config.warmup - config.memory):
+            case.run()
+        if config.memory:
+            out[name]["peak_mib"] = peak_memory_mib(case, device)
+    for _ in range(config.repeats):
+        for name, case in cases.items():
+            sync()
+            start = time.perf_counter()
+            case.run()
+            sync()
+            out[name]["times_ms"].append((time.perf_counter() - start) * 1e3)
+    for result in out.values():
+        result["time_ms"] = statistics.median(result["times_ms"])
+        result["min_ms"] = min(result["times_ms"])
+    return out
+
+
+# ----------------------------------------------------------------------------------------------- layer
+
+
+def forced_routing(num_tokens: int, num_experts: int, fraction: float, seed: int) -> dict[str, torch.Tensor]:
+    """Routing with every expert equally loaded and exactly `round(fraction * num_tokens)` two-expert tokens."""
+    g = torch.Generator().manual_seed(seed)
+    first = (torch.arange(num_tokens) % num_experts)[torch.randperm(num_tokens, generator=g)]  # (num_tokens,)
+    second = (first + 1 + torch.randint(num_experts - 1, (num_tokens,), generator=g)) % num_experts
+    two = torch.zeros(num_tokens, dtype=torch.bool)
+    two[torch.randperm(num_tokens, generator=g)[: round(fraction * num_tokens)]] = True
+    p = torch.rand(num_tokens, 2, generator=g).sort(dim=-1, descending=True).values  # p1 >= p2
+    weights = torch.where(two.unsqueeze(-1), p / p.sum(-1, keepdim=True), torch.tensor([1.0, 0.0]))
+    active = torch.stack([torch.ones_like(two), two], dim=-1)  # (num_tokens, 2)
+    return {"index": torch.stack([first, second], dim=-1), "weights": weights * active, "active": active}
+
+
+def mixtral_loop(experts: Experts, x: torch.Tensor, index: torch.Tensor, weights: torch.Tensor, active):
+    """The expert loop of transformers' `MixtralExperts.forward`, on our expert weights, for comparison."""
+    out = torch.zeros_like(x)
+    e = experts.num_experts
+    with torch.no_grad():  # an unused second choice points at the extra class `e`, as Mixtral's padding does
+        mask = nn.functional.one_hot(torch.where(active, index, e), num_classes=e + 1).permute(2, 1, 0)
+        hit = torch.greater(mask.sum(dim=(-1, -2)), 0).nonzero()
+    for expert in hit:
+        expert = expert[0]
+        if expert == e:
+            continue
+        slot, token = torch.where(mask[expert])
+        inner = experts.activation(x[token] @ experts.w_in[expert] + experts.b_in[expert])
+        y = (inner @ experts.w_out[expert] + experts.b_out[expert]) * weights[token, slot, None]
+        out.index_add_(0, token, y.to(out.dtype))
+    return out
+
+
+def case_name(fraction: float) -> tuple[str, str]:
+    """(case, gating) of a forced two-expert share. The experts never see the gating rule, so top-1 *is*
+    adaptive at 0% and top-2 adaptive at 100%: one measurement each."""
+    if fraction == 0:
+        return "top1 (adaptive 0%)", "top1"
+    if fraction == 1:
+        return "top2 (adaptive 100%)", "top2"
+    return f"adaptive {fraction:.0%}", "adaptive"
+
+
+def bench_layer(shape: Shape, config: BenchConfig, device: torch.device, dtype: torch.dtype) -> list[dict]:
+    """Forward + backward of one `Experts` layer per forced routing, of the Mixtral loop, and of the floors."""
+    torch.manual_seed(config.seed)
+    n, h, f = config.tokens, shape.hidden_size, shape.ffn_size
+    experts = Experts(
+        num_experts=config.num_experts, hidden_size=h, ffn_size=f, activation=nn.GELU(), dispatch=config.dispatch
+    ).to(device, dtype)
+    dense = nn.Sequential(nn.Linear(h, f), nn.GELU(), nn.Linear(f, h)).to(device, dtype)
+    x = torch.randn(n, h, device=device, dtype=dtype, requires_grad=True)
+    upstream = torch.randn(n, h, device=device, dtype=dtype)
+
+    def case(module: nn.Module, inputs: torch.Tensor, grad: torch.Tensor, forward: Callable[[], torch.Tensor]) -> Case:
+        def reset():
+            module.zero_grad(set_to_none=True)
+            inputs.grad = None
+
+        def run():
+            reset()  # as `optimizer.zero_grad()` does: every step allocates its gradients
+            forward().backward(grad)
+
+        return Case(run, reset)
+
+    rows, cases = [], {}
+    for fraction in config.fractions:
+        name, gating = case_name(fraction)
+        r = {k: v.to(device) for k, v in forced_routing(n, config.num_experts, fraction, config.seed).items()}
+        r["weights"] = r["weights"].to(dtype)
+        row = {"case": name, "method": "adamoe", "gating": gating, "forced_two_expert_fraction": fraction}
+        row |= {"pairs": int(r["active"].sum()), "two_expert_fraction": float(r["active"][:, 1].float().mean())}
+        rows.append(row)
+        cases[name] = case(experts, x, upstream, lambda r=r: experts(x, r["index"], r["weights"], r["active"]))
+        if gating in config.mixtral_loop:
+            rows.append(row | {"case": f"{gating} mixtral-loop", "method": "mixtral-loop"})
+            cases[f"{gating} mixtral-loop"] = case(
+                experts, x, upstream, lambda r=r: mixtral_loop(experts, x, r["index"], r["weights"], r["active"])
+            )
+    for pairs in sorted({row["pairs"] for row in rows}):
+        floor_x = torch.randn(pairs, h, device=device, dtype=dtype, requires_grad=True)
+        floor_up = torch.randn(pairs, h, device=device, dtype=dtype)
+        cases[f"floor {pairs}"] = case(dense, floor_x, floor_up, lambda fx=floor_x: dense(fx))
+        rows.append({"case": f"floor {pairs}", "method": "floor", "gating": None, "pairs": pairs})
+
+    measured = measure(cases, config, device)
+    floor = {row["pairs"]: measured[row["case"]]["time_ms"] for row in rows if row["method"] == "floor"}
+    top2 = next(measured[row["case"]]["time_ms"] for row in rows if row["gating"] == "top2")
+    for row in rows:
+        row |= {"shape": shape.name, "hidden": h, "ffn": shape.ffn_size, "tokens": n, "experts": config.num_experts}
+        row |= measured[row["case"]]
+        row["ratio_to_floor"] = row["time_ms"] / floor[row["pairs"]]
+        row["ratio_to_top2"] = row["time_ms"] / top2 if row["method"] == "adamoe" else None
+    return rows
+
+
+# ----------------------------------------------------------------------------------------------- train
+
+
+def build_model(shape: Shape, num_layers: int) -> nn.Module:
+    """A randomly initialised model of `shape` with `num_layers` layers, dropout as in the released configs."""
+    if shape.model_type == "bert":
+        from transformers import BertConfig, BertForSequenceClassification
+
+        hf = BertConfig(
+            hidden_size=shape.hidden_size,
+            intermediate_size=shape.ffn_size,
+            num_hidden_layers=num_layers,
+            num_attention_heads=shape.num_heads,
+            vocab_size=shape.vocab_size,
+            max_position_embeddings=max(512, shape.seq_len),
+            num_labels=2,
+        )
+        return BertForSequenceClassification(hf)
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    hf = GPT2Config(
+        n_embd=shape.hidden_size,
+        n_inner=shape.ffn_size,
+        n_layer=num_layers,
+        n_head=shape.num_heads,
+        vocab_size=shape.vocab_size,
+        n_positions=max(1024, shape.seq_len),
+        bos_token_id=shape.vocab_size - 1,  # GPT-2's <|endoftext|> is the last token
+        eos_token_id=shape.vocab_size - 1,
+    )
+    return GPT2LMHeadModel(hf)
+
+
+def force_two_expert_fraction(model: nn.Module, fraction: float, seed: int) -> list:
+    """Make every router of `model` send exactly `round(fraction * tokens)` random tokens to two experts.
+
+    The experts chosen and the probabilities stay the router's own; only which tokens use their second
+    choice is pinned, and the combine weights are recomputed for it. Returns the hook handles.
+    """
+    masks: dict[tuple[int, torch.device], torch.Tensor] = {}
+
+    def hook(router, args, decision):
+        n, device = decision.second_active.shape[0], decision.second_active.device
+        if (n, device) not in masks:
+            g = torch.Generator().manual_seed(seed)
+            two = torch.zeros(n, dtype=torch.bool)
+            two[torch.randperm(n, generator=g)[: round(fraction * n)]] = True
+            masks[n, device] = two.to(device)
+        decision.second_active = masks[n, device]
+        decision.combine_weights = combine_weights(
+            decision.probs, decision.expert_index, decision.second_active, combine=router.config.combine
+        )
+        return decision
+
+    return [block.router.register_forward_hook(hook) for _, block in moe_blocks(model)]
+
+
+def bench_train(shape: Shape, config: BenchConfig, device: torch.device, dtype: torch.dtype) -> list[dict]:
+    layers = config.train_layers or shape.num_layers
+    seq_len = min(shape.seq_len, config.train_tokens)
+    batch = max(1, config.train_tokens // seq_len)
+    g = torch.Generator().manual_seed(config.seed)
+    input_ids = torch.randint(shape.vocab_size, (batch, seq_len), generator=g).to(device)
+    labels = input_ids if shape.model_type == "gpt2" else torch.randint(2, (batch,), generator=g).to(device)
+    rows = []
+    for variant in ("dense", "top1", "top2", "adaptive"):
+        row = {"shape": shape.name, "variant": variant, "layers": layers, "batch": batch, "seq_len": seq_len}
+        row["tokens"] = batch * seq_len
+        try:
+            row |= _train_variant(shape, layers, variant, input_ids, labels, config, device, dtype)
+        except torch.OutOfMemoryError:  # a full-depth 16-expert GPT-2-medium needs most of an 80 GB GPU
+            row |= {"error": "out of memory", "time_ms": None, "peak_mib": None, "two_expert_fraction": None}
+        rows.append(row)
+        if device.type == "cuda":
+            torch.cuda.empty_cache()
+    by_variant = {row["variant"]: row["time_ms"] for row in rows}
+    for row in rows:
+        row["ratio_to_dense"] = _ratio(row["time_ms"], by_variant["dense"])
+        row["ratio_to_top2"] = _ratio(row["time_ms"], by_variant["top2"]) if row["variant"] != "dense" else None
+    return rows
+
+
+def _ratio(a: float | None, b: float | None) -> float | None:
+    return None if a is None or b is None else a / b
+
+
+def _train_variant(shape, layers, variant, input_ids, labels, config, device, dtype) -> dict[str, Any]:
+    torch.manual_seed(config.seed)
+    with torch.device(device):  # build in place: a full-depth MoE GPT-2-medium has 3.4 B parameters
+        model = build_model(shape, layers)
+        if variant != "dense":
+            moe = MoEConfig(
+                num_experts=config.num_experts, gating=variant, expert_init="random", dispatch=config.dispatch
+            )
+            moeify(model, moe)
+    if variant == "adaptive":
+        force_two_expert_fraction(model, config.train_fraction, config.seed)
+    model.to(dtype).train()
+    # Fused, as transformers' default `adamw_torch_fused`: the foreach version allocates temporaries the
+    # size of all parameters every step, which on CPU costs page faults that swamp the MoE's own cost.
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-5, fused=True)
+
+    def reset():
+        optimizer.zero_grad(set_to_none=True)
+
+    def run():
+        reset()
+        loss = model(input_ids=input_ids, labels=labels).loss
+        if variant != "dense":
+            loss = loss + balance_loss(model)
+        loss.backward()
+        optimizer.step()
+
+    row = measure({variant: Case(run, reset)}, config, device)[variant]
+    row["params_m"] = sum(p.numel() for p in model.parameters()) / 1e6
+    row["two_expert_fraction"] = routing_stats(model).two_expert_fraction if variant != "dense" else None
+    return row
+
+
+# ----------------------------------------------------------------------------------------------- report
+
+
+def check_targets(rows: list[dict], device_type: str) -> dict[str, dict]:
+    """The issue's targets for this device type, with the measured value where the results hold it."""
+    layer = [r for r in rows if r["section"] == "layer" and r["method"] == "adamoe"]
+    train = [r for r in rows if r["section"] == "train"]
+    measured: dict[str, list[float]] = {}
+    for r in layer:
+        measured.setdefault("layer max adamoe/floor", []).append(r["ratio_to_floor"])
+        if r["gating"] == "top1":
+            measured.setdefault("layer top1/top2", []).append(r["ratio_to_top2"])
+        if r["gating"] == "adaptive" and abs(r["forced_two_expert_fraction"] - 0.2) < 1e-9:
+            measured.setdefault("layer adaptive20/top2", []).append(r["ratio_to_top2"])
+    for r in train:
+        if r["variant"] == "top1":
+            measured.setdefault("train top1/dense", []).append(r["ratio_to_dense"])
+        if r["variant"] == "adaptive":
+            measured.setdefault("train adaptive/top2", []).append(r["ratio_to_top2"])
+    measured = {name: [v for v in values if v is not None] for name, values in measured.items()}
+    out = {}
+    for name, limit in TARGETS.get(device_type, {}).items():
+        worst = max(measured[name]) if measured.get(name) else None
+        out[name] = {"limit": limit, "worst": worst, "met": None if worst is None else worst <= limit}
+    return out
+
+
+def environment(device: torch.device) -> dict[str, Any]:
+    """Versions and hardware, stamped into the results."""
+    cpu = platform.processor()
+    try:
+        cpu = next(ln.split(":", 1)[1].strip() for ln in open("/proc/cpuinfo") if ln.startswith("model name"))
+    except (OSError, StopIteration):
+        pass
+    try:
+        repo = Path(__file__).resolve().parents[1]
+        commit = subprocess.run(["git", "-C", str(repo), "rev-parse", "HEAD"], capture_output=True, text=True).stdout
+    except OSError:
+        commit = ""
+    env = {"torch": torch.__version__, "cpu": cpu, "threads": torch.get_num_threads(), "git_commit": commit.strip()}
+    if device.type == "cuda":
+        env["gpu"] = torch.cuda.get_device_name(device)
+    return env
+
+
+def _fmt(value: Any, spec: str = ".2f") -> str:
+    return "" if value is None else format(value, spec)
+
+
+def to_markdown(report: dict[str, Any]) -> str:
+    env, cfg = report["environment"], report["config"]
+    lines = [
+        f"# adamoe benchmark: {cfg['device']}, {cfg['dtype']}, {cfg['num_experts']} experts",
+        "",
+        f"torch {env['torch']}, {env.get('gpu') or env['cpu']} ({env['threads']} threads), "
+        f"commit {env['git_commit'][:12]}. Median of {cfg['repeats']} repeats after {cfg['warmup']} warm-up; "
+        "peak memory is what one step allocates above what was resident before it.",
+    ]
+    layer = [r for r in report["results"] if r["section"] == "layer"]
+    if layer:
+        lines += ["", f"## One MoE layer, forward + backward, {cfg['tokens']} tokens", ""]
+        lines += ["| shape | case | pairs | 2-expert share | ms | / floor | / top2 | peak MiB |", "|---" * 8 + "|"]
+        for r in layer:
+            share = _fmt(r.get("two_expert_fraction"), ".1%")
+            lines.append(
+                f"| {r['shape']} | {r['case']} | {r['pairs']} | {share} | {r['time_ms']:.1f} | "
+                f"{r['ratio_to_floor']:.2f} | {_fmt(r['ratio_to_top2'])} | {_fmt(r.get('peak_mib'), '.0f')} |"
+            )
+    train = [r for r in report["results"] if r["section"] == "train"]
+    if train:
+        lines += ["", "## Training step (forward, loss, backward, AdamW)", ""]
+        lines += ["| shape | layers | variant | tokens | 2-expert share | ms | / dense | / top2 | peak MiB |"]
+        lines += ["|---" * 9 + "|"]
+        for r in train:
+            lines.append(
+                f"| {r['shape']} | {r['layers']} | {r['variant']} | {r['tokens']} | "
+                f"{_fmt(r['two_expert_fraction'], '.1%')} | {_fmt(r['time_ms'], '.1f') or r['error']} | "
+                f"{_fmt(r['ratio_to_dense'])} | "
+                f"{_fmt(r['ratio_to_top2'])} | {_fmt(r['peak_mib'], '.0f')} |"
+            )
+    if report["targets"]:
+        lines += ["", "## Targets", "", "| target | limit | worst measured | met |", "|---|---|---|---|"]
+        for name, t in report["targets"].items():
+            met = {True: "yes", False: "**no**", None: "not measured"}[t["met"]]
+            lines.append(f"| {name} | <= {t['limit']} | {_fmt(t['worst'])} | {met} |")
+    return "\n".join(lines) + "\n"
+
+
+def run_benchmark(config: BenchConfig | None = None) -> dict[str, Any]:
+    """Run the benchmark; write `bench.json` and `bench.md` into `config.output_dir` (unless None).
+
+    Returns:
+        The report: `config` (resolved), `environment`, `results` (one dict per row, with `section`) and
+        `targets` (the issue's limits for this device type, the worst measured ratio, and whether it is met).
+
+    Example:
+        ```python
+        >>> report = run_benchmark(BenchConfig(quick=True, sections=("layer",), output_dir=None))
+        >>> report["results"][0]["case"]
+        'top1'
+        ```
+    """
+    config = (config or BenchConfig()).resolved()
+    device = torch.device(config.device)
+    dtype = getattr(torch, config.dtype)
+    threads = torch.get_num_threads()
+    if config.threads:
+        torch.set_num_threads(config.threads)
+    results = []
+    try:
+        for name in config.shapes:
+            shape = config.shape(name)
+            if "layer" in config.sections:
+                results += [{"section": "layer"} | row for row in bench_layer(shape, config, device, dtype)]
+            if "train" in config.sections:
+                results += [{"section": "train"} | row for row in bench_train(shape, config, device, dtype)]
+        env = environment(device)
+    finally:
+        torch.set_num_threads(threads)
+    report = {"config": dataclasses.asdict(config), "environment": env, "results": results}
+    report["targets"] = check_targets(results, device.type) if not config.quick else {}
+    if config.output_dir is not None:
+        out = Path(config.output_dir)
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "bench.json").write_text(json.dumps(report, indent=2) + "\n")
+        (out / "bench.md").write_text(to_markdown(report))
+    return report
+
+
+def main(argv: list[str] | None = None) -> None:
+    """`python -m adamoe.bench`: one flag per `BenchConfig` field."""
+    parser = argparse.ArgumentParser(prog="python -m adamoe.bench", description=__doc__.split("\n\n")[0])
+    lists = {"sections": str, "shapes": str, "mixtral_loop": str, "fractions": float}
+    for f in dataclasses.fields(BenchConfig):
+        flags = ["--" + f.name.replace("_", "-")] + (["--out"] if f.name == "output_dir" else [])
+        kwargs = {"default": f.default, "help": f.metadata.get("help"), "dest": f.name}
+        if f.type == "bool":
+            parser.add_argument(*flags, action=argparse.BooleanOptionalAction, **kwargs)
+        elif f.name in lists:
+            parser.add_argument(*flags, nargs="*", type=lists[f.name], **kwargs)
+        else:
+            kind = next((t for t in (int, float) if t.__name__ in str(f.type)), str)
+            parser.add_argument(*flags, type=kind, **kwargs)
+    args = vars(parser.parse_args(argv))
+    for name in lists:
+        args[name] = tuple(args[name]) if args[name] is not None else None
+    report = run_benchmark(BenchConfig(**args))
+    print(to_markdown(report))
+
+
+if __name__ == "__main__":
+    main()
