@@ -1,0 +1,83 @@
+"""Metric vs normalised training time, one panel per task, ours and the paper's side by side.
+
+Our metric and the paper's sit on two y-axes of the same panel (left: ours, filled circles; right: paper,
+hollow squares) because at smoke scale they live on different scales, and the paper's perplexity column runs
+the other way from ours; the shared x-axis (training time normalised to the reference cell) is what compares.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Any
+
+import matplotlib
+
+matplotlib.use("Agg")  # files only; never needs a display
+
+import matplotlib.pyplot as plt  # noqa: E402
+
+OURS_COLOR, PAPER_COLOR = "tab:blue", "tab:orange"
+
+
+def plot_metric_vs_time(series: list[dict[str, Any]], path: Path, title: str) -> Path:
+    """Write a PNG with one panel per task.
+
+    Args:
+        series: per task `{"task", "metric_name", "ours": [(label, x, y)], "paper": [(label, x, y)]}`.
+        path: where the PNG goes.
+        title: the figure title.
+    """
+    columns = min(3, max(len(series), 1))
+    rows = max(math.ceil(len(series) / columns), 1)
+    fig, axes = plt.subplots(rows, columns, figsize=(5.2 * columns, 4.2 * rows), squeeze=False)
+    legend_handles: list[Any] = []
+    for ax in axes.flat[len(series) :]:
+        ax.set_visible(False)
+    for ax, entry in zip(axes.flat, series, strict=False):
+        metric = entry["metric_name"]
+        handles = []
+        if entry["ours"]:
+            labels, xs, ys = zip(*entry["ours"], strict=True)
+            handles.append(ax.scatter(xs, ys, color=OURS_COLOR, s=45, zorder=3, label="ours (left axis)"))
+            for label, x, y in entry["ours"]:
+                ax.annotate(label, (x, y), textcoords="offset points", xytext=(5, 5), fontsize=8, color=OURS_COLOR)
+        ax.set_ylabel(f"ours: {metric}", color=OURS_COLOR)
+        ax.tick_params(axis="y", colors=OURS_COLOR)
+        twin = ax.twinx()
+        if entry["paper"]:
+            labels, xs, ys = zip(*entry["paper"], strict=True)
+            handles.append(
+                twin.scatter(
+                    xs,
+                    ys,
+                    facecolors="none",
+                    edgecolors=PAPER_COLOR,
+                    marker="s",
+                    s=55,
+                    zorder=3,
+                    label="paper (right axis)",
+                )
+            )
+            for label, x, y in entry["paper"]:
+                twin.annotate(
+                    label, (x, y), textcoords="offset points", xytext=(5, -11), fontsize=8, color=PAPER_COLOR
+                )
+        twin.set_ylabel(f"paper: {metric}", color=PAPER_COLOR)
+        twin.tick_params(axis="y", colors=PAPER_COLOR)
+        for axis in (ax, twin):
+            axis.margins(x=0.12, y=0.15)  # room for the point labels at the edges
+        ax.axvline(1.0, color="grey", linewidth=0.8, linestyle=":")
+        ax.set_xlabel("training time to target loss (reference = 1.0)")
+        ax.set_title(entry["task"])
+        ax.grid(alpha=0.3)
+        if handles:
+            legend_handles = handles
+    fig.suptitle(title, y=0.995)
+    if legend_handles:
+        fig.legend(handles=legend_handles, loc="upper center", bbox_to_anchor=(0.5, 0.965), ncols=2, fontsize=9)
+    fig.tight_layout(rect=(0, 0, 1, 0.93))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path

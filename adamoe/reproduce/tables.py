@@ -1,0 +1,319 @@
+"""Tables 3, 5 and 6 generated from the cell results, with the paper's numbers side by side; never typed.
+
+`write_table(table, root, cells)` reads `root/cells/<id>.json` for every experiment in `cells`, computes the
+normalised training times (`normalise.py`), and writes `root/table<N>.md`, `.csv` and `.png`. The paper's
+numbers come from `adamoe/data/paper_results.json` (with their source); a ratio the paper does not print
+(e.g. FLOPs relative to top-2) is computed here from its printed values.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+from collections.abc import Sequence
+from functools import cache
+from pathlib import Path
+from typing import Any
+
+from ..tasks import get_task
+from .experiments import PAPER_THRESHOLD, SCHEME_LABELS, TASKS, Experiment, expected_experiments
+from .normalise import normalised_times
+from .plots import plot_metric_vs_time
+
+PAPER_RESULTS = Path(__file__).resolve().parents[1] / "data" / "paper_results.json"
+SHORT_LABELS = {"dense": "dense", "top2": "top-2", "top1": "top-1", "adaptive": "adaptive"}
+DENSE_FLOPS_VS_TOP2 = 0.5  # a dense FFN runs once per token: the expert FLOPs of top-1, half of top-2's
+Row = dict[str, Any]
+
+
+@cache
+def paper_results() -> dict[str, Any]:
+    """The paper's Tables 3, 5 and 6 and stated two-expert fractions, with their source (see the JSON file)."""
+    return json.loads(PAPER_RESULTS.read_text())
+
+
+def load_cells(root: Path, cells: Sequence[Experiment]) -> dict[str, dict[str, Any] | None]:
+    """Each experiment's result JSON under `root/cells`, or None for a cell that has not run."""
+    out = {}
+    for experiment in cells:
+        path = root / "cells" / f"{experiment.id}.json"
+        out[experiment.id] = json.loads(path.read_text()) if path.exists() else None
+    return out
+
+
+def _metric(cell: dict[str, Any] | None, task: str) -> float | None:
+    return None if cell is None else cell["metrics"].get(get_task(task).main_metric)
+
+
+def _timing(results: dict[str, dict[str, Any] | None], ids: Sequence[str], reference: str) -> dict[str, Any]:
+    """Normalised times of the cells `ids` of one task against `reference`, over the curves that exist."""
+    curves = {i: results[i]["loss_curve"] for i in ids if results.get(i) and results[i].get("loss_curve")}
+    smoothing = next((results[i]["target_loss_smoothing"] for i in ids if results.get(i)), 0.9)
+    return normalised_times(curves, reference, smoothing)
+
+
+def _paper_row(table: str, **match: Any) -> dict[str, Any]:
+    return next((r for r in paper_results()[table] if all(r.get(k) == v for k, v in match.items())), {})
+
+
+def table3_rows(cells: Sequence[Experiment], results: dict[str, dict[str, Any] | None]) -> list[Row]:
+    rows = []
+    for task in [t for t in TASKS if any(e.task == t and e.table == 3 for e in cells)]:
+        task_cells = [e for e in cells if e.task == task and e.table == 3]
+        timing = _timing(results, [e.id for e in task_cells], task_cells[0].reference)
+        paper_top2 = _paper_row("table3", task=task, scheme="top2").get("flops_per_token")
+        for e in task_cells:
+            cell, paper = results.get(e.id), _paper_row("table3", task=task, scheme=e.scheme)
+            flops = None if cell is None else cell.get("flops_vs_top2")
+            rows.append(
+                {
+                    "task": task,
+                    "metric_name": get_task(task).main_metric,
+                    "label": SCHEME_LABELS[e.scheme] + (f" (T={e.threshold})" if e.threshold is not None else ""),
+                    "short_label": SHORT_LABELS[e.scheme],
+                    "cell": e.id,
+                    "metric": _metric(cell, task),
+                    "paper_metric": paper.get("metric"),
+                    "norm_time": timing["normalised"].get(e.id),
+                    "paper_norm_time": paper.get("norm_training_time"),
+                    "flops_vs_top2": DENSE_FLOPS_VS_TOP2 if cell is not None and e.scheme == "dense" else flops,
+                    "paper_flops_vs_top2": (
+                        paper["flops_per_token"] / paper_top2 if paper.get("flops_per_token") and paper_top2 else None
+                    ),
+                    "two_expert_fraction": None if cell is None else cell.get("two_expert_fraction"),
+                    "paper_two_expert_fraction": (
+                        paper_results()["two_expert_fraction"].get(task) if e.scheme == "adaptive" else None
+                    ),
+                    "target_loss": timing["target_loss"],
+                }
+            )
+    return rows
+
+
+def table5_rows(cells: Sequence[Experiment], results: dict[str, dict[str, Any] | None]) -> list[Row]:
+    rows = []
+    for task in [t for t in TASKS if any(e.task == t and e.table == 5 for e in cells)]:
+        task_cells = [e for e in cells if e.task == task and e.table == 5]
+        reference = task_cells[0].reference
+        timing = _timing(results, [reference] + [e.id for e in task_cells], reference)
+        for e in task_cells:
+            cell = results.get(e.id)
+            paper = _paper_row("table5", task=task, threshold=e.threshold)
+            if e.threshold == PAPER_THRESHOLD:  # printed in Table 3, not Table 5
+                table3 = _paper_row("table3", task=task, scheme="adaptive")
+                paper = {"metric": table3.get("metric"), "norm_training_time": table3.get("norm_training_time")}
+            rows.append(
+                {
+                    "task": task,
+                    "metric_name": get_task(task).main_metric,
+                    "label": f"T={e.threshold}",
+                    "short_label": f"T={e.threshold}",
+                    "cell": e.id,
+                    "metric": _metric(cell, task),
+                    "paper_metric": paper.get("metric"),
+                    "norm_time": timing["normalised"].get(e.id),
+                    "paper_norm_time": paper.get("norm_training_time"),
+                    "flops_vs_top2": None if cell is None else cell.get("flops_vs_top2"),
+                    "two_expert_fraction": None if cell is None else cell.get("two_expert_fraction"),
+                    "target_loss": timing["target_loss"],
+                }
+            )
+    return rows
+
+
+def table6_rows(cells: Sequence[Experiment], results: dict[str, dict[str, Any] | None]) -> list[Row]:
+    rows = []
+    for task in [t for t in TASKS if any(e.task == t and e.table == 6 for e in cells)]:
+        by_curriculum = {e.curriculum: e for e in cells if e.task == task and e.table == 6}
+        with_id, without_id = by_curriculum[True].id, by_curriculum[False].id
+        timing = _timing(results, [with_id, without_id], with_id)
+        with_metric, without_metric = _metric(results.get(with_id), task), _metric(results.get(without_id), task)
+        ratio = timing["normalised"].get(without_id)
+        paper = _paper_row("table6", task=task)
+        rows.append(
+            {
+                "task": task,
+                "metric_name": get_task(task).main_metric,
+                "cell": without_id,
+                "metric_with_curriculum": with_metric,
+                "metric_without_curriculum": without_metric,
+                "metric_delta": None if None in (with_metric, without_metric) else without_metric - with_metric,
+                "paper_metric_delta": paper.get("metric_delta"),
+                "time_inflation": None if ratio is None else ratio - 1.0,
+                "paper_time_inflation": paper.get("time_inflation"),
+                "target_loss": timing["target_loss"],
+            }
+        )
+    return rows
+
+
+# column key -> (header, format)
+COLUMNS: dict[int, list[tuple[str, str, str]]] = {
+    3: [
+        ("task", "Task (metric)", "task"),
+        ("label", "Scheme", "str"),
+        ("norm_time", "Norm. time", "x"),
+        ("paper_norm_time", "Paper norm. time", "x"),
+        ("flops_vs_top2", "Expert FLOPs vs top-2", "ratio"),
+        ("paper_flops_vs_top2", "Paper FLOPs vs top-2", "ratio"),
+        ("two_expert_fraction", "Two-expert tokens", "pct"),
+        ("paper_two_expert_fraction", "Paper two-expert", "pct"),
+        ("metric", "Metric", "metric"),
+        ("paper_metric", "Paper metric", "metric"),
+    ],
+    5: [
+        ("task", "Task (metric)", "task"),
+        ("label", "Threshold", "str"),
+        ("norm_time", "Norm. time", "x"),
+        ("paper_norm_time", "Paper norm. time", "x"),
+        ("flops_vs_top2", "Expert FLOPs vs top-2", "ratio"),
+        ("two_expert_fraction", "Two-expert tokens", "pct"),
+        ("metric", "Metric", "metric"),
+        ("paper_metric", "Paper metric", "metric"),
+    ],
+    6: [
+        ("task", "Task (metric)", "task"),
+        ("time_inflation", "Time inflation without curriculum", "pct"),
+        ("paper_time_inflation", "Paper time inflation", "pct"),
+        ("metric_with_curriculum", "Metric with", "metric"),
+        ("metric_without_curriculum", "Metric without", "metric"),
+        ("metric_delta", "Metric change", "delta"),
+        ("paper_metric_delta", "Paper metric change", "delta"),
+    ],
+}
+ROWS = {3: table3_rows, 5: table5_rows, 6: table6_rows}
+
+
+def _format(value: Any, kind: str, row: Row) -> str:
+    if kind == "task":
+        return f"{row['task']} ({row['metric_name']})"
+    if value is None:
+        return "—"
+    if kind == "str":
+        return str(value)
+    if kind == "x":
+        return f"{value:.2f}x"
+    if kind == "ratio":
+        return f"{value:.2f}"
+    if kind == "pct":
+        return f"{100 * value:.1f}%"
+    if kind == "delta":
+        return f"{value:+.3f}" if abs(value) < 1 else f"{value:+.2f}"
+    return f"{value:.3f}" if row["metric_name"] == "accuracy" else f"{value:.2f}"
+
+
+def _provenance_lines(results: dict[str, dict[str, Any] | None]) -> list[str]:
+    done = [r for r in results.values() if r]
+    commits = sorted({str(r.get("git_commit")) for r in done})
+    hardware = sorted({json.dumps(r.get("hardware"), sort_keys=True) for r in done})
+    versions = sorted({json.dumps(r.get("versions"), sort_keys=True) for r in done})
+    seeds = sorted({str(r.get("seed")) for r in done})
+    return [
+        f"- cells with results: {len(done)} of {len(results)}",
+        f"- git commit(s): {', '.join(commits) or '—'}",
+        f"- hardware: {'; '.join(hardware) or '—'}",
+        f"- versions: {'; '.join(versions) or '—'}",
+        f"- seed(s): {', '.join(seeds) or '—'}",
+    ]
+
+
+def render_markdown(table: int, rows: list[Row], scale: str, results: dict[str, dict[str, Any] | None]) -> str:
+    columns = COLUMNS[table]
+    scale_note = (
+        "**Smoke scale**: tiny randomly initialised models on the generated smoke kit, a few dozen CPU steps per "
+        "cell. These numbers test the pipeline; they are NOT paper-scale results and say nothing about the paper's "
+        "claims."
+        if scale == "smoke"
+        else "**Full scale**: the paper's models, data and hyper-parameters (`adamoe/configs/*.yaml`)."
+    )
+    lines = [
+        f"# Paper Table {table}, reproduced ({scale} scale)",
+        "",
+        "Generated by `adamoe reproduce` from the cell results; do not edit.",
+        "",
+        scale_note,
+        "",
+        *_provenance_lines(results),
+        "",
+        "| " + " | ".join(header for _, header, _ in columns) + " |",
+        "|" + "|".join("---" for _ in columns) + "|",
+    ]
+    for row in rows:
+        lines.append("| " + " | ".join(_format(row.get(key), kind, row) for key, _, kind in columns) + " |")
+    targets = {row["task"]: row.get("target_loss") for row in rows}
+    lines += [
+        "",
+        "Norm. time: time to reach the task's target training loss over the reference cell's time (top-2 for "
+        "Tables 3 and 5, the with-curriculum cell for Table 6); the target is the worst final smoothed training "
+        "loss among the task's cells, so every cell reaches it (see `adamoe/reproduce/normalise.py`). Targets: "
+        + ", ".join(f"{task} {value:.4f}" if value is not None else f"{task} —" for task, value in targets.items())
+        + ".",
+        "",
+        "Expert FLOPs vs top-2 counts expert FFN FLOPs only (dense = one FFN per token = 0.5); the paper's column "
+        "is whole-model FLOPs per token over its top-2 row. Perplexity here is true perplexity (lower is better); "
+        "the paper's 'perplexity' column rises with quality, so the two are not comparable (docs/reproduce.md).",
+        "",
+        f"Paper values: {paper_results()['source']['citation']} (arXiv {paper_results()['source']['arxiv']}), "
+        "from `adamoe/data/paper_results.json`; '—' where the paper prints none.",
+    ]
+    return "\n".join(lines) + "\n"
+
+
+def write_csv(path: Path, rows: list[Row]) -> None:
+    keys = list(dict.fromkeys(key for row in rows for key in row))
+    with path.open("w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=keys)
+        writer.writeheader()
+        writer.writerows(rows)
+
+
+def plot_series(table: int, rows: list[Row]) -> list[dict[str, Any]]:
+    """Per task, our and the paper's (label, normalised time, metric) points, for `plot_metric_vs_time`."""
+    series: dict[str, dict[str, Any]] = {}
+    for row in rows:
+        entry = series.setdefault(
+            row["task"], {"task": row["task"], "metric_name": row["metric_name"], "ours": [], "paper": []}
+        )
+        if table == 6:
+            # Both points relative to the with-curriculum cell; the paper's full adaptive metric is Table 3's.
+            base = _paper_row("table3", task=row["task"], scheme="adaptive").get("metric")
+            entry["ours"] += [("curriculum", 1.0, row["metric_with_curriculum"])]
+            inflation = row["time_inflation"]
+            entry["ours"] += [
+                ("no curriculum", None if inflation is None else 1.0 + inflation, row["metric_without_curriculum"])
+            ]
+            if base is not None and row["paper_time_inflation"] is not None:
+                entry["paper"] += [("curriculum", 1.0, base)]
+                entry["paper"] += [
+                    ("no curriculum", 1.0 + row["paper_time_inflation"], base + row["paper_metric_delta"])
+                ]
+        else:
+            entry["ours"].append((row["short_label"], row["norm_time"], row["metric"]))
+            entry["paper"].append((row["short_label"], row["paper_norm_time"], row["paper_metric"]))
+    for entry in series.values():
+        for key in ("ours", "paper"):
+            entry[key] = [(label, x, y) for label, x, y in entry[key] if x is not None and y is not None]
+    return list(series.values())
+
+
+def write_table(table: int, root: Path, cells: Sequence[Experiment]) -> dict[str, Path]:
+    """Write `root/table<N>.md`, `.csv` and `.png` from the results of `cells`; returns the three paths."""
+    order = {e.id: i for i, e in enumerate(expected_experiments())}
+    cells = sorted(cells, key=lambda e: order.get(e.id, len(order)))  # the paper's row order, not the run order
+    results = load_cells(root, cells)
+    rows = ROWS[table](cells, results)
+    scale = next((r["scale"] for r in results.values() if r), root.name)
+    outputs = {
+        "markdown": root / f"table{table}.md",
+        "csv": root / f"table{table}.csv",
+        "plot": root / f"table{table}.png",
+    }
+    root.mkdir(parents=True, exist_ok=True)
+    outputs["markdown"].write_text(render_markdown(table, rows, scale, results))
+    write_csv(outputs["csv"], rows)
+    plot_metric_vs_time(
+        plot_series(table, rows),
+        outputs["plot"],
+        title=f"Paper Table {table}: metric vs normalised training time ({scale} scale)",
+    )
+    return outputs
