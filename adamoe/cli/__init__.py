@@ -6,7 +6,7 @@ import logging
 
 import typer
 
-from . import run
+from . import reproduce, run
 
 app = typer.Typer(
     name="adamoe",
@@ -19,6 +19,8 @@ app.command("finetune")(run.finetune_command)
 app.command("evaluate")(run.evaluate_command)
 app.command("convert")(run.convert_command)
 app.command("tasks")(run.tasks_command)
+app.command("reproduce")(reproduce.reproduce_command)
+app.command("analyze")(reproduce.analyze_command)
 
 
 def main() -> None:

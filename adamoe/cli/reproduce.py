@@ -1,0 +1,92 @@
+"""`adamoe reproduce | analyze`: flags -> `adamoe.reproduce.reproduce` / `adamoe.analysis.analyze` -> a report."""
+
+from __future__ import annotations
+
+from enum import Enum
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+
+from ._errors import friendly_errors
+from ._options import BatchSizeOpt, MaxEvalOpt, TaskName, TaskOpt, ValidationFileOpt
+
+console = Console()
+
+
+class Table(str, Enum):
+    three = "3"
+    five = "5"
+    six = "6"
+
+
+class Scale(str, Enum):
+    smoke = "smoke"
+    full = "full"
+
+
+@friendly_errors
+def reproduce_command(
+    table: Annotated[
+        Table, typer.Option("--table", help="Paper table: 3 (gating schemes), 5 (thresholds T), 6 (curriculum).")
+    ],
+    tasks: Annotated[
+        list[TaskName] | None, typer.Option("--tasks", help="Only these tasks (repeat the flag); default: all six.")
+    ] = None,
+    scale: Annotated[
+        Scale,
+        typer.Option(help="smoke: tiny models on generated data, CPU, minutes; full: the paper configs (Hub, GPU)."),
+    ] = Scale.smoke,
+    output_dir: Annotated[
+        Path, typer.Option("--output-dir", "-o", help="Results root; cells and tables go under OUTPUT_DIR/SCALE/.")
+    ] = Path("results"),
+) -> None:
+    """Run a paper table's missing cells (finished ones are skipped) and write it as markdown, CSV and PNG."""
+    from ..reproduce import reproduce
+
+    report = reproduce(
+        int(table.value),
+        tasks=[t.value for t in tasks] if tasks else None,
+        scale=scale.value,
+        output_dir=output_dir,
+    )
+    console.print(
+        f"Table {report.table} ({report.scale}): ran {len(report.ran)}, skipped {len(report.skipped)} finished, "
+        f"reused {len(report.reused)} identical cell(s)."
+    )
+    for kind, path in report.outputs.items():
+        console.print(f"  {kind}: {path}")
+
+
+@friendly_errors
+def analyze_command(
+    checkpoint: Annotated[Path, typer.Option(help="A trained adamoe checkpoint folder (with its tokenizer).")],
+    task: TaskOpt,
+    validation_file: ValidationFileOpt = None,
+    max_eval_samples: MaxEvalOpt = None,
+    batch_size: BatchSizeOpt = None,
+    output_dir: Annotated[
+        Path | None, typer.Option("--output-dir", "-o", help="Where the report goes; default CHECKPOINT/analysis.")
+    ] = None,
+) -> None:
+    """Routing analysis of a checkpoint on validation data: gate confidence, per-layer two-expert share, top words.
+
+    Data settings (lengths, the validation file) default to those the checkpoint was trained with.
+    """
+    from ..analysis import analyze, checkpoint_data
+
+    data = checkpoint_data(
+        checkpoint,
+        validation_file=str(validation_file) if validation_file else None,
+        max_eval_samples=max_eval_samples,
+    )
+    report = analyze(
+        str(checkpoint), task.value, data, output_dir or checkpoint / "analysis", batch_size=batch_size or 16
+    )
+    console.print(f"Two-expert fraction: {report.two_expert_fraction:.3f} over {report.num_tokens} token-layers")
+    for kind, path in report.outputs.items():
+        console.print(f"  {kind}: {path}")
+
+
+__all__ = ["TaskName", "analyze_command", "reproduce_command"]
