@@ -7,15 +7,17 @@ tests/test_finetune.py, tests/tasks/); this table pins what a user sees.
 
 from __future__ import annotations
 
+import errno
 import json
 import shutil
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
 from tiny_run import write_model_folder, write_sst2
-from transformers import AutoModelForSequenceClassification
+from transformers import AutoModelForSequenceClassification, PreTrainedModel
 from typer.testing import CliRunner
 
 from adamoe import MoEConfig
@@ -167,3 +169,32 @@ def test_a_refused_output_directory_is_left_untouched(files: dict[str, Path]) ->
     assert json.loads((out / "results.json").read_text()) == {}
     result = CliRunner().invoke(app, ["finetune", "--task", "sst2", *_base(files, train="bad_labels", out="fresh")])
     assert result.exit_code == 2 and not (files["root"] / "fresh").exists()
+
+
+def test_a_full_disk_mid_save_is_explained_and_the_run_resumes(
+    files: dict[str, Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    save_pretrained, saves = PreTrainedModel.save_pretrained, []
+
+    def fill_disk_on_second_save(self: PreTrainedModel, folder: str, *args: Any, **kwargs: Any) -> None:
+        saves.append(folder)
+        save_pretrained(self, folder, *args, **kwargs)
+        if len(saves) == 2:  # checkpoint-2 (one step per epoch): half the weights, then ENOSPC
+            weights = Path(folder, "model.safetensors")
+            weights.write_bytes(weights.read_bytes()[: weights.stat().st_size // 2])
+            raise OSError(errno.ENOSPC, "No space left on device", str(weights))
+
+    monkeypatch.setattr(PreTrainedModel, "save_pretrained", fill_disk_on_second_save)
+    flags = [*_base(files, out="full-disk")[:-2], "--epochs", "2", "--batch-size", "8"]  # 8 rows: 1 step per epoch
+    result = CliRunner().invoke(app, ["finetune", "--task", "sst2", *flags])
+    message = " ".join(result.output.split())
+    assert result.exit_code == 2 and "Traceback" not in result.output
+    assert "Error: No space left on device while writing" in message and "continue the run with --resume" in message
+    out = files["root"] / "full-disk"
+    assert sorted(p.name for p in out.glob("checkpoint-*")) == ["checkpoint-1"]
+
+    monkeypatch.undo()
+    result = CliRunner().invoke(app, ["finetune", "--task", "sst2", *flags, "--resume"])
+    assert result.exit_code == 0, result.output
+    assert json.loads((out / "results.json").read_text())["global_steps"] == 2
+    assert sorted(p.name for p in out.glob("checkpoint-*")) == ["checkpoint-1", "checkpoint-2"]

@@ -99,6 +99,7 @@ class AdaMoETrainerMixin:
         self.curriculum_sampler: CurriculumSampler | None = None
         self._resume_checkpoint: str | None = None
         self._staging_run_dir: str | None = None  # set while `_save_checkpoint` writes aside
+        self._push_deferred = False  # a Hub push of the checkpoint being staged, made once it is published
         self._interval_routing = RoutingMeter()
         self._reset_interval(step=0)
         if getattr(self.args, "curriculum", False):
@@ -337,6 +338,13 @@ class AdaMoETrainerMixin:
         # While `_save_checkpoint` runs, the stock code writes `<this>/checkpoint-N`: the staging folder.
         return self._staging_run_dir or super()._get_output_dir(trial)
 
+    def _push_from_checkpoint(self, checkpoint_folder: str) -> None:
+        if self._staging_run_dir is not None:
+            # The stock push uploads from the folder in the background; the staging folder is about to be renamed.
+            self._push_deferred = True
+            return
+        super()._push_from_checkpoint(checkpoint_folder)
+
     def _save_checkpoint(self, model: nn.Module, trial: Any) -> None:
         """The stock checkpoint plus adamoe's state, written aside and renamed into place (see checkpointing.py)."""
         self._staging_run_dir = None
@@ -373,6 +381,9 @@ class AdaMoETrainerMixin:
                 use_mtime=True,
             )
         self.accelerator.wait_for_everyone()  # nobody reads or rotates checkpoints before the rename
+        if self._push_deferred:
+            self._push_deferred = False
+            self._push_from_checkpoint(final)
 
     def _save_adamoe_state(self, folder: str) -> None:
         """Write the curriculum and timing state into a checkpoint folder (collectives: call on every rank)."""

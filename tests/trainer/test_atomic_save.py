@@ -147,3 +147,17 @@ def test_resume_refuses_a_truncated_checkpoint_and_says_what_to_do(train_kwargs:
     again = AdaMoETrainer(model=tiny_bert(), args=args, train_dataset=toy_dataset(16), data_collator=pad_collate)
     with pytest.raises(CheckpointError, match=r"checkpoint-4/model.safetensors is damaged.*delete .*checkpoint-4"):
         again.train(resume_from_checkpoint=True)
+
+
+def test_a_hub_push_of_a_checkpoint_reads_the_published_folder(
+    train_kwargs: dict[str, Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    pushed = []
+    monkeypatch.setattr(Trainer, "_push_from_checkpoint", lambda self, folder: pushed.append(folder))
+    args = _args(train_kwargs)
+    trainer = AdaMoETrainer(model=tiny_bert(), args=args, train_dataset=toy_dataset(16), data_collator=pad_collate)
+    trainer.args.push_to_hub = True  # after __init__, which would create the Hub repository
+    trainer.train()
+    # The stock push uploads in the background, so it must not read the staging folder that is being renamed.
+    assert pushed == [os.path.join(args.output_dir, f"checkpoint-{step}") for step in (2, 4)]
+    assert all(os.path.isfile(os.path.join(folder, TIMING_STATE_NAME)) for folder in pushed)
