@@ -67,6 +67,7 @@ def plot_metric_vs_time(series: list[dict[str, Any]], path: Path, title: str) ->
         twin.tick_params(axis="y", colors=PAPER_COLOR)
         for axis in (ax, twin):
             axis.margins(x=0.12, y=0.15)  # room for the point labels at the edges
+            axis.ticklabel_format(axis="y", useOffset=False)  # plain values, never "+1.749e1" offsets
         ax.axvline(1.0, color="grey", linewidth=0.8, linestyle=":")
         ax.set_xlabel("training time to target loss (reference = 1.0)")
         ax.set_title(entry["task"])

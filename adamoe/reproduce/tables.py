@@ -198,7 +198,7 @@ def _format(value: Any, kind: str, row: Row) -> str:
     if kind == "pct":
         return f"{100 * value:.1f}%"
     if kind == "delta":
-        return f"{value:+.3f}" if abs(value) < 1 else f"{value:+.2f}"
+        return f"{value:+.3f}" if row["metric_name"] == "accuracy" else f"{value:+.2f}"
     return f"{value:.3f}" if row["metric_name"] == "accuracy" else f"{value:.2f}"
 
 
@@ -241,17 +241,26 @@ def render_markdown(table: int, rows: list[Row], scale: str, results: dict[str, 
     for row in rows:
         lines.append("| " + " | ".join(_format(row.get(key), kind, row) for key, _, kind in columns) + " |")
     targets = {row["task"]: row.get("target_loss") for row in rows}
+    reference = "the task's Top-2 cell" if table in (3, 5) else "the with-curriculum cell"
     lines += [
         "",
-        "Norm. time: time to reach the task's target training loss over the reference cell's time (top-2 for "
-        "Tables 3 and 5, the with-curriculum cell for Table 6); the target is the worst final smoothed training "
-        "loss among the task's cells, so every cell reaches it (see `adamoe/reproduce/normalise.py`). Targets: "
+        f"Time: wall clock to reach the task's target training loss over {reference}'s (Table 6: that ratio minus "
+        "1). The target is the worst final smoothed training loss among the task's cells in this table, so every "
+        "cell reaches it (`adamoe/reproduce/normalise.py`); a cell shared with another table can show another "
+        "ratio there. Targets: "
         + ", ".join(f"{task} {value:.4f}" if value is not None else f"{task} —" for task, value in targets.items())
         + ".",
         "",
-        "Expert FLOPs vs top-2 counts expert FFN FLOPs only (dense = one FFN per token = 0.5); the paper's column "
-        "is whole-model FLOPs per token over its top-2 row. Perplexity here is true perplexity (lower is better); "
-        "the paper's 'perplexity' column rises with quality, so the two are not comparable (docs/reproduce.md).",
+    ]
+    if table in (3, 5):
+        lines += [
+            "Expert FLOPs vs top-2 counts expert FFN FLOPs only (dense = one FFN per token = 0.5)"
+            + ("; the paper's column is whole-model FLOPs per token over its top-2 row." if table == 3 else "."),
+            "",
+        ]
+    lines += [
+        "Perplexity here is true perplexity (lower is better); the paper's 'perplexity' column rises with quality, "
+        "so the two are not comparable (docs/reproduce.md).",
         "",
         f"Paper values: {paper_results()['source']['citation']} (arXiv {paper_results()['source']['arxiv']}), "
         "from `adamoe/data/paper_results.json`; '—' where the paper prints none.",
