@@ -35,6 +35,7 @@ from transformers.trainer_utils import get_last_checkpoint
 
 from .config import MoEConfig
 from .modeling import CheckpointError, from_pretrained, moe_config_of
+from .patching import is_moe_model
 from .provenance import provenance, write_json_atomically
 from .tasks import DataArgs, get_task
 from .tasks.base import Task
@@ -212,7 +213,7 @@ def load_model(task: Task, name_or_path: str, moe: MoEConfig | None) -> PreTrain
     """The task's head on `name_or_path`: an adamoe checkpoint as saved, a dense one patched by `moe`."""
     _check_local_path(name_or_path)
     try:
-        stored = _stored_moe_config(name_or_path)
+        stored = stored_moe_config(name_or_path)
     except OSError as err:
         raise FileNotFoundError(
             f"Could not load model {name_or_path!r}: {err}\nOffline, pass a local model folder: --model PATH "
@@ -255,7 +256,19 @@ def _check_local_path(name_or_path: str) -> None:
         )
 
 
-def _stored_moe_config(name_or_path: str) -> MoEConfig | None:
+def default_moe_config(name_or_path: str | None, overrides: dict[str, Any] | None = None) -> MoEConfig:
+    """The MoE config a run on `name_or_path` gets unless told otherwise: an adamoe checkpoint's own (so
+    fine-tuning it further keeps its structure), else the toolkit defaults; `overrides` go on top."""
+    stored = None
+    if name_or_path is not None:
+        try:
+            stored = stored_moe_config(name_or_path)
+        except OSError:
+            stored = None  # unreachable or missing: load_model explains it when the run starts
+    return MoEConfig.from_dict({**(stored.to_dict() if stored else {}), **(overrides or {})})
+
+
+def stored_moe_config(name_or_path: str) -> MoEConfig | None:
     from transformers import AutoConfig
 
     return moe_config_of(AutoConfig.from_pretrained(name_or_path))
@@ -325,6 +338,10 @@ def finetune(config: FinetuneConfig) -> dict[str, Any]:
     # Model and data first: a wrong --model or data file fails before the output directory is touched (with
     # --overwrite: emptied), so fixing the input and running again needs no --overwrite.
     model = load_model(task, config.model, config.moe)
+    if config.moe is None and is_moe_model(model):
+        raise RunConfigError(
+            f"{config.model} is an adamoe MoE checkpoint; the dense baseline (--gating dense) needs a dense model."
+        )
     tokenizer = load_tokenizer(config.model)
     args = training_arguments(config, task)
     trainer = build_trainer(config, task, model, tokenizer, train=True, args=args)

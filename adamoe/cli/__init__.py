@@ -23,6 +23,18 @@ app.command("reproduce")(reproduce.reproduce_command)
 app.command("analyze")(reproduce.analyze_command)
 
 
+@app.command(
+    "bench",
+    context_settings={"allow_extra_args": True, "ignore_unknown_options": True, "help_option_names": []},
+    add_help_option=False,
+)
+def bench_command(ctx: typer.Context) -> None:
+    """Speed and memory benchmark of MoE layers and training steps (`adamoe bench --help` lists its flags)."""
+    from ..bench import main as bench_main  # flags are generated from BenchConfig there: one definition
+
+    bench_main(ctx.args)
+
+
 def main() -> None:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     app()

@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import typer
+from accelerate import PartialState
 from rich.console import Console
 from rich.table import Table
 
@@ -79,6 +80,10 @@ def finetune_command(
     hub_model_id: Annotated[str | None, typer.Option(help="Hub repository for --push-to-hub.")] = None,
     resume: Annotated[bool, typer.Option("--resume", help="Continue the run in --output-dir.")] = False,
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace the run in --output-dir.")] = False,
+    analyze: Annotated[
+        bool,
+        typer.Option("--analyze", help="Then write the routing analysis (plots, word report) to OUTPUT_DIR/analysis."),
+    ] = False,
 ) -> None:
     """Fine-tune a model with adaptive-gated MoE FFNs on one task; writes OUTPUT_DIR/results.json."""
     values: dict[str, Any] = {}
@@ -90,22 +95,16 @@ def finetune_command(
         raise recipes.RunConfigError("Name a task with --task (or in --config); `adamoe tasks` lists them.")
     if model is not None or "model" not in values:
         values["model"] = model
+    flags = moe_overrides(
+        gating=gating, threshold=threshold, num_experts=num_experts, threshold_on=threshold_on, combine=combine,
+        expert_init=expert_init, aux_loss_coef=aux_loss_coef, every_n_layers=every_n_layers,
+    )  # fmt: skip
     if gating is Gating.dense:
         values["moe"] = None
-    else:
-        values["moe"] = moe_config(
-            values.get("moe"),
-            moe_overrides(
-                gating=gating,
-                threshold=threshold,
-                num_experts=num_experts,
-                threshold_on=threshold_on,
-                combine=combine,
-                expert_init=expert_init,
-                aux_loss_coef=aux_loss_coef,
-                every_n_layers=every_n_layers,
-            ),
-        )
+    elif config is not None:
+        values["moe"] = moe_config(values.get("moe"), flags)
+    else:  # an adamoe checkpoint keeps its own structure unless flags change it
+        values["moe"] = recipes.default_moe_config(values["model"], flags)
     data = values.setdefault("data", {})
     _set(
         data,
@@ -134,8 +133,16 @@ def finetune_command(
         values["output_dir"] = str(output_dir)
     run_config = recipes.FinetuneConfig.from_dict(values, resume=resume, overwrite=overwrite)
     results = recipes.finetune(run_config)
+    if not PartialState().is_main_process:  # under torchrun every rank returns; one report is enough
+        return
     _print_results(results)
     console.print(f"Results: {Path(results['checkpoint']) / recipes.RESULTS_NAME}")
+    if analyze and run_config.moe is not None:
+        from ..analysis import analyze as analyze_checkpoint
+
+        report_dir = Path(results["checkpoint"]) / "analysis"
+        analyze_checkpoint(results["checkpoint"], run_config.task, run_config.data, report_dir)
+        console.print(f"Routing analysis: {report_dir}")
 
 
 def _print_results(results: dict[str, Any]) -> None:

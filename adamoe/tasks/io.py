@@ -83,12 +83,14 @@ def check_file(path: str | Path, formats: Sequence[str]) -> Path:
     """Checks that `path` exists, has a readable suffix and is not empty; returns it as a `Path`."""
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"Data file {path} does not exist.")
+        raise FileNotFoundError(
+            f"Data file {path} does not exist; pass an existing file to --train-file / --validation-file."
+        )
     if path.suffix not in formats:
         raise DataFormatError(f"{path}: unsupported file type {path.suffix!r}; this task reads {', '.join(formats)}.")
     with path.open("rb") as f:
         if not f.read(4096).strip():
-            raise DataFormatError(f"{path} is empty.")
+            raise DataFormatError(f"{path} is empty: it needs rows in the task's format (see `adamoe tasks`).")
     return path
 
 

@@ -38,7 +38,10 @@ def check_labels(rows: Dataset, source: str) -> Dataset:
     found = set(rows.unique("label"))
     if not found <= set(LABELS):
         bad = sorted(found - set(LABELS), key=str)[:5]
-        raise DataFormatError(f"{source}: SST-2 labels must be 0 (negative) or 1 (positive); found {bad}.")
+        raise DataFormatError(
+            f"{source}: SST-2 labels must be 0 (negative) or 1 (positive); found {bad}. Fix or drop those rows "
+            "(the Hub's test split is unlabeled, -1: evaluate on the validation split instead)."
+        )
     return rows
 
 

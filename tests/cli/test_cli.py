@@ -101,3 +101,19 @@ def test_tasks_lists_every_task():
     assert result.exit_code == 0
     for name in ("sst2", "squad", "wmt19", "cnn_dailymail", "wikitext", "soda"):
         assert name in result.output
+
+
+def test_an_adamoe_checkpoint_keeps_its_own_moe_structure_unless_flags_change_it(captured, tmp_path):
+    from tiny_models import arch_by_name
+
+    import adamoe
+
+    model = adamoe.moeify(arch_by_name("bert").build(), adamoe.MoEConfig(num_experts=3, threshold=0.3))
+    model.save_pretrained(tmp_path / "ckpt")
+    result = runner.invoke(app, ["finetune", "--task", "sst2", "--model", str(tmp_path / "ckpt")])
+    assert result.exit_code == 0, result.output
+    assert (captured[-1].moe.num_experts, captured[-1].moe.threshold) == (3, 0.3)
+    result = runner.invoke(
+        app, ["finetune", "--task", "sst2", "--model", str(tmp_path / "ckpt"), "--threshold", "0.2"]
+    )
+    assert (captured[-1].moe.num_experts, captured[-1].moe.threshold) == (3, 0.2)
