@@ -149,8 +149,13 @@ def test_sync_gives_every_rank_the_same_order(tmp_path: Path) -> None:
     workers = [context.Process(target=_sync_worker, args=(r, str(tmp_path / "init"), str(tmp_path))) for r in (0, 1)]
     for worker in workers:
         worker.start()
-    for worker in workers:
-        worker.join(timeout=60)
-        assert worker.exitcode == 0
+    try:
+        for worker in workers:
+            worker.join(timeout=60)
+            assert worker.exitcode == 0, f"worker exit code {worker.exitcode} (None: hung in the collective)"
+    finally:
+        for worker in workers:  # a hung worker must not outlive the test
+            if worker.is_alive():
+                worker.kill()
     orders = [json.loads((tmp_path / f"{r}.json").read_text()) for r in (0, 1)]
     assert orders[0] == orders[1] == HAND_ORDER
