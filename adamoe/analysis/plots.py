@@ -1,4 +1,5 @@
-"""The analysis figures: gate confidence (paper Figure 1) and the per-layer two-expert share (paper Figure 2)."""
+"""The analysis figures: gate confidence (paper Figure 1), the per-layer two-expert share (paper Figure 2) and the
+words that most often take two experts (the counts of the paper's Table 4)."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
 from .collect import CONFIDENCE_BINS, RoutingCollection  # noqa: E402
+from .words import WordStats  # noqa: E402
 
 STACK_COLORS = {"encoder": "tab:blue", "decoder": "tab:green"}
 
@@ -78,6 +80,31 @@ def plot_layer_fractions(collection: RoutingCollection, path: Path, *, title: st
         ax.set_title(f"{stack} stack")
         ax.grid(alpha=0.3, axis="y")
     fig.suptitle(title)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def plot_top_words(words: list[WordStats], path: Path, *, title: str, limit: int = 20) -> Path:
+    """Horizontal bars: two-expert decisions of the `limit` words with the most, each labelled with its rate."""
+    shown = words[:limit][::-1]  # most at the top
+    fig, ax = plt.subplots(figsize=(7.5, 0.32 * max(len(shown), 4) + 1.4))
+    if shown:
+        bars = ax.barh([w.word for w in shown], [w.two_expert for w in shown], color="tab:purple")
+        for bar, word in zip(bars, shown, strict=True):
+            ax.annotate(
+                f"{100 * word.two_expert_rate:.0f}% of {word.decisions}",
+                (bar.get_width(), bar.get_y() + bar.get_height() / 2),
+                xytext=(3, 0),
+                textcoords="offset points",
+                va="center",
+                fontsize=7,
+            )
+        ax.margins(x=0.2)
+    ax.set_xlabel("two-expert decisions (token pieces x layers), label: share of the word's decisions")
+    ax.set_title(title)
+    ax.grid(alpha=0.3, axis="x")
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)

@@ -10,7 +10,8 @@ report.two_expert_fraction, report.outputs["markdown"]
 ```
 
 Writes to `output_dir`: `analysis.md` (the report), `gate_confidence.png` (Figure 1), `two_expert_per_layer.png`
-(Figure 2) and `analysis.json` (every number in the report, stamped with versions, git commit and hardware).
+(Figure 2), `top_words.png` (the counts behind Table 4) and `analysis.json` (every number in the report, stamped
+with versions, git commit and hardware).
 """
 
 from __future__ import annotations
@@ -28,7 +29,7 @@ from ..modeling import moe_config_of
 from ..provenance import provenance, write_json_atomically
 from ..tasks import DataArgs, get_task
 from .collect import RoutingCollection, collect_routing
-from .plots import plot_gate_confidence, plot_layer_fractions
+from .plots import plot_gate_confidence, plot_layer_fractions, plot_top_words
 from .views import build_view
 from .words import WordStats, top_words, totals, word_stats
 
@@ -45,7 +46,7 @@ class AnalysisReport:
         layers: per MoE layer `{"name", "stack", "index", "tokens", "two_expert", "two_expert_fraction"}`.
         words: the top words (`WordStats`), most two-expert decisions first.
         word_totals: `(decisions, two_expert)` summed over every word and special token; equals the layer totals.
-        outputs: the files written (`markdown`, `json`, `gate_confidence`, `layers`).
+        outputs: the files written (`markdown`, `json`, `gate_confidence`, `layers`, `words`).
     """
 
     task: str
@@ -121,6 +122,9 @@ def analyze(
         collection, out / "gate_confidence.png", threshold=threshold, title=title
     )
     report.outputs["layers"] = plot_layer_fractions(collection, out / "two_expert_per_layer.png", title=title)
+    report.outputs["words"] = plot_top_words(
+        report.words, out / "top_words.png", title=f"{title}\nwords that most often take two experts"
+    )
     report.outputs["markdown"] = out / "analysis.md"
     report.outputs["markdown"].write_text(render_markdown(report, moe.to_dict() if moe else None, len(examples)))
     report.outputs["json"] = out / "analysis.json"
@@ -177,6 +181,8 @@ def render_markdown(report: AnalysisReport, moe: dict[str, Any] | None, num_exam
     lines += [
         "",
         "## Words that most often take two experts (paper Table 4)",
+        "",
+        "![top words](top_words.png)",
         "",
         "Counts are (token, layer) decisions summed over a word's sub-word pieces, occurrences and layers. In the "
         "examples the word is in **bold** and the other words that used two experts in most layers are in _italics_.",

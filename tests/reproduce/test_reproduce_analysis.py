@@ -100,7 +100,7 @@ def test_analyze_writes_the_report_and_its_totals_match(smoke_kit, tmp_path):
     AutoTokenizer.from_pretrained(kit.model_dir).save_pretrained(checkpoint)
     report = analyze(checkpoint, "wmt19", smoke_data(kit, "wmt19"), tmp_path / "analysis")
     assert {p.name for p in report.outputs.values()} == {
-        "analysis.md", "analysis.json", "gate_confidence.png", "two_expert_per_layer.png"
+        "analysis.md", "analysis.json", "gate_confidence.png", "two_expert_per_layer.png", "top_words.png"
     }  # fmt: skip
     assert {layer["stack"] for layer in report.layers} == {"encoder", "decoder"}
     saved = json.loads(report.outputs["json"].read_text())
