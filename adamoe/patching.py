@@ -96,8 +96,9 @@ def _hand_token_masks(model: nn.Module, args: tuple, kwargs: dict[str, Any]) -> 
     if getattr(model.config, "is_encoder_decoder", False):
         decoder_mask = kwargs.get("decoder_attention_mask")
         labels = kwargs.get("labels")
-        if decoder_mask is None and labels is not None and kwargs.get("decoder_input_ids") is None:
-            # The decoder inputs are the labels shifted right, position for position: -100 marks padding.
+        if decoder_mask is None and labels is not None:
+            # Decoder inputs are the labels shifted right (by the model, or by the collator), so position t
+            # predicts label t and -100 marks padding. Blocks ignore a mask whose shape differs from their input.
             decoder_mask = labels != -100
     for module in model.modules():
         if isinstance(module, MoEBlock):

@@ -128,3 +128,14 @@ def test_stats_before_any_forward_are_refused():
     _, model = patched("bert")
     with pytest.raises(ValueError, match="forward pass first"):
         adamoe.routing_stats(model)
+
+
+def test_decoder_padding_comes_from_the_labels_when_the_collator_built_decoder_inputs():
+    arch, model = patched("bart")
+    inputs = arch.inputs(batch=2, seq_len=6, padded=False)
+    labels = inputs.pop("decoder_input_ids").clone()
+    labels[0, 2:] = -100  # sample 0 has 2 real target tokens, sample 1 has 4
+    decoder_input_ids = torch.cat([torch.full((2, 1), 2), labels[:, :-1].clamp_min(1)], dim=1)
+    model(**inputs, labels=labels, decoder_input_ids=decoder_input_ids)
+    decoder_layers = [s for s in adamoe.routing_stats(model).layers if s.stack == "decoder"]
+    assert [s.num_tokens for s in decoder_layers] == [6, 6]
