@@ -339,14 +339,17 @@ def build_model(shape: Shape, num_layers: int) -> nn.Module:
 
 
 def force_two_expert_fraction(model: nn.Module, fraction: float, seed: int) -> list:
-    """Make every router of `model` send exactly `round(fraction * tokens)` random tokens to two experts.
+    """Make every adaptive router of `model` send exactly `round(fraction * tokens)` random tokens to two experts.
 
     The experts chosen and the probabilities stay the router's own; only which tokens use their second
-    choice is pinned, and the combine weights are recomputed for it. Returns the hook handles.
+    choice is pinned, and the combine weights are recomputed for it. Routers whose config says top1 or
+    top2 are left alone. Returns the hook handles.
     """
     masks: dict[tuple[int, torch.device], torch.Tensor] = {}
 
     def hook(router, args, decision):
+        if router.config.gating != "adaptive":
+            return decision
         n, device = decision.second_active.shape[0], decision.second_active.device
         if (n, device) not in masks:
             g = torch.Generator().manual_seed(seed)
@@ -363,21 +366,54 @@ def force_two_expert_fraction(model: nn.Module, fraction: float, seed: int) -> l
 
 
 def bench_train(shape: Shape, config: BenchConfig, device: torch.device, dtype: torch.dtype) -> list[dict]:
+    """Training steps of the dense model and of one MoE model switched between top1, top2 and adaptive.
+
+    The three MoE variants share one model (the routers read the gating rule from their shared config at
+    every forward), so they have the same weights and take turns in the timing rounds like the layer cases.
+    """
     layers = config.train_layers or shape.num_layers
     seq_len = min(shape.seq_len, config.train_tokens)
     batch = max(1, config.train_tokens // seq_len)
     g = torch.Generator().manual_seed(config.seed)
     input_ids = torch.randint(shape.vocab_size, (batch, seq_len), generator=g).to(device)
     labels = input_ids if shape.model_type == "gpt2" else torch.randint(2, (batch,), generator=g).to(device)
-    rows = []
-    for variant in ("dense", "top1", "top2", "adaptive"):
-        row = {"shape": shape.name, "variant": variant, "layers": layers, "batch": batch, "seq_len": seq_len}
-        row["tokens"] = batch * seq_len
-        try:
-            row |= _train_variant(shape, layers, variant, input_ids, labels, config, device, dtype)
-        except torch.OutOfMemoryError:  # a full-depth 16-expert GPT-2-medium needs most of an 80 GB GPU
+    variants = ("dense", "top1", "top2", "adaptive")
+    base = {"shape": shape.name, "layers": layers, "batch": batch, "seq_len": seq_len, "tokens": batch * seq_len}
+    rows = [base | {"variant": v} for v in variants]
+    try:
+        inputs = {"input_ids": input_ids, "labels": labels}
+        dense, moe = (_train_model(shape, layers, is_moe, config, device, dtype, inputs) for is_moe in (False, True))
+        blocks = [block for _, block in moe_blocks(moe.model)]
+        moe_config = blocks[0].config  # shared by all blocks of the model
+        force_two_expert_fraction(moe.model, config.train_fraction, config.seed)
+        last_routing = {}
+
+        def case(model: _TrainModel, gating: str | None) -> Case:
+            def run():
+                if gating is not None:
+                    moe_config.gating = gating
+                model.step()
+                if gating is not None:  # kept to compute this variant's routing statistics afterwards
+                    last_routing[gating] = [block.last_routing for block in blocks]
+
+            return Case(run, model.reset)
+
+        cases = {v: case(dense if v == "dense" else moe, None if v == "dense" else v) for v in variants}
+        measured = measure(cases, config, device)
+        for row in rows:
+            row |= measured[row["variant"]]
+            model = dense if row["variant"] == "dense" else moe
+            row["params_m"] = sum(p.numel() for p in model.model.parameters()) / 1e6
+            row["two_expert_fraction"] = None
+            if row["variant"] != "dense":
+                for block, routing in zip(blocks, last_routing[row["variant"]], strict=True):
+                    block.last_routing = routing
+                row["two_expert_fraction"] = routing_stats(moe.model).two_expert_fraction
+    except torch.OutOfMemoryError:  # a full-depth 16-expert GPT-2-medium needs most of an 80 GB GPU
+        for row in rows:
             row |= {"error": "out of memory", "time_ms": None, "peak_mib": None, "two_expert_fraction": None}
-        rows.append(row)
+    finally:
+        dense = moe = cases = blocks = last_routing = None
         if device.type == "cuda":
             torch.cuda.empty_cache()
     by_variant = {row["variant"]: row["time_ms"] for row in rows}
@@ -391,37 +427,39 @@ def _ratio(a: float | None, b: float | None) -> float | None:
     return None if a is None or b is None else a / b
 
 
-def _train_variant(shape, layers, variant, input_ids, labels, config, device, dtype) -> dict[str, Any]:
+@dataclass
+class _TrainModel:
+    """A model, its input batch and its fused AdamW, as one training step."""
+
+    model: nn.Module
+    optimizer: torch.optim.Optimizer
+    inputs: dict[str, torch.Tensor]
+    moe: bool
+
+    def reset(self) -> None:
+        self.optimizer.zero_grad(set_to_none=True)
+
+    def step(self) -> None:
+        self.reset()
+        loss = self.model(**self.inputs).loss
+        if self.moe:
+            loss = loss + balance_loss(self.model)
+        loss.backward()
+        self.optimizer.step()
+
+
+def _train_model(shape, layers, moe, config, device, dtype, inputs) -> _TrainModel:
     torch.manual_seed(config.seed)
     with torch.device(device):  # build in place: a full-depth MoE GPT-2-medium has 3.4 B parameters
         model = build_model(shape, layers)
-        if variant != "dense":
-            moe = MoEConfig(
-                num_experts=config.num_experts, gating=variant, expert_init="random", dispatch=config.dispatch
-            )
-            moeify(model, moe)
-    if variant == "adaptive":
-        force_two_expert_fraction(model, config.train_fraction, config.seed)
+        if moe:
+            e, dispatch = config.num_experts, config.dispatch
+            moeify(model, MoEConfig(num_experts=e, gating="adaptive", expert_init="random", dispatch=dispatch))
     model.to(dtype).train()
     # Fused, as transformers' default `adamw_torch_fused`: the foreach version allocates temporaries the
     # size of all parameters every step, which on CPU costs page faults that swamp the MoE's own cost.
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-5, fused=True)
-
-    def reset():
-        optimizer.zero_grad(set_to_none=True)
-
-    def run():
-        reset()
-        loss = model(input_ids=input_ids, labels=labels).loss
-        if variant != "dense":
-            loss = loss + balance_loss(model)
-        loss.backward()
-        optimizer.step()
-
-    row = measure({variant: Case(run, reset)}, config, device)[variant]
-    row["params_m"] = sum(p.numel() for p in model.parameters()) / 1e6
-    row["two_expert_fraction"] = routing_stats(model).two_expert_fraction if variant != "dense" else None
-    return row
+    return _TrainModel(model, optimizer, inputs, moe)
 
 
 # ----------------------------------------------------------------------------------------------- report
