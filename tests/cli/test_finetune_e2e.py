@@ -83,3 +83,14 @@ def test_dense_baseline_trains_the_unpatched_model(kit, tmp_path):
     assert results["metrics"]["accuracy"] > smoke.metric_floor
     config = json.loads((out / "config.json").read_text())
     assert "adamoe" not in config
+
+
+@pytest.mark.slow
+def test_finetune_with_analyze_writes_the_routing_report(kit, tmp_path):
+    smoke = kit["sst2"]
+    out = tmp_path / "run"
+    run_cli("finetune", *smoke.cli_args(), "--num-experts", "4", "--output-dir", str(out), "--analyze")
+    analysis = out / "analysis"
+    pngs = sorted(p.name for p in analysis.glob("*.png"))
+    assert len(pngs) == 3, pngs
+    assert any(p.suffix == ".md" and "two experts" in p.read_text().lower() for p in analysis.iterdir())
