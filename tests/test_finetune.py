@@ -4,7 +4,8 @@ import json
 
 import pytest
 
-from adamoe.finetune import FinetuneConfig, OutputDirError, RunConfigError, _prepare_output_dir
+from adamoe.finetune import OutputDirError, _prepare_output_dir
+from adamoe.run_config import FinetuneConfig, RunConfigError
 
 # The paper's Table 2 hyper-parameters, as the issue lists them.
 PAPER = {

@@ -10,10 +10,11 @@ from typing import Any
 import typer
 
 from ..config import MoEConfigError
-from ..finetune import OutputDirError, RunConfigError
+from ..finetune import OutputDirError
 from ..modeling import CheckpointError
 from ..patching import UnsupportedArchitectureError
 from ..router import RouterNumericsError
+from ..run_config import RunConfigError
 from ..tasks import DataFormatError, HubUnreachableError
 
 # Errors whose message already says what was wrong and what to do.

@@ -12,6 +12,7 @@ from rich.console import Console
 from rich.table import Table
 
 from .. import finetune as recipes
+from ..run_config import FinetuneConfig, RunConfigError
 from ..tasks import TASKS, get_task
 from ._errors import friendly_errors
 from ._options import (
@@ -88,11 +89,11 @@ def finetune_command(
     """Fine-tune a model with adaptive-gated MoE FFNs on one task; writes OUTPUT_DIR/results.json."""
     values: dict[str, Any] = {}
     if config is not None:
-        values = recipes.FinetuneConfig.from_yaml(config).to_dict()
+        values = FinetuneConfig.from_yaml(config).to_dict()
     if task is not None:
         values["task"] = task.value
     if "task" not in values:
-        raise recipes.RunConfigError("Name a task with --task (or in --config); `adamoe tasks` lists them.")
+        raise RunConfigError("Name a task with --task (or in --config); `adamoe tasks` lists them.")
     if model is not None or "model" not in values:
         values["model"] = model
     flags = moe_overrides(
@@ -131,7 +132,7 @@ def finetune_command(
     )
     if output_dir is not None:
         values["output_dir"] = str(output_dir)
-    run_config = recipes.FinetuneConfig.from_dict(values, resume=resume, overwrite=overwrite)
+    run_config = FinetuneConfig.from_dict(values, resume=resume, overwrite=overwrite)
     results = recipes.finetune(run_config)
     if not PartialState().is_main_process:  # under torchrun every rank returns; one report is enough
         return
@@ -199,7 +200,7 @@ def convert_command(
 ) -> None:
     """Patch a model's FFNs into MoE blocks and save it, without training."""
     if gating is Gating.dense:
-        raise recipes.RunConfigError("convert makes an MoE checkpoint; --gating dense would leave it unchanged.")
+        raise RunConfigError("convert makes an MoE checkpoint; --gating dense would leave it unchanged.")
     moe = moe_config(
         None,
         moe_overrides(

@@ -27,8 +27,9 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ..finetune import FinetuneConfig, finetune
+from ..finetune import finetune
 from ..provenance import write_json_atomically
+from ..run_config import FinetuneConfig
 from .experiments import EXPERIMENTS_DIR, SCALES, TABLES, Experiment, load_experiments
 from .normalise import loss_curve
 from .smoke import SmokeTask, one_thread, write_smoke_kit
