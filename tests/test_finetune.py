@@ -89,3 +89,16 @@ def test_resume_needs_a_checkpoint_and_the_same_settings(tmp_path):
         _prepare_output_dir(other)
     with pytest.raises(RunConfigError, match="--overwrite"):
         FinetuneConfig(task="sst2", resume=True, overwrite=True)
+
+
+def test_an_unreachable_hub_model_points_at_the_offline_form(monkeypatch):
+    import adamoe.finetune as recipes
+    from adamoe.tasks import get_task
+
+    def offline(name):
+        raise OSError("We couldn't connect to 'https://huggingface.co' to load the files")
+
+    monkeypatch.setattr(recipes, "stored_moe_config", offline)
+    with pytest.raises(FileNotFoundError) as err:
+        recipes.load_model(get_task("squad"), "bert-base-uncased", None)
+    assert "adamoe finetune --task squad --model PATH --train-file TRAIN --validation-file VALIDATION" in str(err.value)
