@@ -117,3 +117,23 @@ def test_an_adamoe_checkpoint_keeps_its_own_moe_structure_unless_flags_change_it
         app, ["finetune", "--task", "sst2", "--model", str(tmp_path / "ckpt"), "--threshold", "0.2"]
     )
     assert (captured[-1].moe.num_experts, captured[-1].moe.threshold) == (3, 0.2)
+
+
+def test_convert_saves_an_upcycled_checkpoint_that_matches_the_dense_model(tmp_path):
+    import torch
+    from tiny_models import arch_by_name
+
+    import adamoe
+
+    arch = arch_by_name("gpt2")
+    dense = arch.build()
+    dense.save_pretrained(tmp_path / "dense")
+    result = runner.invoke(
+        app,
+        ["convert", "--model", str(tmp_path / "dense"), "--output-dir", str(tmp_path / "moe"), "--num-experts", "4"],
+    )
+    assert result.exit_code == 0, result.output
+    model = adamoe.from_pretrained(str(tmp_path / "moe"))
+    assert adamoe.moe_config_of(model).num_experts == 4 and len(adamoe.moe_blocks(model)) == 2
+    inputs = arch.inputs()
+    torch.testing.assert_close(model(**inputs).logits, dense(**inputs).logits, rtol=1e-5, atol=1e-5)
