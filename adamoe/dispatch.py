@@ -8,7 +8,11 @@ cost therefore follows the number of active pairs: a token on one expert costs h
 Backends (all equal to `reference_mixture`, a per-token float64 loop, in outputs and gradients):
 - `grouped_mm`: one `torch._grouped_mm` call per projection over all experts (CUDA Hopper kernels;
   torch also ships a CPU implementation).
-- `loop`: one `matmul` per non-empty expert over its contiguous slice; works on every device and dtype.
+- `loop`: one GEMM per non-empty expert over its contiguous slice, written straight into one output and,
+  in the backward, into one weight gradient (`_LoopLinear`); works on every device and dtype.
+
+Host synchronisation: one per call, in `sort_pairs`, where the per-expert row counts are read back (the
+number of active pairs is a shape). The dispatch code syncs nowhere else, forward or backward.
 """
 
 from __future__ import annotations
@@ -86,10 +90,11 @@ def grouped_mm_supported(tensor: torch.Tensor) -> bool:
 
 
 def default_backend(tensor: torch.Tensor) -> str:
-    """The backend `dispatch="auto"` picks, by measurement (`python -m adamoe.bench`, docs/performance.md).
+    """The backend `dispatch="auto"` picks (measured with `python -m adamoe.bench`, see docs/performance.md).
 
-    On Hopper GPUs one grouped GEMM beats a launch per expert. On CPU the loop is faster: torch's CPU
-    `_grouped_mm` does not reach MKL's GEMM speed, while each expert's slice is one MKL call.
+    On Hopper GPUs one grouped GEMM replaces a launch (and a host-known split) per expert. On CPU the two
+    measure the same, since torch's CPU `_grouped_mm` also runs one GEMM per group; the loop is chosen
+    there because it takes every dtype.
     """
     if tensor.device.type == "cuda" and grouped_mm_supported(tensor):
         return "grouped_mm"
