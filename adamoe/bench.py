@@ -13,13 +13,18 @@ Two sections, each written as a markdown table and a JSON file into the output f
   share of two-expert tokens (default 20%) and recomputes the combine weights from the router's own
   probabilities, so gradients flow as in real training while the cost is pinned.
 
-Times are medians over repeats after warm-up. The cases of the layer section are timed in interleaved
-rounds, so load from other processes hits them alike. Memory is the peak allocated during one step above
-what was allocated before it: `torch.cuda.max_memory_allocated` on CUDA; on CPU the running sum of the
-allocation and free events of `torch.profiler(profile_memory=True)` (the CPU allocator's own record).
+Times are medians over repeats after warm-up; the cases of a section take turns in every round, so load
+from other processes hits them alike. Memory is the peak allocated during one more step, above what was
+allocated before it: `torch.cuda.max_memory_allocated` on CUDA; on CPU the running sum of the allocation
+and free events of `torch.profiler(profile_memory=True)` (the CPU allocator's own record).
 
-    python -m adamoe.bench --device cpu --out bench-results
+    python -m adamoe.bench --device cpu --out bench-results    # fp32, 2048 tokens, 2-layer models
     python -m adamoe.bench --device cuda --out bench-results   # bf16, 16k tokens, full depth
+    python -m adamoe.bench --quick                             # toy sizes, seconds
+
+The CLI (`adamoe bench`) and Python callers use `run_benchmark(BenchConfig(...))`. docs/performance.md
+holds the measured figures. One file, longer than most here, because docs/design.md gives the benchmark
+one module: its config, the two sections and the report.
 """
 
 from __future__ import annotations
@@ -110,9 +115,9 @@ class BenchConfig:
     )
     threads: int | None = field(default=None, metadata={"help": "torch CPU threads (default: torch's choice)."})
     dispatch: str = field(default="auto", metadata={"help": "MoEConfig.dispatch: auto, grouped_mm or loop."})
-    memory: bool = field(default=True, metadata={"help": "Also measure peak memory (in the last warm-up run)."})
+    memory: bool = field(default=True, metadata={"help": "Also measure peak memory (one more run per case)."})
     quick: bool = field(default=False, metadata={"help": "Toy shapes, few tokens, one repeat: a smoke test."})
-    seed: int = 0
+    seed: int = field(default=0, metadata={"help": "Seed of the weights, inputs and forced routings."})
     output_dir: str | None = field(default="bench-results", metadata={"help": "Where bench.json/bench.md go."})
 
     def resolved(self) -> BenchConfig:
@@ -183,17 +188,19 @@ def peak_memory_mib(case: Case, device: torch.device) -> float:
 
 
 def measure(cases: dict[str, Case], config: BenchConfig, device: torch.device) -> dict[str, dict[str, Any]]:
-    """`{"times_ms": [...], "time_ms": median, "peak_mib": ...}` per case.
+    """`{"times_ms": [...], "time_ms": median, "min_ms": ..., "peak_mib": ...}` per case.
 
-    Every case is warmed up (its last warm-up run measures memory when asked), then timed in rounds in
-    which the cases take turns, so a burst of load from other processes hits them alike.
+    Every case is warmed up, then runs once more to measure memory (after all warm-ups, so that state
+    created by a first step, such as AdamW's moments, counts for no case), then all are timed in rounds
+    in which the cases take turns, so a burst of load from other processes hits them alike.
     """
     sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
     out = {name: {"times_ms": [], "peak_mib": None} for name in cases}
-    for name, case in cases.items():
-        for _ in range(config.warmup - config.memory):
+    for case in cases.values():
+        for _ in range(config.warmup):
             case.run()
-        if config.memory:
+    if config.memory:
+        for name, case in cases.items():
             out[name]["peak_mib"] = peak_memory_mib(case, device)
     for _ in range(config.repeats):
         for name, case in cases.items():
@@ -560,8 +567,8 @@ def run_benchmark(config: BenchConfig | None = None) -> dict[str, Any]:
     Example:
         ```python
         >>> report = run_benchmark(BenchConfig(quick=True, sections=("layer",), output_dir=None))
-        >>> report["results"][0]["case"]
-        'top1'
+        >>> report["results"][0]["case"], report["results"][0]["pairs"]
+        ('top1 (adaptive 0%)', 256)
         ```
     """
     config = (config or BenchConfig()).resolved()
