@@ -6,8 +6,8 @@ cost therefore follows the number of active pairs: a token on one expert costs h
 `(tokens, experts, hidden)` tensor is ever built, and no expert ever sees a token it was not given.
 
 Backends (all equal to `reference_mixture`, a per-token float64 loop, in outputs and gradients):
-- `grouped_mm`: one `torch._grouped_mm` call per projection over all experts (CUDA Hopper kernels;
-  torch also ships a CPU implementation).
+- `grouped_mm`: one `torch._grouped_mm` call per projection over all experts (a fused kernel on Hopper
+  GPUs in bfloat16; elsewhere torch falls back to a per-group loop).
 - `loop`: one GEMM per non-empty expert over its contiguous slice, written straight into one output and,
   in the backward, into one weight gradient (`_LoopLinear`); works on every device and dtype.
 
@@ -76,29 +76,29 @@ def sort_pairs(
     )
 
 
-def grouped_mm_supported(tensor: torch.Tensor) -> bool:
-    """Whether `torch._grouped_mm` can run on this tensor's device and dtype."""
-    if not hasattr(torch, "_grouped_mm"):
-        return False
-    if tensor.device.type == "cuda":
-        # The Hopper kernels need sm90; torch's fallback for older GPUs is slower than the loop.
-        return tensor.dtype in (torch.bfloat16, torch.float16, torch.float32) and torch.cuda.get_device_capability(
-            tensor.device
-        ) >= (9, 0)
-    # The CPU implementation takes float32 only; half types also need 16-byte aligned strides.
-    return tensor.device.type == "cpu" and tensor.dtype == torch.float32
+def grouped_mm_fast(rows: torch.Tensor, *widths: int) -> bool:
+    """Whether `torch._grouped_mm` runs its fused kernel on these rows and projection widths.
 
-
-def default_backend(tensor: torch.Tensor) -> str:
-    """The backend `dispatch="auto"` picks (measured with `python -m adamoe.bench`, see docs/performance.md).
-
-    On Hopper GPUs one grouped GEMM replaces a launch (and a host-known split) per expert. On CPU the two
-    measure the same, since torch's CPU `_grouped_mm` also runs one GEMM per group; the loop is chosen
-    there because it takes every dtype.
+    That kernel exists on CUDA sm90+ for bfloat16 only, and its TMA loads need every row stride
+    16-byte aligned (unaligned strides once gave silently wrong results, pytorch#150374). Anything else
+    goes to torch's fallback, a per-group loop that reads the offsets back to the host: no better than
+    the `loop` backend, and slower.
     """
-    if tensor.device.type == "cuda" and grouped_mm_supported(tensor):
-        return "grouped_mm"
-    return "loop"
+    if not hasattr(torch, "_grouped_mm") or rows.device.type != "cuda" or rows.dtype != torch.bfloat16:
+        return False
+    alignment = 16 // rows.element_size()
+    return torch.cuda.get_device_capability(rows.device) >= (9, 0) and all(w % alignment == 0 for w in widths)
+
+
+def default_backend(rows: torch.Tensor, *widths: int) -> str:
+    """The backend `dispatch="auto"` picks for these rows and projection widths.
+
+    `grouped_mm` where torch has a fused kernel for it (one launch per projection instead of one per
+    expert, no host-known split needed); `loop` everywhere else. On CPU the two measure the same, since
+    torch's CPU `_grouped_mm` also runs one GEMM per group, and the loop takes every dtype (figures:
+    `python -m adamoe.bench`, docs/performance.md).
+    """
+    return "grouped_mm" if grouped_mm_fast(rows, *widths) else "loop"
 
 
 def _contiguous_grad(grad: torch.Tensor) -> torch.Tensor:

@@ -81,7 +81,7 @@ class Experts(nn.Module):
     def backend_for(self, rows: torch.Tensor) -> str:
         if self.dispatch != "auto":
             return self.dispatch
-        return default_backend(rows)
+        return default_backend(rows, self.hidden_size, self.ffn_size)
 
     def forward(
         self,

@@ -130,9 +130,10 @@ def test_bf16_autocast_stays_close_to_float32():
 
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+@pytest.mark.parametrize("backend", ["auto", *BACKENDS])
 @pytest.mark.parametrize("dtype,tol", [(torch.float32, 1e-4), (torch.bfloat16, 3e-2), (torch.float16, 3e-3)])
-def test_cuda_fast_path_equals_reference(dtype, tol):
-    experts = make_experts(False, True, "auto").cuda().to(dtype)
+def test_cuda_dispatch_equals_reference(backend, dtype, tol):
+    experts = make_experts(False, True, backend).cuda().to(dtype)
     index, weights, active = routing(256, 5)
     x = torch.randn(256, 16, device="cuda", dtype=dtype, requires_grad=True)
     out = experts(x, index.cuda(), weights.cuda().to(dtype), active.cuda())
@@ -143,3 +144,19 @@ def test_cuda_fast_path_equals_reference(dtype, tol):
     ref.square().sum().backward()
     torch.testing.assert_close(out.double().cpu(), ref, rtol=tol, atol=tol)
     torch.testing.assert_close(x.grad.double().cpu(), x64.grad, rtol=tol * 10, atol=tol * 10)
+    grads = [p.grad.double().cpu() for p in experts.parameters()]
+    for got, want in zip(grads, [p.grad for p in ref_experts.parameters()], strict=True):
+        torch.testing.assert_close(got, want, rtol=tol * 10, atol=tol * 10)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_auto_takes_the_fused_kernel_only_where_torch_has_one():
+    from adamoe.dispatch import default_backend
+
+    hopper = torch.cuda.get_device_capability() >= (9, 0)
+    bf16 = torch.empty(4, 16, device="cuda", dtype=torch.bfloat16)
+    assert default_backend(bf16, 16, 24) == ("grouped_mm" if hopper else "loop")
+    assert default_backend(bf16, 16, 20) == "loop"  # a 40-byte row stride is not 16-byte aligned
+    assert default_backend(bf16.float(), 16, 24) == "loop"
+    assert default_backend(bf16.cpu(), 16, 24) == "loop"
