@@ -2,7 +2,7 @@
 
 import pytest
 import torch
-from tiny_models import arch_by_name
+from tiny_models import GENERATORS, arch_by_name
 
 import adamoe
 from adamoe import MoEBlock, MoEConfig, UnsupportedArchitectureError
@@ -30,9 +30,8 @@ def test_upcycled_model_equals_the_dense_model(arch, gating):
         assert stats.two_expert_fraction == expected_fraction
 
 
+@pytest.mark.parametrize("arch", GENERATORS, ids=[a.name for a in GENERATORS])
 def test_generate_with_kv_cache_equals_the_dense_model(arch):
-    if not (arch.causal or arch.seq2seq):
-        pytest.skip("encoder-only models do not generate")
     inputs = arch.inputs(padded=False)
     inputs.pop("decoder_input_ids", None)
     kwargs = dict(max_new_tokens=6, do_sample=False, use_cache=True, output_scores=True, return_dict_in_generate=True)

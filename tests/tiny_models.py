@@ -144,5 +144,8 @@ ARCHITECTURES = [
 ]
 
 
+GENERATORS = [a for a in ARCHITECTURES if a.causal or a.seq2seq]
+
+
 def arch_by_name(name: str) -> Arch:
     return next(a for a in ARCHITECTURES if a.name == name)
