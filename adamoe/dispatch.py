@@ -12,7 +12,8 @@ Backends (all equal to `reference_mixture`, a per-token float64 loop, in outputs
   in the backward, into one weight gradient (`_LoopLinear`); works on every device and dtype.
 
 Host synchronisation: one per call, in `sort_pairs`, where the per-expert row counts are read back (the
-number of active pairs is a shape). The dispatch code syncs nowhere else, forward or backward.
+number of active pairs is a shape); the MoE block's router check rides in the same read-back. The
+dispatch code syncs nowhere else, forward or backward.
 """
 
 from __future__ import annotations
@@ -33,6 +34,7 @@ class PairLayout:
         counts: `(num_experts,)` pairs per expert.
         offsets: `(num_experts,)` int32 end offset of each expert's rows, as `torch._grouped_mm` wants.
         split_sizes: `counts` as a Python list, read from the device once (the loop backend slices by it).
+        check_passed: the caller's `check` tensor as read back with the counts (True when none was given).
     """
 
     token_index: torch.Tensor
@@ -41,6 +43,7 @@ class PairLayout:
     counts: torch.Tensor
     offsets: torch.Tensor
     split_sizes: list[int] = field(default_factory=list)
+    check_passed: bool = True
 
     @property
     def num_pairs(self) -> int:
@@ -48,9 +51,19 @@ class PairLayout:
 
 
 def sort_pairs(
-    expert_index: torch.Tensor, weights: torch.Tensor, active: torch.Tensor, num_experts: int
+    expert_index: torch.Tensor,
+    weights: torch.Tensor,
+    active: torch.Tensor,
+    num_experts: int,
+    *,
+    check: torch.Tensor | None = None,
 ) -> PairLayout:
-    """Keep the active pairs of `(num_tokens, k)` routing tensors and sort them by expert."""
+    """Keep the active pairs of `(num_tokens, k)` routing tensors and sort them by expert.
+
+    `check` is an optional 0-dim bool tensor the caller needs on the host (the router's finiteness); it
+    travels in the same read-back as the counts, so checking it costs no second synchronisation. Its value
+    comes back as `layout.check_passed`.
+    """
     num_tokens, k = expert_index.shape
     # Inactive pairs get the key `num_experts`, so one sort puts the active pairs first, grouped by
     # expert; a stable sort keeps each expert's tokens in sequence order (deterministic, and the
@@ -62,7 +75,10 @@ def sort_pairs(
     ends = torch.searchsorted(sorted_key, torch.arange(num_experts + 1, device=key.device), right=True)
     # The one device-to-host synchronisation of the dispatch: the number of active pairs decides the
     # shape of everything after it, which is what makes the cost proportional to that number.
-    host_ends = ends.tolist()
+    if check is not None:
+        *host_ends, check_passed = torch.cat([ends, check.reshape(1).to(ends.dtype)]).tolist()
+    else:
+        host_ends, check_passed = ends.tolist(), 1
     num_pairs = host_ends[num_experts - 1]
     flat_pairs = order[:num_pairs]  # (num_pairs,) index into the flattened (num_tokens, k) routing
     counts = ends[:num_experts].diff(prepend=ends.new_zeros(1))
@@ -73,6 +89,7 @@ def sort_pairs(
         counts=counts,
         offsets=ends[:num_experts].to(torch.int32),
         split_sizes=[end - start for start, end in zip([0, *host_ends[:-2]], host_ends[:-1], strict=True)],
+        check_passed=bool(check_passed),
     )
 
 

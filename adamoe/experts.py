@@ -13,7 +13,7 @@ import copy
 import torch
 from torch import nn
 
-from .dispatch import combine_pairs, default_backend, grouped_linear, reference_mixture, sort_pairs
+from .dispatch import PairLayout, combine_pairs, default_backend, grouped_linear, reference_mixture, sort_pairs
 
 
 class Experts(nn.Module):
@@ -101,11 +101,14 @@ class Experts(nn.Module):
         Returns:
             `(num_tokens, hidden)`: sum over active choices of weight * expert(token).
         """
+        return self.mix(hidden_states, sort_pairs(expert_index, weights, active, self.num_experts))
+
+    def mix(self, hidden_states: torch.Tensor, layout: PairLayout) -> torch.Tensor:
+        """`forward` over pairs already sorted by `adamoe.dispatch.sort_pairs`: `(num_tokens, hidden)` out."""
         compute_dtype = hidden_states.dtype
         if torch.is_autocast_enabled(hidden_states.device.type):
             # grouped_mm is not on autocast's cast lists, so cast by hand the way autocast casts a Linear.
             compute_dtype = torch.get_autocast_dtype(hidden_states.device.type)
-        layout = sort_pairs(expert_index, weights, active, self.num_experts)
         # Cast before the gather: there are at least as many pairs as tokens.
         rows = hidden_states.to(compute_dtype).index_select(0, layout.token_index)  # (num_pairs, hidden)
         backend = self.backend_for(rows)

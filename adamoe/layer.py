@@ -6,6 +6,7 @@ import torch
 from torch import nn
 
 from .config import MoEConfig
+from .dispatch import sort_pairs
 from .experts import Experts
 from .router import Router, RouterNumericsError, RoutingDecision
 
@@ -54,7 +55,15 @@ class MoEBlock(nn.Module):
         shape = hidden_states.shape
         tokens = hidden_states.reshape(-1, shape[-1])  # (num_tokens, hidden)
         routing = self.router(tokens)
-        if not torch.isfinite(routing.probs).all():
+        # The finiteness check rides in the dispatch's one read-back instead of costing a sync of its own.
+        layout = sort_pairs(
+            routing.expert_index,
+            routing.combine_weights,
+            routing.active,
+            self.experts.num_experts,
+            check=torch.isfinite(routing.probs).all(),
+        )
+        if not layout.check_passed:
             raise RouterNumericsError(
                 f"The router of MoE layer '{self.layer_name}' produced NaN or infinite gate logits. The "
                 "hidden states reaching it are already broken: lower the learning rate, use bf16 rather than "
@@ -62,7 +71,7 @@ class MoEBlock(nn.Module):
             )
         routing.token_mask, routing.batch_shape = self._token_layout(shape)
         self.last_routing = routing
-        mixed = self.experts(tokens, routing.expert_index, routing.combine_weights, routing.active)
+        mixed = self.experts.mix(tokens, layout)
         return self.output_dropout(mixed.view(shape))
 
     def _token_layout(self, shape: torch.Size) -> tuple[torch.Tensor | None, tuple[int, int] | None]:

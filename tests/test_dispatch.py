@@ -160,3 +160,68 @@ def test_auto_takes_the_fused_kernel_only_where_torch_has_one():
     assert default_backend(bf16, 16, 20) == "loop"  # a 40-byte row stride is not 16-byte aligned
     assert default_backend(bf16.float(), 16, 24) == "loop"
     assert default_backend(bf16.cpu(), 16, 24) == "loop"
+
+
+class ScalarReads(TorchDispatchMode):
+    """Counts scalar read-backs to the host (`.item()`, `bool(tensor)`, `if tensor:`)."""
+
+    def __init__(self):
+        super().__init__()
+        self.count = 0
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        if func is torch.ops.aten._local_scalar_dense.default:
+            self.count += 1
+        return func(*args, **(kwargs or {}))
+
+
+@pytest.mark.parametrize("broken_router", [False, True])
+def test_an_moe_layer_reads_back_to_the_host_once_per_forward(monkeypatch, broken_router):
+    # On CUDA every read-back is a synchronisation; the router's finiteness check must share the one the
+    # pair counts need (a list read-back, which dispatches no scalar op and is counted here by hand).
+    from tiny_models import arch_by_name
+
+    import adamoe
+    from adamoe.router import RouterNumericsError
+
+    arch = arch_by_name("bert")
+    block = adamoe.moe_blocks(adamoe.moeify(arch.build(), adamoe.MoEConfig(num_experts=4)))[0][1]
+    if broken_router:
+        with torch.no_grad():
+            block.router.weight[0, 0] = float("nan")
+    list_reads = []
+    tolist = torch.Tensor.tolist
+    monkeypatch.setattr(torch.Tensor, "tolist", lambda self: list_reads.append(self.shape) or tolist(self))
+    x = torch.randn(2, 5, arch.config.hidden_size)
+    with ScalarReads() as scalar_reads:
+        if broken_router:
+            with pytest.raises(RouterNumericsError, match="bert.encoder.layer.0"):
+                block(x)
+        else:
+            block(x).sum().backward()
+    assert scalar_reads.count == 0
+    assert list_reads == [torch.Size([4 + 2])]  # the expert end offsets, the inactive tail and the check
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_an_moe_layer_synchronises_once_per_forward_on_cuda():
+    import warnings
+
+    from tiny_models import arch_by_name
+
+    import adamoe
+
+    arch = arch_by_name("bert")
+    block = adamoe.moe_blocks(adamoe.moeify(arch.build(), adamoe.MoEConfig(num_experts=4)))[0][1].cuda()
+    x = torch.randn(2, 5, arch.config.hidden_size, device="cuda")
+    block(x)  # warm-up: lazy initialisation may synchronise
+    torch.cuda.synchronize()
+    torch.cuda.set_sync_debug_mode("warn")
+    try:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            block(x)
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+    assert len([w for w in caught if "synchroniz" in str(w.message)]) == 1
