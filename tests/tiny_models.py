@@ -67,6 +67,23 @@ _COMMON_BART = dict(
     max_position_embeddings=64,
 )
 
+
+def _t5_config(feed_forward_proj: str) -> T5Config:
+    """T5 v1.0 ("relu") or v1.1/Flan ("gated-gelu")."""
+    return T5Config(
+        vocab_size=VOCAB,
+        d_model=32,
+        d_ff=64,
+        d_kv=16,
+        num_layers=2,
+        num_heads=2,
+        feed_forward_proj=feed_forward_proj,
+        decoder_start_token_id=0,
+        pad_token_id=0,
+        eos_token_id=1,
+    )
+
+
 ARCHITECTURES = [
     Arch(
         "bert",
@@ -94,35 +111,13 @@ ARCHITECTURES = [
     Arch(
         "t5",
         T5ForConditionalGeneration,
-        T5Config(
-            vocab_size=VOCAB,
-            d_model=32,
-            d_ff=64,
-            d_kv=16,
-            num_layers=2,
-            num_heads=2,
-            feed_forward_proj="relu",
-            decoder_start_token_id=0,
-            pad_token_id=0,
-            eos_token_id=1,
-        ),
+        _t5_config("relu"),
         seq2seq=True,
     ),
     Arch(
         "t5-gated",
         T5ForConditionalGeneration,
-        T5Config(
-            vocab_size=VOCAB,
-            d_model=32,
-            d_ff=64,
-            d_kv=16,
-            num_layers=2,
-            num_heads=2,
-            feed_forward_proj="gated-gelu",
-            decoder_start_token_id=0,
-            pad_token_id=0,
-            eos_token_id=1,
-        ),
+        _t5_config("gated-gelu"),
         seq2seq=True,
     ),
     Arch("bart", BartForConditionalGeneration, BartConfig(**_COMMON_BART), seq2seq=True),
