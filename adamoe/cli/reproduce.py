@@ -10,6 +10,7 @@ import typer
 from rich.console import Console
 
 from ._errors import friendly_errors
+from ._hub import uses_hub
 from ._options import BatchSizeOpt, MaxEvalOpt, TaskName, TaskOpt, ValidationFileOpt
 
 console = Console()
@@ -27,6 +28,7 @@ class Scale(str, Enum):
 
 
 @friendly_errors
+@uses_hub
 def reproduce_command(
     table: Annotated[
         Table, typer.Option("--table", help="Paper table: 3 (gating schemes), 5 (thresholds T), 6 (curriculum).")
@@ -60,6 +62,7 @@ def reproduce_command(
 
 
 @friendly_errors
+@uses_hub
 def analyze_command(
     checkpoint: Annotated[Path, typer.Option(help="A trained adamoe checkpoint folder (with its tokenizer).")],
     task: TaskOpt,

@@ -15,6 +15,7 @@ from .. import finetune as recipes
 from ..run_config import FinetuneConfig, RunConfigError
 from ..tasks import TASKS, get_task
 from ._errors import friendly_errors
+from ._hub import uses_hub
 from ._options import (
     AuxLossOpt,
     BatchSizeOpt,
@@ -45,6 +46,7 @@ def _set(section: dict[str, Any], **values: Any) -> None:
 
 
 @friendly_errors
+@uses_hub
 def finetune_command(
     task: Annotated[TaskName | None, typer.Option("--task", "-t", help="Which task (see `adamoe tasks`).")] = None,
     threshold: ThresholdOpt = None,
@@ -165,6 +167,7 @@ def _print_results(results: dict[str, Any]) -> None:
 
 
 @friendly_errors
+@uses_hub
 def evaluate_command(
     task: Annotated[TaskName, typer.Option("--task", "-t", help="Which task (see `adamoe tasks`).")],
     checkpoint: Annotated[Path, typer.Option(help="A saved model folder (adamoe or dense).")],
@@ -185,6 +188,7 @@ def evaluate_command(
 
 
 @friendly_errors
+@uses_hub
 def convert_command(
     model: Annotated[str, typer.Option("--model", "-m", help="Hub id or local folder of a dense model.")],
     output_dir: Annotated[Path, typer.Option("--output-dir", "-o", help="Where to save the patched checkpoint.")],
