@@ -62,6 +62,10 @@ def finetune_command(
     epochs: Annotated[float | None, typer.Option(help="Training epochs.")] = None,
     max_steps: Annotated[int | None, typer.Option(help="Optimizer steps; overrides --epochs.")] = None,
     batch_size: BatchSizeOpt = None,
+    max_tokens: Annotated[
+        int | None,
+        typer.Option(help="Batch training by tokens (fairseq's --max-tokens), as the paper does for FSMT and BART."),
+    ] = None,
     lr: Annotated[float | None, typer.Option("--lr", help="Peak learning rate.")] = None,
     bf16: Annotated[bool | None, typer.Option("--bf16/--no-bf16", help="bf16 mixed precision.")] = None,
     seed: Annotated[int | None, typer.Option(help="Random seed.")] = None,
@@ -118,12 +122,15 @@ def finetune_command(
         direction=direction,
     )
     training = values.setdefault("training", {})
+    if batch_size is not None and max_tokens is None:
+        training.pop("max_tokens", None)  # an explicit batch size replaces a config's token budget
     _set(
         training,
         num_train_epochs=epochs,
         max_steps=max_steps,
         per_device_train_batch_size=batch_size,
         per_device_eval_batch_size=batch_size,
+        max_tokens=max_tokens,
         learning_rate=lr,
         bf16=bf16,
         seed=seed,

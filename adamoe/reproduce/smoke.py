@@ -111,6 +111,7 @@ class SmokeTask:
                 "max_steps": b.max_steps,
                 "learning_rate": b.learning_rate,
                 "per_device_train_batch_size": b.batch_size,
+                "max_tokens": None,  # the paper's 4096-token batches would hold the whole tiny training set
                 "per_device_eval_batch_size": 32,
                 "warmup_steps": 0,  # the paper configs' warm-up (up to 1000 steps) would swallow the whole run
                 "lr_scheduler_type": "linear",

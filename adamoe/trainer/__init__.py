@@ -1,6 +1,8 @@
-"""Training adamoe models with the transformers Trainer: balance loss, routing logs, curriculum, timing."""
+"""Training adamoe models with the transformers Trainer: balance loss, routing logs, curriculum, token-budget
+batches, timing."""
 
 from .arguments import AdaMoESeq2SeqTrainingArguments, AdaMoETrainingArguments
+from .batching import TokenBudgetBatchSampler, token_budget_batches
 from .curriculum import CurriculumSampler, curriculum_order
 from .indexing import SAMPLE_INDEX_KEY, IndexCollator, IndexedDataset
 from .meters import RoutingMeter
@@ -27,6 +29,8 @@ __all__ = [
     "IndexedDataset",
     "RoutingMeter",
     "TimingCallback",
+    "TokenBudgetBatchSampler",
     "count_tokens",
     "curriculum_order",
+    "token_budget_batches",
 ]

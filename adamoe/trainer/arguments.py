@@ -39,6 +39,15 @@ class AdaMoETrainingArguments(TrainingArguments):
         default=0.9,
         metadata={"help": "EMA factor over logging events for the target-loss check, in [0, 1); 0 = raw losses."},
     )
+    max_tokens: int | None = field(
+        default=None,
+        metadata={
+            "help": "Batch the training set by tokens instead of by `per_device_train_batch_size` samples, as "
+            "fairseq's --max-tokens (the paper: 4096 for FSMT and BART): fixed batches of similar lengths whose "
+            "padded size stays within this budget, reordered every epoch (see adamoe/trainer/batching.py). "
+            "None: batch by samples."
+        },
+    )
     log_routing: bool = field(
         default=True,
         metadata={
@@ -51,6 +60,8 @@ class AdaMoETrainingArguments(TrainingArguments):
         super().__post_init__()
         if self.target_loss is not None and not math.isfinite(self.target_loss):
             raise ValueError(f"target_loss must be a finite number or None, got {self.target_loss}.")
+        if self.max_tokens is not None and self.max_tokens < 1:
+            raise ValueError(f"max_tokens must be a positive integer or None, got {self.max_tokens}.")
         if not 0.0 <= self.target_loss_smoothing < 1.0:
             raise ValueError(f"target_loss_smoothing must be in [0, 1), got {self.target_loss_smoothing}.")
 

@@ -16,6 +16,7 @@ What a training step does beyond the stock trainer:
 - the routing of that same forward (`adamoe.routing_stats`) feeds the logs, the timing figures and, with
   `curriculum=True`, the per-sample complexity vectors, filed under the dataset index that `IndexedDataset`
   attaches as `"sample_index"` (see `indexing.py`) and that `compute_loss` pops before the forward;
+- with `max_tokens`, the training batches are fixed token budgets reordered per epoch (see `batching.py`);
 - a router that produces NaN or infinite logits stops the run with a `RouterNumericsError` naming the layer
   and the optimizer step, instead of training on garbage.
 
@@ -52,6 +53,7 @@ from ..modeling import check_patched_consistently
 from ..patching import is_moe_model
 from ..router import RouterNumericsError
 from ..stats import RoutingStats, balance_loss, routing_stats
+from .batching import TokenBudgetBatchSampler, sample_lengths
 from .checkpointing import STAGING_DIR, check_checkpoint_files, move_into_place, replace_files
 from .curriculum import CurriculumSampler
 from .indexing import SAMPLE_INDEX_KEY, IndexCollator, IndexedDataset
@@ -96,7 +98,7 @@ class AdaMoETrainerMixin:
         )
         self.add_callback(self.timing)
         self.add_callback(_CheckpointCallback(self))
-        self.curriculum_sampler: CurriculumSampler | None = None
+        self.curriculum_sampler: CurriculumSampler | TokenBudgetBatchSampler | None = None
         self._resume_checkpoint: str | None = None
         self._staging_run_dir: str | None = None  # set while `_save_checkpoint` writes aside
         self._push_deferred = False  # a Hub push of the checkpoint being staged, made once it is published
@@ -141,12 +143,15 @@ class AdaMoETrainerMixin:
         )
 
     def get_train_dataloader(self) -> DataLoader:
-        if not self._curriculum_active():
+        max_tokens = getattr(self.args, "max_tokens", None)
+        if max_tokens is None and not self._curriculum_active():
             return super().get_train_dataloader()
         dataset = self.train_dataset
         if isinstance(dataset, datasets.Dataset):
             # Drop unused columns at the dataset level, as the stock path does, before the wrapper hides the type.
             dataset = self._remove_unused_columns(dataset, description="Training")
+        if max_tokens is not None:
+            return self._token_budget_dataloader(dataset, max_tokens)
         # The stock body with the dataset wrapped so each item carries its "sample_index" (see indexing.py).
         return self._get_dataloader(
             dataset=IndexedDataset(dataset),
@@ -156,24 +161,55 @@ class AdaMoETrainerMixin:
             is_training=True,
         )
 
+    def _token_budget_dataloader(self, dataset: Any, max_tokens: int) -> DataLoader:
+        """Batches of at most `max_tokens` padded tokens, reordered per epoch (see batching.py)."""
+        if dataset is None or isinstance(dataset, IterableDataset) or not has_length(dataset):
+            raise ValueError("max_tokens needs a map-style training set with a length (it packs the batches upfront).")
+        curriculum = self._curriculum_active()
+        sampler = TokenBudgetBatchSampler(
+            sample_lengths(dataset), max_tokens, curriculum=curriculum, seed=self._data_seed()
+        )
+        collator = self.data_collator
+        if not isinstance(dataset, datasets.Dataset):
+            collator = self._get_collator_with_removed_columns(collator, description="Training")
+        if curriculum:
+            self._restore_curriculum(sampler)
+            self.curriculum_sampler = sampler
+            dataset = IndexedDataset(dataset)
+        loader = DataLoader(
+            dataset,
+            batch_sampler=sampler,
+            collate_fn=collator,
+            num_workers=self.args.dataloader_num_workers,
+            pin_memory=self.args.dataloader_pin_memory,
+            persistent_workers=self.args.dataloader_persistent_workers,
+            prefetch_factor=self.args.dataloader_prefetch_factor,
+        )
+        # accelerate hands rank r the batches r, r + W, ... of the one global order.
+        return self.accelerator.prepare(loader)
+
     def _get_train_sampler(self, train_dataset: Any = None) -> Sampler | None:
         if not self._curriculum_active():
             return super()._get_train_sampler(train_dataset)
         dataset = train_dataset if train_dataset is not None else self.train_dataset
         # One global order, the same on every rank; accelerate then hands rank r the batches r, r + W, ...
-        sampler = CurriculumSampler(
-            len(dataset),
-            curriculum=True,
-            seed=self.args.data_seed if self.args.data_seed is not None else self.args.seed,
-        )
-        if self._resume_checkpoint is not None:
-            path = os.path.join(self._resume_checkpoint, CURRICULUM_STATE_NAME)
-            if os.path.isfile(path):
-                sampler.load_state_dict(torch.load(path, weights_only=True))
-            else:
-                logger.warning(f"{path} not found: the curriculum starts afresh (random order until vectors exist).")
+        sampler = CurriculumSampler(len(dataset), curriculum=True, seed=self._data_seed())
+        self._restore_curriculum(sampler)
         self.curriculum_sampler = sampler
         return sampler
+
+    def _data_seed(self) -> int:
+        return self.args.data_seed if self.args.data_seed is not None else self.args.seed
+
+    def _restore_curriculum(self, sampler: CurriculumSampler | TokenBudgetBatchSampler) -> None:
+        """Load the curriculum state of the checkpoint being resumed, if any."""
+        if self._resume_checkpoint is None:
+            return
+        path = os.path.join(self._resume_checkpoint, CURRICULUM_STATE_NAME)
+        if os.path.isfile(path):
+            sampler.load_state_dict(torch.load(path, weights_only=True))
+        else:
+            logger.warning(f"{path} not found: the curriculum starts afresh (random order until vectors exist).")
 
     def _set_signature_columns_if_needed(self) -> None:
         # `remove_unused_columns` drops every feature the model's forward does not accept; "sample_index" must

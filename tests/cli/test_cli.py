@@ -137,3 +137,21 @@ def test_convert_saves_an_upcycled_checkpoint_that_matches_the_dense_model(tmp_p
     assert adamoe.moe_config_of(model).num_experts == 4 and len(adamoe.moe_blocks(model)) == 2
     inputs = arch.inputs()
     torch.testing.assert_close(model(**inputs).logits, dense(**inputs).logits, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize(
+    "flags,max_tokens,batch_size",
+    [
+        ([], 4096, None),  # the paper config batches FSMT by 4096 tokens
+        (["--max-tokens", "2048"], 2048, None),
+        (["--batch-size", "16"], None, 16),  # an explicit batch size replaces the config's token budget
+        (["--batch-size", "16", "--max-tokens", "1024"], 1024, 16),
+    ],
+)
+def test_token_budget_flags_over_the_paper_config(captured, tmp_path, flags, max_tokens, batch_size):
+    args = ["finetune", "--config", "wmt19", "--model", "m", "--output-dir", str(tmp_path / "o"), *flags]
+    result = runner.invoke(app, args)
+    assert result.exit_code == 0, result.output
+    (config,) = captured
+    assert config.training.get("max_tokens") == max_tokens
+    assert config.training.get("per_device_train_batch_size") == batch_size

@@ -56,7 +56,8 @@ def test_finetune_without_a_network_fails_fast_with_the_offline_form(online_sett
     requests = []
     monkeypatch.setattr(_http, "_http_backoff_base", lambda *args, **kwargs: requests.append(args) or 1 / 0)
     result = CliRunner().invoke(
-        app, ["finetune", "--task", "sst2", "--model", "no-such-org/no-such-model", "--output-dir", str(tmp_path / "r")]
+        app,
+        ["finetune", "--task", "sst2", "--model", "no-such-org/no-such-model", "--output-dir", str(tmp_path / "r")],
     )
     assert result.exit_code == 2, result.output
     assert "adamoe finetune --task sst2 --model PATH --train-file TRAIN --validation-file VALIDATION" in result.output

@@ -24,11 +24,13 @@ from transformers import AutoTokenizer
 
 import adamoe
 from adamoe.experts import Experts
+from adamoe.tasks import DataArgs, get_task
 from adamoe.trainer import CURRICULUM_STATE_NAME, curriculum_order
+from adamoe.trainer.batching import sample_lengths, token_budget_batches
 
 WORKER = Path(__file__).with_name("ddp_worker.py")
 ACCELERATE_CONFIGS = Path(adamoe.__file__).parent / "configs" / "accelerate"
-TRAIN, DEV, BATCH, EPOCHS, WORLD = 24, 9, 4, 2, 2
+TRAIN, DEV, BATCH, EPOCHS, WORLD, MAX_TOKENS = 24, 9, 4, 2, 2, 40
 STEPS_PER_EPOCH = TRAIN // (BATCH * WORLD)
 
 
@@ -47,7 +49,7 @@ def test_an_expert_without_tokens_gets_an_exact_zero_gradient_slice(backend: str
         assert bool((weight.grad[:3].flatten(1).abs().sum(-1) > 0).all())
 
 
-def _launch(tmp_path: Path) -> dict[int, dict]:
+def _launch(tmp_path: Path, **training: object) -> dict[int, dict]:
     write_model_folder(tmp_path / "model")
     config = {
         "task": "sst2",
@@ -67,6 +69,7 @@ def _launch(tmp_path: Path) -> dict[int, dict]:
             "use_cpu": True,
             "disable_tqdm": True,
             "ddp_find_unused_parameters": False,  # strict DDP: any parameter without a gradient is an error
+            **training,
         },
         "output_dir": str(tmp_path / "run"),
     }
@@ -100,6 +103,12 @@ def _launch(tmp_path: Path) -> dict[int, dict]:
 def ddp_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[int, dict]]:
     tmp_path = tmp_path_factory.mktemp("ddp")
     return tmp_path, _launch(tmp_path)
+
+
+@pytest.fixture(scope="module")
+def ddp_token_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[int, dict]]:
+    tmp_path = tmp_path_factory.mktemp("ddp-tokens")
+    return tmp_path, _launch(tmp_path, max_tokens=MAX_TOKENS)
 
 
 @pytest.mark.slow
@@ -178,6 +187,35 @@ def test_only_the_main_process_writes(ddp_run: tuple[Path, dict[int, dict]]) -> 
             p.name for p in (run / checkpoint).iterdir()
         }
     assert not (run / ".adamoe-partial").exists()
+
+
+@pytest.mark.slow
+def test_token_budget_batches_are_one_global_order_sharded_by_batch(
+    ddp_token_run: tuple[Path, dict[int, dict]],
+) -> None:
+    tmp_path, ranks = ddp_token_run
+    # The batches the run must have packed, from the task's own tokenization of the training file.
+    task = get_task("sst2")
+    data = DataArgs(train_file=str(tmp_path / "train.tsv"))
+    tokenizer = AutoTokenizer.from_pretrained(str(tmp_path / "model"))
+    lengths = sample_lengths(task.preprocess(task.load_raw(data), tokenizer, data).train)
+    batches = token_budget_batches(lengths, MAX_TOKENS, seed=0)
+    assert 3 <= len(batches) < TRAIN  # the budget really groups samples, unevenly
+    steps = -(-len(batches) // WORLD)
+    state = torch.load(tmp_path / "run" / f"checkpoint-{steps}" / CURRICULUM_STATE_NAME, weights_only=True)
+    expected = {
+        0: torch.randperm(len(batches), generator=torch.Generator().manual_seed(0)).tolist(),
+        1: curriculum_order(dict(zip(state["indices"].tolist(), state["vectors"], strict=True))),
+    }
+    for epoch in range(EPOCHS):
+        shards = [[batch for e, batch in ranks[r]["batches"] if e == epoch] for r in range(WORLD)]
+        assert [len(shard) for shard in shards] == [steps] * WORLD
+        # accelerate hands global batch k to rank k % WORLD; an odd count is evened out with the epoch's first.
+        seen = [batch for step in zip(*shards, strict=True) for batch in step]
+        order = [batches[b] for b in expected[epoch]]
+        assert [sorted(b) for b in seen] == [sorted(b) for b in (order + order)[: steps * WORLD]]
+    assert expected[1] != expected[0]
+    assert ranks[0]["results"]["global_steps"] == ranks[1]["results"]["global_steps"] == EPOCHS * steps
 
 
 def _launch_environment(name: str, monkeypatch: pytest.MonkeyPatch) -> dict[str, str]:

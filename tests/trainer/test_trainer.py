@@ -11,8 +11,7 @@ from typing import Any
 import pytest
 import torch
 from datasets import Dataset
-from torch import nn
-from trainer_toys import VOCAB, pad_collate, tiny_bert, toy_dataset
+from trainer_toys import VOCAB, SpyTrainer, pad_collate, spy_trainer, tiny_bert, toy_dataset
 from transformers import BertForSequenceClassification, GPT2Config, GPT2LMHeadModel
 
 import adamoe
@@ -23,21 +22,6 @@ from adamoe.trainer import (
     AdaMoETrainingArguments,
     curriculum_order,
 )
-
-
-class SpyTrainer(AdaMoETrainer):
-    """Records, for every training forward, the sampler's epoch and the dataset indices of the batch."""
-
-    def compute_loss(self, model: nn.Module, inputs: dict[str, Any], *args: Any, **kwargs: Any) -> Any:
-        if model.training and "sample_index" in inputs:
-            self.seen.append((self.curriculum_sampler.epoch, inputs["sample_index"].tolist()))
-        return super().compute_loss(model, inputs, *args, **kwargs)
-
-
-def _spy(**kwargs: Any) -> SpyTrainer:
-    trainer = SpyTrainer(data_collator=pad_collate, **kwargs)
-    trainer.seen = []
-    return trainer
 
 
 def _indices_of_epoch(trainer: SpyTrainer, epoch: int) -> list[int]:
@@ -88,7 +72,7 @@ def test_complexity_vectors_equal_a_separate_forward_and_drive_epoch_two(train_k
     data = toy_dataset(16)
     # lr = 0: the weights of the training forwards are the ones we check against afterwards.
     args = AdaMoETrainingArguments(learning_rate=0.0, num_train_epochs=2, curriculum=True, **train_kwargs)
-    trainer = _spy(model=model, args=args, train_dataset=data)
+    trainer = spy_trainer(model=model, args=args, train_dataset=data)
     trainer.train()
 
     model.eval()
@@ -169,7 +153,7 @@ def test_resume_replays_the_interrupted_curriculum_epoch(train_kwargs: dict[str,
     data = toy_dataset(12)
     save = {"save_strategy": "steps", "save_steps": 4}
     args = AdaMoETrainingArguments(num_train_epochs=2, curriculum=True, **{**train_kwargs, **save})
-    full = _spy(model=tiny_bert(), args=args, train_dataset=data)
+    full = spy_trainer(model=tiny_bert(), args=args, train_dataset=data)
     full.train()
     checkpoint = os.path.join(args.output_dir, "checkpoint-4")  # after the first of epoch 1's three batches
     assert os.path.isfile(os.path.join(checkpoint, CURRICULUM_STATE_NAME))
@@ -177,7 +161,7 @@ def test_resume_replays_the_interrupted_curriculum_epoch(train_kwargs: dict[str,
     assert saved["order_epoch"] == 1 and saved["order"].tolist() == _indices_of_epoch(full, 1)
     saved_elapsed = torch.load(os.path.join(checkpoint, TIMING_STATE_NAME), weights_only=True)["elapsed_s"]
 
-    resumed = _spy(model=tiny_bert(seed=5), args=args, train_dataset=data)
+    resumed = spy_trainer(model=tiny_bert(seed=5), args=args, train_dataset=data)
     resumed.train(resume_from_checkpoint=checkpoint)
     # The resumed run skips the batch it had trained and goes on in the checkpointed order.
     assert _indices_of_epoch(resumed, 1) == _indices_of_epoch(full, 1)[4:]

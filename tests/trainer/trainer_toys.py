@@ -8,6 +8,7 @@ import torch
 from transformers import BertConfig, BertForSequenceClassification
 
 import adamoe
+from adamoe.trainer import AdaMoETrainer
 
 VOCAB = 100
 
@@ -52,3 +53,19 @@ def pad_collate(features: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
         attention_mask[row, : len(feature["input_ids"])] = 1
     labels = torch.tensor([f["labels"] for f in features])
     return {"input_ids": input_ids, "attention_mask": attention_mask, "labels": labels}
+
+
+class SpyTrainer(AdaMoETrainer):
+    """Records, for every training forward, the sampler's epoch and the dataset indices of the batch."""
+
+    def compute_loss(self, model: torch.nn.Module, inputs: dict[str, Any], *args: Any, **kwargs: Any) -> Any:
+        if model.training and "sample_index" in inputs:
+            self.seen.append((self.curriculum_sampler.epoch, inputs["sample_index"].tolist()))
+        return super().compute_loss(model, inputs, *args, **kwargs)
+
+
+def spy_trainer(**kwargs: Any) -> SpyTrainer:
+    """A `SpyTrainer` with `pad_collate`; `trainer.seen` lists `(epoch, batch indices)` per training forward."""
+    trainer = SpyTrainer(data_collator=pad_collate, **kwargs)
+    trainer.seen = []
+    return trainer
