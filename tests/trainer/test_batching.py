@@ -116,3 +116,21 @@ def test_dense_training_by_tokens_reshuffles_the_batches_each_epoch(train_kwargs
     epochs = [seen[e * len(batches) : (e + 1) * len(batches)] for e in range(3)]
     assert sorted(epochs[0]) == sorted(epochs[1]) == sorted(epochs[2])  # the same fixed batches
     assert epochs[0] != epochs[1] != epochs[2]  # in a new order each epoch
+
+
+def test_resume_mid_epoch_replays_the_token_batches_in_the_checkpointed_order(train_kwargs: dict[str, Any]) -> None:
+    data, max_tokens = toy_dataset(24), 20
+    save = {"save_strategy": "steps", "save_steps": 1}
+    args = AdaMoETrainingArguments(
+        num_train_epochs=2, curriculum=True, max_tokens=max_tokens, **{**train_kwargs, **save}
+    )
+    full = spy_trainer(model=tiny_bert(), args=args, train_dataset=data)
+    full.train()
+    per_epoch = len([batch for epoch, batch in full.seen if epoch == 0])
+    interrupted_at = per_epoch + 2  # two batches into the curriculum epoch
+    checkpoint = f"{args.output_dir}/checkpoint-{interrupted_at}"
+
+    resumed = spy_trainer(model=tiny_bert(seed=5), args=args, train_dataset=data)
+    resumed.train(resume_from_checkpoint=checkpoint)
+    assert resumed.seen == full.seen[interrupted_at:]  # the same batches, in the same order, from there on
+    assert resumed.state.global_step == full.state.global_step == 2 * per_epoch
