@@ -109,7 +109,9 @@ def finetune_command(
     if gating is Gating.dense:
         values["moe"] = None
     elif config is not None:
-        values["moe"] = moe_config(values.get("moe"), flags)
+        # `moe: null` in the file is the dense baseline; MoE flags on top of it ask for MoE blocks after all.
+        if values.get("moe") is not None or flags:
+            values["moe"] = moe_config(values.get("moe"), flags)
     else:  # an adamoe checkpoint keeps its own structure unless flags change it
         values["moe"] = recipes.default_moe_config(values["model"], flags)
     data = values.setdefault("data", {})

@@ -155,3 +155,13 @@ def test_token_budget_flags_over_the_paper_config(captured, tmp_path, flags, max
     (config,) = captured
     assert config.training.get("max_tokens") == max_tokens
     assert config.training.get("per_device_train_batch_size") == batch_size
+
+
+@pytest.mark.parametrize("flags,threshold", [([], None), (["--threshold", "0.2"], 0.2)])
+def test_a_dense_config_stays_dense_unless_moe_flags_ask_otherwise(captured, tmp_path, flags, threshold):
+    config = tmp_path / "dense.yaml"
+    config.write_text("task: sst2\nmodel: some/model\nmoe: null\n")
+    result = runner.invoke(app, ["finetune", "--config", str(config), "--output-dir", str(tmp_path / "o"), *flags])
+    assert result.exit_code == 0, result.output
+    (run,) = captured
+    assert (run.moe is None) if threshold is None else (run.moe.threshold == threshold)
