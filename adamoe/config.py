@@ -80,7 +80,16 @@ class MoEConfig:
         default=0.0,
         metadata={"help": "Std of relative Gaussian noise added to upcycled expert weights (0 = exact copies)."},
     )
-    router_init_std: float = field(default=0.02, metadata={"help": "Std of the router weight initialisation."})
+    router_init_std: float = field(
+        default=0.1,
+        metadata={
+            "help": "Std of the router weight initialisation. It sets how sure the router starts: with 0.02 "
+            "(transformers' initializer_range) the gate logits of layer-normed hidden states are so flat that "
+            "most tokens fall within T = 0.1 and take two experts; 0.1 starts near a quarter. Upcycled experts "
+            "with the normalized combine give the dense output whatever the routing, so a surer start costs "
+            "no quality there and saves compute from the first step (docs/design.md). The paper configs keep 0.02."
+        },
+    )
     aux_loss_coef: float = field(
         default=0.01, metadata={"help": "Coefficient of the load-balancing loss (paper Eq. 4); 0 disables it."}
     )
