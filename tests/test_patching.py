@@ -128,9 +128,16 @@ def test_gradient_checkpointing_gives_the_same_gradients():
             if isinstance(m, torch.nn.Dropout):
                 m.p = 0.0
         if checkpointing:
-            model.gradient_checkpointing_enable()
+            # transformers 5.x renamed the method; keep the old name for the oldest version this project admits.
+            enable = getattr(model, "activation_checkpointing_enable", None) or model.gradient_checkpointing_enable
+            enable()
+        calls = []
+        for _, block in adamoe.moe_blocks(model):  # counted in forward itself: hooks do not run in a recompute
+            block.forward = lambda x, forward=block.forward, calls=calls: calls.append(1) or forward(x)
         out = model(**inputs, labels=inputs["input_ids"])
         (out.loss + adamoe.balance_loss(model)).backward()
+        # Checkpointing really ran: every block's forward was recomputed in the backward.
+        assert len(calls) == len(adamoe.moe_blocks(model)) * (2 if checkpointing else 1)
         grads.append({n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None})
     assert grads[0].keys() == grads[1].keys()
     assert any("router" in n for n in grads[1])
