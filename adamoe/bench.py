@@ -69,7 +69,8 @@ class Shape:
     """A model shape: the FFN of one layer and the model it sits in for the training-step section."""
 
     name: str
-    model_type: str  # "bert" (sequence classification, as SST-2) or "gpt2" (causal LM)
+    model_type: str  # a key of MODEL_BUILDERS: "bert" (sequence classification, as SST-2) or "gpt2" (causal LM)
+    causal_lm: bool  # the training step predicts the next token (labels = inputs) rather than a class
     hidden_size: int
     ffn_size: int
     num_layers: int
@@ -79,13 +80,13 @@ class Shape:
 
 
 SHAPES = {
-    "bert-base": Shape("bert-base", "bert", 768, 3072, 12, 12, 30522, 128),
-    "gpt2-medium": Shape("gpt2-medium", "gpt2", 1024, 4096, 24, 16, 50257, 512),
+    "bert-base": Shape("bert-base", "bert", False, 768, 3072, 12, 12, 30522, 128),
+    "gpt2-medium": Shape("gpt2-medium", "gpt2", True, 1024, 4096, 24, 16, 50257, 512),
 }
 # `--quick`: the same code paths at toy size, for CI.
 QUICK_SHAPES = {
-    "bert-base": Shape("bert-base (quick)", "bert", 32, 64, 2, 2, 128, 16),
-    "gpt2-medium": Shape("gpt2-medium (quick)", "gpt2", 32, 64, 2, 2, 128, 32),
+    "bert-base": Shape("bert-base (quick)", "bert", False, 32, 64, 2, 2, 128, 16),
+    "gpt2-medium": Shape("gpt2-medium (quick)", "gpt2", True, 32, 64, 2, 2, 128, 32),
 }
 
 
@@ -317,19 +318,25 @@ def bench_layer(shape: Shape, config: BenchConfig, device: torch.device, dtype: 
 
 def build_model(shape: Shape, num_layers: int) -> nn.Module:
     """A randomly initialised model of `shape` with `num_layers` layers, dropout as in the released configs."""
-    if shape.model_type == "bert":
-        from transformers import BertConfig, BertForSequenceClassification
+    return MODEL_BUILDERS[shape.model_type](shape, num_layers)
 
-        hf = BertConfig(
-            hidden_size=shape.hidden_size,
-            intermediate_size=shape.ffn_size,
-            num_hidden_layers=num_layers,
-            num_attention_heads=shape.num_heads,
-            vocab_size=shape.vocab_size,
-            max_position_embeddings=max(512, shape.seq_len),
-            num_labels=2,
-        )
-        return BertForSequenceClassification(hf)
+
+def _bert_classifier(shape: Shape, num_layers: int) -> nn.Module:
+    from transformers import BertConfig, BertForSequenceClassification
+
+    hf = BertConfig(
+        hidden_size=shape.hidden_size,
+        intermediate_size=shape.ffn_size,
+        num_hidden_layers=num_layers,
+        num_attention_heads=shape.num_heads,
+        vocab_size=shape.vocab_size,
+        max_position_embeddings=max(512, shape.seq_len),
+        num_labels=2,
+    )
+    return BertForSequenceClassification(hf)
+
+
+def _gpt2_lm(shape: Shape, num_layers: int) -> nn.Module:
     from transformers import GPT2Config, GPT2LMHeadModel
 
     hf = GPT2Config(
@@ -343,6 +350,10 @@ def build_model(shape: Shape, num_layers: int) -> nn.Module:
         eos_token_id=shape.vocab_size - 1,
     )
     return GPT2LMHeadModel(hf)
+
+
+# How each `Shape.model_type` becomes a model for the training-step section.
+MODEL_BUILDERS = {"bert": _bert_classifier, "gpt2": _gpt2_lm}
 
 
 def force_two_expert_fraction(model: nn.Module, fraction: float, seed: int) -> list:
@@ -383,7 +394,7 @@ def bench_train(shape: Shape, config: BenchConfig, device: torch.device, dtype: 
     batch = max(1, config.train_tokens // seq_len)
     g = torch.Generator().manual_seed(config.seed)
     input_ids = torch.randint(shape.vocab_size, (batch, seq_len), generator=g).to(device)
-    labels = input_ids if shape.model_type == "gpt2" else torch.randint(2, (batch,), generator=g).to(device)
+    labels = input_ids if shape.causal_lm else torch.randint(2, (batch,), generator=g).to(device)
     variants = ("dense", "top1", "top2", "adaptive")
     base = {"shape": shape.name, "layers": layers, "batch": batch, "seq_len": seq_len, "tokens": batch * seq_len}
     rows = [base | {"variant": v} for v in variants]
