@@ -8,9 +8,8 @@ import numpy as np
 import pytest
 import torch
 from datasets import Dataset
-from trainer_toys import pad_collate, spy_trainer, tiny_bert, toy_dataset
+from trainer_toys import complexity_vectors, pad_collate, spy_trainer, tiny_bert, toy_dataset
 
-import adamoe
 from adamoe.trainer import AdaMoETrainer, AdaMoETrainingArguments, curriculum_order
 from adamoe.trainer.batching import TokenBudgetBatchSampler, sample_lengths, token_budget_batches
 
@@ -89,13 +88,8 @@ def test_training_by_tokens_follows_the_batch_curriculum(train_kwargs: dict[str,
         assert sorted(map(sorted, seen)) == sorted(map(sorted, batches))
         assert all(max(lengths[i] for i in batch) * len(batch) <= max_tokens for batch in seen)
 
-    model.eval()
-    with torch.no_grad():
-        reference = []
-        for sample in data:  # one sample per forward: no padding, nothing shared with the training batches
-            model(**pad_collate([sample]))
-            reference.append(adamoe.routing_stats(model).per_sample[0])
-    batch_means = torch.stack([torch.stack([reference[i] for i in batch]).mean(dim=0) for batch in batches])
+    reference = complexity_vectors(model, data)  # (24, 2)
+    batch_means = torch.stack([reference[batch].mean(dim=0) for batch in batches])
     epoch1 = [batch for e, batch in trainer.seen if e == 1]
     assert [sorted(b) for b in epoch1] == [sorted(batches[b]) for b in curriculum_order(batch_means)]
 

@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 import torch
 from datasets import Dataset
-from trainer_toys import VOCAB, SpyTrainer, pad_collate, spy_trainer, tiny_bert, toy_dataset
+from trainer_toys import VOCAB, SpyTrainer, complexity_vectors, pad_collate, spy_trainer, tiny_bert, toy_dataset
 from transformers import BertForSequenceClassification, GPT2Config, GPT2LMHeadModel
 
 import adamoe
@@ -75,13 +75,7 @@ def test_complexity_vectors_equal_a_separate_forward_and_drive_epoch_two(train_k
     trainer = spy_trainer(model=model, args=args, train_dataset=data)
     trainer.train()
 
-    model.eval()
-    with torch.no_grad():
-        reference = []
-        for sample in data:  # one sample per forward: no padding, nothing shared with the training batches
-            model(**pad_collate([sample]))
-            reference.append(adamoe.routing_stats(model).per_sample[0])
-    reference = torch.stack(reference)  # (16, 2)
+    reference = complexity_vectors(model, data)  # (16, 2)
     collected = torch.stack([trainer.curriculum_sampler.vectors[i] for i in range(16)])
     torch.testing.assert_close(collected, reference, rtol=0, atol=1e-6)
     assert len({tuple(v) for v in reference.tolist()}) > 4  # the samples really differ in complexity

@@ -69,3 +69,15 @@ def spy_trainer(**kwargs: Any) -> SpyTrainer:
     trainer = SpyTrainer(data_collator=pad_collate, **kwargs)
     trainer.seen = []
     return trainer
+
+
+def complexity_vectors(model: torch.nn.Module, data: list[dict[str, Any]]) -> torch.Tensor:
+    """`(len(data), num_moe_layers)`: each sample's per-layer two-expert fractions, from a forward of its own (no
+    padding, nothing shared with a training batch): the independent reference for the curriculum tests."""
+    model.eval()
+    with torch.no_grad():
+        vectors = []
+        for sample in data:
+            model(**pad_collate([sample]))
+            vectors.append(adamoe.routing_stats(model).per_sample[0])
+    return torch.stack(vectors)
