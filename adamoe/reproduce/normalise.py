@@ -3,8 +3,8 @@ Time": "all the schemes in the same task converge to the same loss").
 
 Rule, for the cells of one task in one run set (e.g. the four schemes of a Table 3 row):
 
-1. Each cell's logged training (task) losses are smoothed with the EMA the trainer's timing callback uses,
-   `ema = s * ema + (1 - s) * loss` from the first logged value (`s` = the run's `target_loss_smoothing`).
+1. Each cell's logged training (task) losses are smoothed with the bias-corrected EMA the trainer's timing
+   callback uses (`LossSmoother`, with the run's `target_loss_smoothing`).
 2. The target is the *worst* final smoothed loss among the cells, so every cell reaches it, the slowest one at
    its last logging event. (Picking top-2's final loss instead would leave cells that never reach it without a
    time.)
@@ -22,6 +22,8 @@ import json
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
+
+from ..trainer.timing import LossSmoother
 
 CurvePoint = dict[str, float]  # {"step", "time_s", "task_loss"}
 
@@ -57,11 +59,9 @@ def loss_curve(run_dir: str | Path, train_time_s: float | None = None) -> tuple[
 
 
 def smoothed(losses: Sequence[float], smoothing: float) -> list[float]:
-    """The EMA of `losses` as `TimingCallback.observe_loss` computes it, one value per logged loss."""
-    out: list[float] = []
-    for loss in losses:
-        out.append(loss if not out else smoothing * out[-1] + (1.0 - smoothing) * loss)
-    return out
+    """The smoothed loss after each logged loss, as `TimingCallback` computes it."""
+    smoother = LossSmoother(smoothing)
+    return [smoother.update(loss) for loss in losses]
 
 
 def final_smoothed_loss(curve: Sequence[CurvePoint], smoothing: float) -> float | None:

@@ -4,9 +4,12 @@ throughput and effective expert FLOPs.
 Clock: wall-clock between `on_train_begin` and `on_train_end`, minus the time spent in evaluation (the trainer
 reports each `evaluate()` call through `exclude`), so periodic evaluation does not count as training.
 
-Time to target: the logged training loss is smoothed by an exponential moving average over the logging events,
-`ema = smoothing * ema + (1 - smoothing) * loss` starting from the first logged value, and the target counts as
-reached at the first logging event where `ema <= target_loss`. The smoothed quantity is the *task* loss
+Time to target: the logged training loss is smoothed by a bias-corrected exponential moving average over the
+logging events (as Adam corrects its moments): `ema = smoothing * ema + (1 - smoothing) * loss` from `ema = 0`,
+read as `ema / (1 - smoothing ** n)` after `n` events, and the target counts as reached at the first logging event
+where that is `<= target_loss`. Without the correction, an EMA seeded with the first (highest) loss would keep
+most of that loss's weight for many events (0.9 ** 4 = 66% after five), so a short run would never reach a
+target its losses had long passed. The smoothed quantity is the *task* loss
 (`task_loss`, logged by the adamoe trainer; plain `loss` with another trainer), so the balance loss, which
 only MoE models have, does not skew comparisons with the dense baseline. Each logged value is already the mean
 over `logging_steps` optimizer steps; compare runs with the same `logging_steps` and smoothing.
@@ -23,6 +26,33 @@ from transformers import TrainerCallback, TrainerControl, TrainerState, Training
 
 from ..stats import RoutingStats
 from .meters import RoutingMeter
+
+
+class LossSmoother:
+    """The bias-corrected EMA of the module docstring, fed one logged loss at a time.
+
+    Example:
+        ```python
+        >>> smoother = LossSmoother(0.5)
+        >>> [round(smoother.update(loss), 3) for loss in (2.0, 1.0, 0.6)]
+        [2.0, 1.333, 0.914]
+        ```
+    """
+
+    def __init__(self, smoothing: float, ema: float = 0.0, count: int = 0) -> None:
+        if not 0.0 <= smoothing < 1.0:
+            raise ValueError(f"smoothing must be in [0, 1), got {smoothing}.")
+        self.smoothing, self.ema, self.count = smoothing, ema, count
+
+    def update(self, loss: float) -> float:
+        """Add a logged loss; returns the smoothed loss so far."""
+        self.ema = self.smoothing * self.ema + (1.0 - self.smoothing) * loss  # from 0, hence the correction
+        self.count += 1
+        return self.value
+
+    @property
+    def value(self) -> float | None:
+        return None if self.count == 0 else self.ema / (1.0 - self.smoothing**self.count)
 
 
 def count_tokens(inputs: Mapping[str, Any], *, is_encoder_decoder: bool) -> int:
@@ -50,7 +80,8 @@ class TimingCallback(TrainerCallback):
 
     Args:
         target_loss (`float`, *optional*): training (task) loss to reach; `None` leaves `time_to_target_s` None.
-        smoothing (`float`, defaults to `0.9`): EMA factor applied to the logged losses (0 = no smoothing).
+        smoothing (`float`, defaults to `0.9`): EMA factor applied to the logged losses, bias-corrected (0 = no
+            smoothing).
         reduce_sum (`Callable[[torch.Tensor], torch.Tensor]`, *optional*): collective sum over ranks, applied once
             at the end of training to the token and routing counts (the trainer passes accelerate's).
 
@@ -68,8 +99,7 @@ class TimingCallback(TrainerCallback):
         smoothing: float = 0.9,
         reduce_sum: Callable[[torch.Tensor], torch.Tensor] | None = None,
     ) -> None:
-        if not 0.0 <= smoothing < 1.0:
-            raise ValueError(f"smoothing must be in [0, 1), got {smoothing}.")
+        LossSmoother(smoothing)  # validates
         self.target_loss = target_loss
         self.smoothing = smoothing
         self.reduce_sum = reduce_sum
@@ -78,7 +108,7 @@ class TimingCallback(TrainerCallback):
         self._reset()
 
     def _reset(self) -> None:
-        self.smoothed_loss: float | None = None
+        self._smoother = LossSmoother(self.smoothing)
         self.time_to_target_s: float | None = None
         self.num_tokens = 0
         self.routing.reset()
@@ -107,12 +137,14 @@ class TimingCallback(TrainerCallback):
         end = self._stop if self._stop is not None else (time.perf_counter() if now is None else now)
         return self._elapsed_before_s + end - self._start - self._excluded_s
 
+    @property
+    def smoothed_loss(self) -> float | None:
+        """The smoothed training loss so far (None before the first log)."""
+        return self._smoother.value
+
     def observe_loss(self, loss: float, now: float | None = None) -> None:
         """Smooth one logged training loss and stamp the time if it reaches the target."""
-        if self.smoothed_loss is None:
-            self.smoothed_loss = loss
-        else:
-            self.smoothed_loss = self.smoothing * self.smoothed_loss + (1.0 - self.smoothing) * loss
+        self._smoother.update(loss)
         if self.target_loss is not None and self.time_to_target_s is None and self.smoothed_loss <= self.target_loss:
             self.time_to_target_s = self.elapsed_s(now)
 
@@ -190,6 +222,8 @@ class TimingCallback(TrainerCallback):
         return {
             "elapsed_s": self.elapsed_s(),
             "smoothed_loss": self.smoothed_loss,
+            "ema": self._smoother.ema,
+            "num_losses": self._smoother.count,
             "time_to_target_s": self.time_to_target_s,
             "num_tokens": num_tokens,
             "routing": routing.state_dict(),
@@ -204,7 +238,13 @@ class TimingCallback(TrainerCallback):
 
     def _apply_state(self, state: dict[str, Any]) -> None:
         self._elapsed_before_s = float(state["elapsed_s"])
-        self.smoothed_loss = state["smoothed_loss"]
+        # Checkpoints from before the bias correction carry only the smoothed value: continue from it as settled.
+        settled = state["smoothed_loss"]
+        self._smoother = LossSmoother(
+            self.smoothing,
+            ema=float(state.get("ema", settled or 0.0)),
+            count=int(state.get("num_losses", 0 if settled is None else 10**6)),
+        )
         self.time_to_target_s = state["time_to_target_s"]
         self.num_tokens = int(state["num_tokens"])
         self.routing.load_state_dict(state["routing"])

@@ -28,8 +28,9 @@ def test_ema_matches_the_timing_callback():
         callback.observe_loss(loss)
         expected.append(callback.smoothed_loss)
     assert smoothed(losses, 0.6) == pytest.approx(expected)
-    # By hand: 2.0, 0.6*2.0 + 0.4*1.4 = 1.76, 0.6*1.76 + 0.4*1.1 = 1.496
-    assert smoothed(losses, 0.6)[:3] == pytest.approx([2.0, 1.76, 1.496])
+    # By hand, the mean with weights 0.6 ** (n - i): 2.0, (0.6*2.0 + 1.4) / 1.6 = 1.625,
+    # (0.36*2.0 + 0.6*1.4 + 1.1) / 1.96 = 1.3571
+    assert smoothed(losses, 0.6)[:3] == pytest.approx([2.0, 1.625, 2.66 / 1.96])
 
 
 def test_target_is_the_worst_final_loss_and_times_are_relative_to_the_reference():
@@ -60,10 +61,11 @@ def test_every_cell_reaches_the_common_target():
 
 def test_smoothing_delays_the_crossing():
     points = curve((1.0, 4.0), (2.0, 1.0), (3.0, 1.0), (4.0, 1.0))
-    assert time_to_target(points, 2.0, 0.0) == 2.0
-    # s = 0.5: 4.0, 2.5, 1.75 -> first <= 2.0 at the third event.
-    assert final_smoothed_loss(points, 0.5) == pytest.approx(1.375)
-    assert time_to_target(points, 2.0, 0.5) == 3.0
+    assert time_to_target(points, 1.5, 0.0) == 2.0
+    # s = 0.5, weights 0.5 ** (n - i): 4.0, (2 + 1) / 1.5 = 2.0, (1 + 0.5 + 1) / 1.75 = 1.43 -> first <= 1.5 at the
+    # third event; finally (0.5 + 0.25 + 0.5 + 1) / 1.875 = 1.2.
+    assert final_smoothed_loss(points, 0.5) == pytest.approx(1.2)
+    assert time_to_target(points, 1.5, 0.5) == 3.0
 
 
 def test_missing_curves_give_none_not_a_crash():

@@ -15,18 +15,34 @@ def _begin(callback: TimingCallback) -> float:
     return callback._start
 
 
-def test_time_to_target_with_ema_on_a_synthetic_sequence() -> None:
+def test_time_to_target_with_a_bias_corrected_ema_on_a_synthetic_sequence() -> None:
     callback = TimingCallback(target_loss=1.0, smoothing=0.5)
     start = _begin(callback)
-    # Logged losses at t = 10, 20, 30, 40 s. EMA (0.5): 2.0 -> 0.5*2.0 + 0.5*1.0 = 1.5 -> 0.5*1.5 + 0.5*0.6 = 1.05
-    # -> 0.5*1.05 + 0.5*0.8 = 0.925 <= 1.0: reached at the 4th log, although the raw 0.6 crossed at the 3rd.
-    expected_ema = [2.0, 1.5, 1.05, 0.925]
+    # Logged losses 2.0, 1.0, 0.6, 0.8 at t = 10, 20, 30, 40 s. Bias-corrected EMA (0.5), by hand: the weighted mean
+    # with weights 0.5 ** (n - i) over the losses so far, i.e. 2.0; (2 + 2*1) / 3 = 1.333; (2 + 2*1 + 4*0.6) / 7 =
+    # 0.914 <= 1.0: reached at the 3rd log, as the raw losses did (but not at the 2nd, where the raw 1.0 touched it);
+    # then (2 + 2 + 2.4 + 8*0.8) / 15 = 0.853.
+    expected_ema = [2.0, 4 / 3, 6.4 / 7, 12.8 / 15]
     for k, (loss, ema) in enumerate(zip([2.0, 1.0, 0.6, 0.8], expected_ema, strict=True), start=1):
         callback.observe_loss(loss, now=start + 10.0 * k)
         assert callback.smoothed_loss == pytest.approx(ema)
-        assert callback.time_to_target_s == (pytest.approx(40.0) if k == 4 else None)
+        assert callback.time_to_target_s == (pytest.approx(30.0) if k >= 3 else None)
     callback.observe_loss(5.0, now=start + 50.0)  # the first crossing is kept
-    assert callback.time_to_target_s == pytest.approx(40.0)
+    assert callback.time_to_target_s == pytest.approx(30.0)
+
+
+def test_a_short_run_reaches_a_target_its_losses_passed_long_ago() -> None:
+    # Five logs of a run whose loss fell fast: an EMA seeded with the first loss (weight 0.9 ** 4 = 66%) would
+    # still read 0.53; the bias-corrected one weighs the first log 0.9 ** 4 * 0.1 / (1 - 0.9 ** 5) = 16%.
+    callback = TimingCallback(target_loss=0.45, smoothing=0.9)
+    start = _begin(callback)
+    losses = [0.7, 0.35, 0.33, 0.32, 0.31]
+    for k, loss in enumerate(losses, start=1):
+        callback.observe_loss(loss, now=start + k)
+    weights = [0.9 ** (len(losses) - i) for i in range(1, len(losses) + 1)]
+    weighted = sum(w * x for w, x in zip(weights, losses, strict=True))
+    assert callback.smoothed_loss == pytest.approx(weighted / sum(weights))
+    assert callback.time_to_target_s == pytest.approx(3.0)  # (0.7*0.81 + 0.35*0.9 + 0.33) / 2.71 = 0.447
 
 
 def test_evaluation_time_is_excluded_and_unreached_target_is_none() -> None:
