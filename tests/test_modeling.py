@@ -112,3 +112,33 @@ def test_missing_weights_file_is_explained(tmp_path):
     (tmp_path / "model.safetensors").unlink()
     with pytest.raises(CheckpointError, match="No weights"):
         adamoe.from_pretrained(str(tmp_path))
+
+
+def test_push_to_hub_uploads_a_checkpoint_that_loads_back_patched(tmp_path, monkeypatch):
+    # The Hub is out of reach here: stand in for its two calls and keep what would have been uploaded.
+    import shutil
+    from types import SimpleNamespace
+
+    import transformers.utils.hub as hf_hub_utils
+    from huggingface_hub import HfApi, ModelCard
+
+    uploaded = tmp_path / "uploaded"
+    uploaded.mkdir()
+
+    def create_commit(self, repo_id, operations, **kwargs):
+        for op in operations:
+            shutil.copy(op.path_or_fileobj, uploaded / op.path_in_repo)
+        return SimpleNamespace(repo_id=repo_id)
+
+    monkeypatch.setattr(HfApi, "create_repo", lambda self, repo_id, **kwargs: SimpleNamespace(repo_id=repo_id))
+    monkeypatch.setattr(HfApi, "create_commit", create_commit)
+    monkeypatch.setattr(hf_hub_utils, "create_and_tag_model_card", lambda *args, **kwargs: ModelCard("---\n---\n"))
+
+    arch = arch_by_name("bart")
+    model = adamoe.moeify(arch.build(), MoEConfig(num_experts=3, expert_init="random", threshold=0.3))
+    model.push_to_hub("someone/bart-moe")
+
+    assert json.loads((uploaded / "config.json").read_text())["adamoe"]["num_experts"] == 3
+    loaded = adamoe.from_pretrained(str(uploaded))
+    inputs = arch.inputs()
+    torch.testing.assert_close(loaded(**inputs).logits, model(**inputs).logits, rtol=0, atol=0)
