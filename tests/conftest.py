@@ -1,9 +1,19 @@
-"""Shared fixtures. The architecture table lives in `tiny_models.py` so test modules can import it."""
+"""Shared fixtures. The architecture table lives in `tiny_models.py` so test modules can import it.
+
+The suite never needs the Hugging Face Hub, so it runs in huggingface_hub's offline mode, set here before
+anything reads it and inherited by the subprocesses some tests start: a test that reached for the Hub by
+mistake fails at once instead of waiting on retries, and no result depends on the network around CI.
+Tests of the online paths switch it off themselves (`tests/cli/test_hub_probe.py`).
+"""
 
 from __future__ import annotations
 
-import pytest
-from tiny_models import ARCHITECTURES, Arch
+import os
+
+os.environ["HF_HUB_OFFLINE"] = "1"
+
+import pytest  # noqa: E402
+from tiny_models import ARCHITECTURES, Arch  # noqa: E402
 
 
 @pytest.fixture(params=ARCHITECTURES, ids=[a.name for a in ARCHITECTURES])
