@@ -85,7 +85,7 @@ class MoEConfig:
         metadata={
             "help": "Std of the router weight initialisation. It sets how sure the router starts: with 0.02 "
             "(transformers' initializer_range) the gate logits of layer-normed hidden states are so flat that "
-            "most tokens fall within T = 0.1 and take two experts; 0.1 starts near a quarter. Upcycled experts "
+            "most tokens fall within T = 0.1 and take two experts; 0.1 starts about a fifth there. Upcycled experts "
             "with the normalized combine give the dense output whatever the routing, so a surer start costs "
             "no quality there and saves compute from the first step (docs/design.md). The paper configs keep 0.02."
         },

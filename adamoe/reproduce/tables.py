@@ -147,7 +147,7 @@ def table6_rows(cells: Sequence[Experiment], results: dict[str, dict[str, Any] |
     return rows
 
 
-# column key -> (header, format)
+# table -> its columns, each (row key, header, format)
 COLUMNS: dict[int, list[tuple[str, str, str]]] = {
     3: [
         ("task", "Task (metric)", "task"),

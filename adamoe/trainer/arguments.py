@@ -37,7 +37,10 @@ class AdaMoETrainingArguments(TrainingArguments):
     )
     target_loss_smoothing: float = field(
         default=0.9,
-        metadata={"help": "EMA factor over logging events for the target-loss check, in [0, 1); 0 = raw losses."},
+        metadata={
+            "help": "Factor of the bias-corrected EMA over logging events for the target-loss check, in [0, 1); "
+            "0 = raw losses."
+        },
     )
     max_tokens: int | None = field(
         default=None,
