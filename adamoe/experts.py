@@ -24,8 +24,9 @@ class Experts(nn.Module):
         hidden_size: model width `d_model`.
         ffn_size: inner width `d_ff`.
         activation: the FFN's activation module (copied).
-        gated: T5 v1.1-style gated FFN: `act(x W_gate) * (x W_in)`.
-        bias: whether the projections have biases (BERT, GPT-2, BART, FSMT do; T5 does not).
+        gated: T5 v1.1-style gated FFN: `act(x W_gate) * (x W_in)` (also Llama's `gate_proj`/`up_proj`).
+        bias: whether the projections have biases (BERT, GPT-2, BART, FSMT do; T5 and most gated FFNs do not;
+            a gated FFN with biases has one on each half).
         dropout: dropout probability between the activation and the output projection.
         dispatch: "auto", "grouped_mm" or "loop" (see `adamoe.dispatch`).
 
@@ -62,6 +63,7 @@ class Experts(nn.Module):
         self.w_gate = nn.Parameter(torch.empty(e, d, f)) if gated else None
         self.w_out = nn.Parameter(torch.empty(e, f, d))
         self.b_in = nn.Parameter(torch.zeros(e, f)) if bias else None
+        self.b_gate = nn.Parameter(torch.zeros(e, f)) if bias and gated else None
         self.b_out = nn.Parameter(torch.zeros(e, d)) if bias else None
         self.reset_parameters()
 
@@ -74,7 +76,7 @@ class Experts(nn.Module):
         for weight in (self.w_in, self.w_gate, self.w_out):
             if weight is not None:
                 nn.init.normal_(weight, std=std)
-        for bias in (self.b_in, self.b_out):
+        for bias in (self.b_in, self.b_gate, self.b_out):
             if bias is not None:
                 nn.init.zeros_(bias)
 
@@ -118,8 +120,8 @@ class Experts(nn.Module):
             return grouped_linear(x, weight.to(compute_dtype), bias, layout, backend=backend)
 
         with torch.autocast(device_type=hidden_states.device.type, enabled=False):
-            if self.gated:  # T5 v1.1: act(x W_gate) * (x W_in), no biases
-                inner = self.activation(project(rows, self.w_gate, None)) * project(rows, self.w_in, None)
+            if self.gated:  # T5 v1.1, Llama: act(x W_gate + b_gate) * (x W_in + b_in), biases usually None
+                inner = self.activation(project(rows, self.w_gate, self.b_gate)) * project(rows, self.w_in, self.b_in)
             else:
                 inner = self.activation(project(rows, self.w_in, self.b_in))  # (num_pairs, ffn)
             pair_outputs = project(self.dropout(inner), self.w_out, self.b_out)  # (num_pairs, hidden)
@@ -129,10 +131,12 @@ class Experts(nn.Module):
         """One expert on `(rows, hidden)` in x's dtype, without dispatch (the reference path uses it)."""
         dtype = x.dtype
         w_in = self.w_in[expert].to(dtype)
+        b_in = self.b_in[expert].to(dtype) if self.b_in is not None else 0
         if self.gated:
-            inner = self.activation(x @ self.w_gate[expert].to(dtype)) * (x @ w_in)
+            b_gate = self.b_gate[expert].to(dtype) if self.b_gate is not None else 0
+            inner = self.activation(x @ self.w_gate[expert].to(dtype) + b_gate) * (x @ w_in + b_in)
         else:
-            inner = self.activation(x @ w_in + (self.b_in[expert].to(dtype) if self.b_in is not None else 0))
+            inner = self.activation(x @ w_in + b_in)
         out = self.dropout(inner) @ self.w_out[expert].to(dtype)
         return out + (self.b_out[expert].to(dtype) if self.b_out is not None else 0)
 

@@ -40,7 +40,7 @@ def routing(num_tokens: int, num_experts: int, seed: int = 0, skip_expert: int |
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
-@pytest.mark.parametrize("gated,bias", [(False, True), (True, False)])
+@pytest.mark.parametrize("gated,bias", [(False, True), (True, False), (True, True)])
 def test_outputs_and_gradients_equal_the_float64_reference(backend, gated, bias):
     experts = make_experts(gated, bias, backend)
     index, weights, active = routing(40, 5)
