@@ -368,15 +368,17 @@ def force_two_expert_fraction(model: nn.Module, fraction: float, seed: int) -> l
     def hook(router, args, decision):
         if router.config.gating != "adaptive":
             return decision
-        n, device = decision.second_active.shape[0], decision.second_active.device
+        n, device = decision.active.shape[0], decision.active.device
         if (n, device) not in masks:
             g = torch.Generator().manual_seed(seed)
             two = torch.zeros(n, dtype=torch.bool)
             two[torch.randperm(n, generator=g)[: round(fraction * n)]] = True
             masks[n, device] = two.to(device)
-        decision.second_active = masks[n, device]
+        active = torch.zeros_like(decision.active)  # (tokens, k_max): the first choice, and the second where pinned
+        active[:, 0], active[:, 1] = True, masks[n, device]
+        decision.active = active
         decision.combine_weights = combine_weights(
-            decision.probs, decision.expert_index, decision.second_active, combine=router.config.combine
+            decision.probs, decision.expert_index, active, combine=router.config.combine
         )
         return decision
 

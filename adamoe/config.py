@@ -12,7 +12,7 @@ import math
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-GATINGS = ("adaptive", "top1", "top2")
+GATINGS = ("adaptive", "top1", "top2", "topk")
 THRESHOLD_ON = ("normalized", "raw")
 COMBINES = ("normalized", "gate")
 EXPERT_INITS = ("upcycle", "random")
@@ -44,22 +44,33 @@ class MoEConfig:
     """
 
     num_experts: int = field(default=16, metadata={"help": "Experts per MoE layer (the paper uses 16)."})
-    gating: Literal["adaptive", "top1", "top2"] = field(
+    gating: Literal["adaptive", "top1", "top2", "topk"] = field(
         default="adaptive",
         metadata={
-            "help": "'adaptive': top-1 expert, plus the top-2 expert when the gap between the two gate "
-            "probabilities is <= threshold; 'top1'/'top2': always one/two experts."
+            "help": "'adaptive': the top-1 expert, plus each further expert of the top_k (in order of gate "
+            "probability) while its gap to the top-1 probability is <= threshold; 'top1'/'top2'/'topk': always "
+            "one/two/top_k experts."
+        },
+    )
+    top_k: int = field(
+        default=2,
+        metadata={
+            "help": "k_max, the most experts a token can use (the paper's rule: 2). Adaptive gating uses between 1 "
+            "and top_k; gating='topk' always top_k. Changes routing only, not which parameters exist."
         },
     )
     threshold: float = field(
         default=0.1,
-        metadata={"help": "Adaptive-gating threshold T in [0, 1]. T = 0: only exact ties use two; T = 1: all do."},
+        metadata={
+            "help": "Adaptive-gating threshold T in [0, 1]. T = 0: only exact ties add an expert; T = 1: every "
+            "token uses top_k."
+        },
     )
     threshold_on: Literal["normalized", "raw"] = field(
         default="normalized",
         metadata={
-            "help": "Which gap T is compared with: 'normalized' (p1 - p2) / (p1 + p2), or 'raw' p1 - p2, where "
-            "p1 >= p2 are the two largest softmax gate probabilities."
+            "help": "Which gap T is compared with: 'normalized' (p1 - p_i) / (p1 + p_i), or 'raw' p1 - p_i, where "
+            "p1 is the largest softmax gate probability and p_i the i-th largest (i = 2..top_k)."
         },
     )
     combine: Literal["normalized", "gate"] = field(
@@ -124,11 +135,27 @@ class MoEConfig:
                 f"gating={self.gating!r} can send a token to two experts, so it needs num_experts >= 2 "
                 f"(got {self.num_experts}). Use gating='top1' for a single expert."
             )
+        if isinstance(self.top_k, bool) or not isinstance(self.top_k, int) or self.top_k < 1:
+            raise MoEConfigError(
+                f"top_k must be an integer >= 1 (the most experts a token can use), got {self.top_k!r}."
+            )
+        # A single-expert block (gating='top1') routes every token to that expert whatever top_k says, so the
+        # default 2 stays valid there.
+        if self.num_experts > 1 and self.top_k > self.num_experts:
+            raise MoEConfigError(
+                f"top_k={self.top_k} exceeds num_experts={self.num_experts}: a token cannot use more experts than "
+                f"the layer has. Lower top_k to at most {self.num_experts}, or raise num_experts."
+            )
+        if self.gating == "top2" and self.top_k < 2:
+            raise MoEConfigError(
+                f"gating='top2' sends every token to two experts, so it needs top_k >= 2 (got {self.top_k}). "
+                "Use gating='top1', or gating='topk' for a fixed top_k."
+            )
         threshold = float(self.threshold)
         if not math.isfinite(threshold) or not 0.0 <= threshold <= 1.0:
             raise MoEConfigError(
-                f"threshold must be in [0, 1], got {self.threshold!r}: the gap between the two gate "
-                "probabilities lies in [0, 1], so T = 1 already sends every token to two experts."
+                f"threshold must be in [0, 1], got {self.threshold!r}: the gap between two gate probabilities "
+                "lies in [0, 1], so T = 1 already sends every token to top_k experts."
             )
         self.threshold = threshold
         for name in ("upcycle_noise", "router_init_std", "aux_loss_coef"):

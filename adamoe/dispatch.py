@@ -1,9 +1,10 @@
 """Dropless dispatch of token-expert pairs: the part that turns a skipped expert into saved compute.
 
-Each token has up to two (token, expert) pairs. Only the active pairs are kept and sorted by expert, so
+Each token has up to k_max (token, expert) pairs. Only the active pairs are kept and sorted by expert, so
 the rows of one expert are contiguous, and every expert runs one matrix product over its own rows. The
-cost therefore follows the number of active pairs: a token on one expert costs half a token on two. No
-`(tokens, experts, hidden)` tensor is ever built, and no expert ever sees a token it was not given.
+cost therefore follows the number of active pairs: a token on one expert costs 1 / k_max of a token on all
+k_max. No `(tokens, k_max, hidden)` or `(tokens, experts, hidden)` tensor is ever built, and no expert ever
+sees a token it was not given: what is sorted is one expert index per slot, `(tokens * k_max,)`.
 
 Backends (all equal to `reference_mixture`, a per-token float64 loop, in outputs and gradients):
 - `grouped_mm`: one `torch._grouped_mm` call per projection over all experts (a fused kernel on Hopper

@@ -96,9 +96,9 @@ class Experts(nn.Module):
 
         Args:
             hidden_states: `(num_tokens, hidden)`.
-            expert_index: `(num_tokens, k)` expert of each choice.
+            expert_index: `(num_tokens, k)` expert of each choice, any k (the router's k_max).
             weights: `(num_tokens, k)` combine weight of each choice.
-            active: `(num_tokens, k)` bool, whether each choice is used.
+            active: `(num_tokens, k)` bool, whether each choice is used; only active choices are computed.
 
         Returns:
             `(num_tokens, hidden)`: sum over active choices of weight * expert(token).

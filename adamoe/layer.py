@@ -89,7 +89,10 @@ class MoEBlock(nn.Module):
 
     def extra_repr(self) -> str:
         c = self.config
-        return f"layer={self.layer_name!r}, stack={self.stack}, gating={c.gating}, threshold={c.threshold}"
+        return (
+            f"layer={self.layer_name!r}, stack={self.stack}, gating={c.gating}, top_k={c.top_k}, "
+            f"threshold={c.threshold}"
+        )
 
 
 def per_sample_grid(routing: RoutingDecision, values: torch.Tensor, seq_first: bool) -> torch.Tensor:

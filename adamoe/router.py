@@ -1,9 +1,12 @@
 """The router: the only place that knows the gating rule and the threshold T.
 
-Adaptive gating (Li et al., 2023, §3.1): with p1 >= p2 the two largest softmax gate probabilities of a
-token, the token goes to its top-1 expert, and also to its top-2 expert when the router is unsure, i.e.
-when the gap between p1 and p2 is at most T. The router runs in float32 whatever the autocast dtype:
-the decision compares probabilities that differ by a few percent, which bf16's 8-bit mantissa blurs.
+Adaptive gating (Li et al., 2023, §3.1), generalised to at most k_max = `top_k` experts: with
+p1 >= p2 >= ... the gate probabilities of a token in decreasing order, the token always goes to its top-1
+expert, and to each further expert i = 2..k_max while the router is unsure between it and the first, i.e.
+while the gap between p1 and p_i is at most T. Since p_i only decreases with i, so does the confidence, and
+the experts a token uses are always a prefix of its top-k_max. With k_max = 2 this is the paper's rule. The
+router runs in float32 whatever the autocast dtype: the decision compares probabilities that differ by a
+few percent, which bf16's 8-bit mantissa blurs.
 """
 
 from __future__ import annotations
@@ -26,61 +29,101 @@ class RoutingDecision:
 
     Attributes:
         probs: `(num_tokens, num_experts)` float32 softmax gate probabilities.
-        expert_index: `(num_tokens, 2)` long, first- and second-choice expert of every token.
-        second_active: `(num_tokens,)` bool, whether the token also goes to its second-choice expert.
-        combine_weights: `(num_tokens, 2)` weights of the two choices in the output (0 where inactive).
+        expert_index: `(num_tokens, k_max)` long, each token's experts in decreasing gate probability.
+        active: `(num_tokens, k_max)` bool, which of those the token uses: always a prefix, the first always.
+        combine_weights: `(num_tokens, k_max)` weights of the choices in the output (0 where inactive).
         token_mask: `(num_tokens,)` bool, False on padding; None when every token is real.
         batch_shape: `(batch, seq_len)`, to read per-sample statistics back out of the flat token axis.
     """
 
     probs: torch.Tensor
     expert_index: torch.Tensor
-    second_active: torch.Tensor
+    active: torch.Tensor
     combine_weights: torch.Tensor
     token_mask: torch.Tensor | None = None
     batch_shape: tuple[int, int] | None = None
 
     @property
-    def active(self) -> torch.Tensor:
-        """`(num_tokens, 2)` bool: which of the two choices are used (the first always is)."""
-        return torch.stack([torch.ones_like(self.second_active), self.second_active], dim=-1)
+    def top_k(self) -> int:
+        """k_max: the most experts a token could use."""
+        return self.expert_index.shape[1]
+
+    @property
+    def num_selected(self) -> torch.Tensor:
+        """`(num_tokens,)` long: how many experts each token uses, 1..k_max."""
+        return self.active.sum(-1)
+
+    @property
+    def second_active(self) -> torch.Tensor:
+        """`(num_tokens,)` bool: whether the token uses more than one expert (its second choice is active)."""
+        if self.top_k < 2:
+            return torch.zeros_like(self.active[:, 0])
+        return self.active[:, 1]
+
+
+def select_top_k(
+    probs: torch.Tensor, *, gating: str, threshold: float, threshold_on: str = "normalized", top_k: int = 2
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Apply the gating rule with at most `top_k` experts per token.
+
+    Args:
+        probs: `(num_tokens, num_experts)` softmax gate probabilities, `num_experts >= top_k`.
+        gating: "adaptive", "top1", "top2" or "topk".
+        threshold: T; any float is accepted here (T < 0: only the top-1 expert, T >= 1: all top_k).
+        threshold_on: "normalized" compares (p1 - p_i) / (p1 + p_i) with T, "raw" compares p1 - p_i.
+        top_k: k_max, the width of the returned tensors.
+
+    Returns:
+        `expert_index` `(num_tokens, top_k)` in decreasing gate probability, and `active` `(num_tokens, top_k)`
+        bool, a prefix of each row that always holds the first choice.
+    """
+    top_probs, expert_index = probs.topk(top_k, dim=-1)  # (num_tokens, top_k) each, decreasing
+    slot = torch.arange(top_k, device=probs.device)  # (top_k,)
+    if gating == "top1":
+        active = (slot < 1).expand_as(expert_index)
+    elif gating == "top2":
+        active = (slot < 2).expand_as(expert_index)
+    elif gating == "topk":
+        active = torch.ones_like(expert_index, dtype=torch.bool)
+    elif gating == "adaptive":
+        p1 = top_probs[:, :1]  # (num_tokens, 1)
+        gap = p1 - top_probs  # (num_tokens, top_k)
+        if threshold_on == "normalized":
+            # p1 + p_i > 0 always (softmax), and the normalised gap stays in [0, 1] however many experts.
+            gap = gap / (p1 + top_probs)
+        # "While": a token stops at its first expert outside T. The gap grows with i, so this only guards the
+        # prefix contract against a non-monotone gap, never changes the paper's rule.
+        active = (gap <= threshold).cumprod(dim=-1).bool()
+        active[:, 0] = True  # the top-1 expert is used even when T < 0
+    else:
+        raise ValueError(f"Unknown gating {gating!r}.")
+    return expert_index, active.contiguous()
 
 
 def select_experts(
     probs: torch.Tensor, *, gating: str, threshold: float, threshold_on: str = "normalized"
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Apply the gating rule to gate probabilities.
+    """The rule with k_max = 2, in the paper's terms.
 
     Args:
         probs: `(num_tokens, num_experts)` softmax gate probabilities.
-        gating: "adaptive", "top1" or "top2".
+        gating: "adaptive", "top1", "top2" or "topk" (= "top2" here).
         threshold: T; any float is accepted here (T < 0: never two experts, T >= 1: always).
         threshold_on: "normalized" compares (p1 - p2) / (p1 + p2) with T, "raw" compares p1 - p2.
 
     Returns:
         `expert_index` `(num_tokens, 2)` and `second_active` `(num_tokens,)` bool.
     """
-    top_probs, expert_index = probs.topk(2, dim=-1)  # (num_tokens, 2) each, p1 >= p2
-    p1, p2 = top_probs.unbind(-1)
-    if gating == "top1":
-        second_active = torch.zeros_like(p1, dtype=torch.bool)
-    elif gating == "top2":
-        second_active = torch.ones_like(p1, dtype=torch.bool)
-    elif gating == "adaptive":
-        gap = p1 - p2
-        if threshold_on == "normalized":
-            # p1 + p2 > 0 always (softmax), and the normalised gap stays in [0, 1] however many experts.
-            gap = gap / (p1 + p2)
-        second_active = gap <= threshold
-    else:
-        raise ValueError(f"Unknown gating {gating!r}.")
-    return expert_index, second_active
+    expert_index, active = select_top_k(probs, gating=gating, threshold=threshold, threshold_on=threshold_on, top_k=2)
+    return expert_index, active[:, 1]
 
 
 def combine_weights(
-    probs: torch.Tensor, expert_index: torch.Tensor, second_active: torch.Tensor, *, combine: str
+    probs: torch.Tensor, expert_index: torch.Tensor, active: torch.Tensor, *, combine: str
 ) -> torch.Tensor:
-    """Output weights of the two choices of each token, `(num_tokens, 2)`, 0 for an unused second choice.
+    """Output weights of the choices of each token, `(num_tokens, k)`, 0 for an unused choice.
+
+    `active` is `(num_tokens, k)` bool, or, for a two-expert routing, the `(num_tokens,)` second-choice flag.
 
     "gate" is the paper's Eq. 3: each selected expert weighted by its gate probability. "normalized"
     divides by the sum over the selected experts. For a one-expert token that sum is p1 itself, so the
@@ -88,15 +131,16 @@ def combine_weights(
     those tokens; dividing by a detached p1 keeps the value exactly 1 and the gradient of p1 (the
     straight-through form also used by Switch-style top-1 routers).
     """
-    selected = probs.gather(-1, expert_index) * torch.stack(
-        [torch.ones_like(second_active), second_active], dim=-1
-    ).to(probs.dtype)  # (num_tokens, 2)
+    if active.dim() == 1:
+        active = torch.stack([torch.ones_like(active), active], dim=-1)  # (num_tokens, 2)
+    selected = probs.gather(-1, expert_index) * active.to(probs.dtype)  # (num_tokens, k)
     if combine == "gate":
         return selected
     if combine != "normalized":
         raise ValueError(f"Unknown combine {combine!r}.")
     total = selected.sum(-1, keepdim=True)  # (num_tokens, 1)
-    total = torch.where(second_active.unsqueeze(-1), total, total.detach())
+    several = active[:, 1:].any(-1, keepdim=True)  # (num_tokens, 1): more than the first choice
+    total = torch.where(several, total, total.detach())
     return selected / total
 
 
@@ -125,16 +169,22 @@ class Router(nn.Module):
 
     def forward(self, hidden_states: torch.Tensor) -> RoutingDecision:
         logits = self.logits(hidden_states)
+        k = self.config.top_k
         if self.config.num_experts == 1:
-            # topk(2) needs two experts; a single expert is the dense FFN with weight 1.
+            # topk needs k experts; a single expert is the dense FFN with weight 1.
             probs = torch.ones_like(logits) + (logits - logits.detach())
-            expert_index = torch.zeros(logits.shape[0], 2, dtype=torch.long, device=logits.device)
-            second_active = torch.zeros(logits.shape[0], dtype=torch.bool, device=logits.device)
-            weights = torch.cat([probs, torch.zeros_like(probs)], dim=-1)
-            return RoutingDecision(probs, expert_index, second_active, weights)
+            expert_index = torch.zeros(logits.shape[0], k, dtype=torch.long, device=logits.device)
+            active = torch.zeros(logits.shape[0], k, dtype=torch.bool, device=logits.device)
+            active[:, 0] = True
+            weights = torch.cat([probs, probs.new_zeros(logits.shape[0], k - 1)], dim=-1)
+            return RoutingDecision(probs, expert_index, active, weights)
         probs = logits.softmax(dim=-1)
-        expert_index, second_active = select_experts(
-            probs, gating=self.config.gating, threshold=self.config.threshold, threshold_on=self.config.threshold_on
+        expert_index, active = select_top_k(
+            probs,
+            gating=self.config.gating,
+            threshold=self.config.threshold,
+            threshold_on=self.config.threshold_on,
+            top_k=k,
         )
-        weights = combine_weights(probs, expert_index, second_active, combine=self.config.combine)
-        return RoutingDecision(probs, expert_index, second_active, weights)
+        weights = combine_weights(probs, expert_index, active, combine=self.config.combine)
+        return RoutingDecision(probs, expert_index, active, weights)

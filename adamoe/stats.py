@@ -20,10 +20,18 @@ class LayerRoutingStats:
         name: module name of the layer.
         stack: "encoder" or "decoder".
         num_tokens: non-padding tokens routed.
-        two_expert_fraction: share of those tokens that used two experts.
+        two_expert_fraction: share of those tokens that used two experts or more.
         first_choice_counts: tokens per expert as first choice.
         second_choice_counts: tokens per expert as (active) second choice.
-        flops_vs_top2: expert FLOPs relative to top-2 gating, `(tokens + two-expert tokens) / (2 tokens)`.
+        flops_vs_top2: expert FLOPs relative to top-2 gating, `active pairs / (2 tokens)`; with k_max = 2 that is
+            `(tokens + two-expert tokens) / (2 tokens)`.
+        top_k: k_max, the most experts a token could use.
+        k_histogram: `k_histogram[k - 1]` tokens used exactly k experts, k = 1..k_max.
+        expert_counts: active pairs per expert, over all choices (the expert's load).
+        experts_per_token: mean experts per token, `active pairs / tokens`.
+        flops_vs_top_k: expert FLOPs relative to fixed top-k_max gating, `active pairs / (k_max tokens)`.
+
+    Left out, the fields after `flops_vs_top2` are derived from the ones before as a k_max = 2 routing.
     """
 
     name: str
@@ -33,6 +41,24 @@ class LayerRoutingStats:
     first_choice_counts: list[int]
     second_choice_counts: list[int]
     flops_vs_top2: float
+    top_k: int = 2
+    k_histogram: list[int] | None = None
+    expert_counts: list[int] | None = None
+    experts_per_token: float | None = None
+    flops_vs_top_k: float | None = None
+
+    def __post_init__(self) -> None:
+        if self.k_histogram is None:
+            two = sum(self.second_choice_counts)
+            self.k_histogram = [self.num_tokens - two, two] + [0] * (self.top_k - 2)
+        if self.expert_counts is None:
+            first, second = self.first_choice_counts, self.second_choice_counts
+            self.expert_counts = [a + b for a, b in zip(first, second, strict=True)]
+        num_pairs = sum(k * count for k, count in enumerate(self.k_histogram, start=1))
+        if self.experts_per_token is None:
+            self.experts_per_token = num_pairs / max(self.num_tokens, 1)
+        if self.flops_vs_top_k is None:
+            self.flops_vs_top_k = num_pairs / max(self.top_k * self.num_tokens, 1)
 
 
 @dataclass
@@ -40,17 +66,22 @@ class RoutingStats:
     """Routing of the whole model in the last forward pass (see `routing_stats`).
 
     Attributes:
-        two_expert_fraction: share of token-layer decisions, over all MoE layers, that used two experts.
+        two_expert_fraction: share of token-layer decisions, over all MoE layers, that used two experts or more.
         flops_vs_top2: expert FLOPs of the forward relative to top-2 gating.
         layers: one `LayerRoutingStats` per MoE layer, in model order.
-        per_sample: `(batch, num_moe_layers)` per-sample two-expert fractions (the curriculum's
-            complexity vectors), or None when the blocks saw flat token tensors.
+        per_sample: `(batch, num_moe_layers)` per-sample complexity vectors for the curriculum (see
+            `per_sample_complexity`; with k_max = 2 the two-expert fractions), or None when the blocks saw flat
+            token tensors.
+        experts_per_token: mean experts per token-layer decision.
+        flops_vs_top_k: expert FLOPs of the forward relative to fixed top-k_max gating.
     """
 
     two_expert_fraction: float
     flops_vs_top2: float
     layers: list[LayerRoutingStats] = field(default_factory=list)
     per_sample: torch.Tensor | None = None
+    experts_per_token: float | None = None
+    flops_vs_top_k: float | None = None
 
     def to_dict(self) -> dict:
         out = asdict(self)
@@ -68,21 +99,69 @@ def _routed_blocks(model: nn.Module) -> list[tuple[str, MoEBlock]]:
     return routed
 
 
-def per_sample_two_expert_fractions(model: nn.Module) -> torch.Tensor:
-    """`(batch, num_moe_layers)`: for each sample of the last forward, the share of its non-padding tokens
-    that used two experts in each MoE layer. Layers that did not run in the last forward are left out."""
+def per_sample_complexity(model: nn.Module) -> torch.Tensor:
+    """`(batch, num_moe_layers)`: for each sample of the last forward and each MoE layer, the mean over its
+    non-padding tokens of `(k - 1) / (k_max - 1)`, k the experts a token used. With k_max = 2 that is the
+    paper's share of tokens that used two experts. Layers that did not run in the last forward are left out."""
     columns = []
     for _, block in _routed_blocks(model):
         routing = block.last_routing
         if routing.batch_shape is None:
             raise ValueError(f"MoE layer '{block.layer_name}' saw flat tokens; per-sample fractions need a batch.")
-        two = per_sample_grid(routing, routing.second_active.float(), block.seq_first)  # (batch, seq_len)
+        # k_max = 1 leaves no choice to measure: every token is as simple as can be.
+        extra = (routing.num_selected - 1).float() / max(routing.top_k - 1, 1)  # (num_tokens,) in [0, 1]
+        extra = per_sample_grid(routing, extra, block.seq_first)  # (batch, seq_len)
         if routing.token_mask is None:
-            columns.append(two.mean(dim=1))
+            columns.append(extra.mean(dim=1))
         else:
             mask = per_sample_grid(routing, routing.token_mask.float(), block.seq_first)
-            columns.append((two * mask).sum(dim=1) / mask.sum(dim=1).clamp_min(1.0))
+            columns.append((extra * mask).sum(dim=1) / mask.sum(dim=1).clamp_min(1.0))
     return torch.stack(columns, dim=1).detach()
+
+
+# The paper's name for the complexity vectors, exact for k_max = 2.
+per_sample_two_expert_fractions = per_sample_complexity
+
+
+def _layer_stats(block: MoEBlock) -> LayerRoutingStats:
+    routing = block.last_routing
+    expert_index, active = routing.expert_index, routing.active  # (num_tokens, k_max) each
+    if routing.token_mask is not None:
+        expert_index, active = expert_index[routing.token_mask], active[routing.token_mask]
+    num_tokens, k_max = expert_index.shape
+    num_experts = routing.probs.shape[-1]
+    num_selected = active.sum(-1)  # (num_tokens,)
+    second = expert_index[:, 1][active[:, 1]] if k_max > 1 else expert_index.new_zeros(0)
+    # One read-back for all the counts: [first (E), second (E), all pairs (E), histogram (k_max)].
+    counts = torch.cat(
+        [
+            torch.bincount(expert_index[:, 0], minlength=num_experts),
+            torch.bincount(second, minlength=num_experts),
+            torch.bincount(expert_index[active], minlength=num_experts),
+            torch.bincount(num_selected - 1, minlength=k_max),
+        ]
+    ).tolist()
+    first, second, pairs, histogram = (
+        counts[:num_experts],
+        counts[num_experts : 2 * num_experts],
+        counts[2 * num_experts : 3 * num_experts],
+        counts[3 * num_experts :],
+    )
+    num_pairs = sum(pairs)
+    return LayerRoutingStats(
+        name=block.layer_name,
+        stack=block.stack,
+        num_tokens=num_tokens,
+        two_expert_fraction=(num_tokens - histogram[0]) / max(num_tokens, 1),
+        first_choice_counts=first,
+        second_choice_counts=second,
+        flops_vs_top2=num_pairs / max(2 * num_tokens, 1),
+        top_k=k_max,
+        k_histogram=histogram,
+        expert_counts=pairs,
+        experts_per_token=num_pairs / max(num_tokens, 1),
+        flops_vs_top_k=num_pairs / max(k_max * num_tokens, 1),
+    )
 
 
 def routing_stats(model: nn.Module) -> RoutingStats:
@@ -92,38 +171,25 @@ def routing_stats(model: nn.Module) -> RoutingStats:
         ```python
         >>> model(**batch)
         >>> stats = adamoe.routing_stats(model)
-        >>> stats.two_expert_fraction, [layer.two_expert_fraction for layer in stats.layers]
+        >>> stats.two_expert_fraction, stats.experts_per_token, [layer.k_histogram for layer in stats.layers]
         ```
     """
-    layers, total_tokens, total_two = [], 0, 0
-    for _, block in _routed_blocks(model):
-        routing = block.last_routing
-        first, second, two = routing.expert_index[:, 0], routing.expert_index[:, 1], routing.second_active
-        if routing.token_mask is not None:
-            first, second, two = first[routing.token_mask], second[routing.token_mask], two[routing.token_mask]
-        num_experts = routing.probs.shape[-1]
-        num_tokens, num_two = int(first.numel()), int(two.sum())
-        layers.append(
-            LayerRoutingStats(
-                name=block.layer_name,
-                stack=block.stack,
-                num_tokens=num_tokens,
-                two_expert_fraction=num_two / max(num_tokens, 1),
-                first_choice_counts=torch.bincount(first, minlength=num_experts).tolist(),
-                second_choice_counts=torch.bincount(second[two], minlength=num_experts).tolist(),
-                flops_vs_top2=(num_tokens + num_two) / max(2 * num_tokens, 1),
-            )
-        )
-        total_tokens, total_two = total_tokens + num_tokens, total_two + num_two
+    layers = [_layer_stats(block) for _, block in _routed_blocks(model)]
+    tokens = sum(layer.num_tokens for layer in layers)
+    multi = sum(layer.num_tokens - layer.k_histogram[0] for layer in layers)
+    pairs = sum(sum(layer.expert_counts) for layer in layers)
+    slots = sum(layer.top_k * layer.num_tokens for layer in layers)
     try:
-        per_sample = per_sample_two_expert_fractions(model)
+        per_sample = per_sample_complexity(model)
     except ValueError:
         per_sample = None
     return RoutingStats(
-        two_expert_fraction=total_two / max(total_tokens, 1),
-        flops_vs_top2=(total_tokens + total_two) / max(2 * total_tokens, 1),
+        two_expert_fraction=multi / max(tokens, 1),
+        flops_vs_top2=pairs / max(2 * tokens, 1),
         layers=layers,
         per_sample=per_sample,
+        experts_per_token=pairs / max(tokens, 1),
+        flops_vs_top_k=pairs / max(slots, 1),
     )
 
 
