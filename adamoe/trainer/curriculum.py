@@ -1,15 +1,16 @@
 """Curriculum learning over routing complexity (paper §3.2).
 
-Each training sample gets a *complexity vector*: for every MoE layer, the fraction of its non-padding tokens
-that the adaptive router sent to two experts (`adamoe.routing_stats(model).per_sample`, collected by the
-trainer from the training forwards themselves). Before every epoch after the first, the samples are ordered
+Each training sample gets a *complexity vector*: for every MoE layer, the mean over its non-padding tokens of
+`(k - 1) / (k_max - 1)`, k the experts the adaptive router gave the token, which with k_max = 2 is the paper's
+fraction of tokens sent to two experts (`adamoe.routing_stats(model).per_sample`, collected by the trainer
+from the training forwards themselves). Before every epoch after the first, the samples are ordered
 by descending cosine similarity to the vector of the simplest sample, so training moves from samples that
 route like the simplest one towards the ones that route least like it.
 
 Precise rules (`curriculum_order`):
 
-- The *simplest* sample is the one with the smallest mean of its vector (the smallest average share of
-  two-expert tokens over the MoE layers); ties go to the lowest dataset index.
+- The *simplest* sample is the one with the smallest mean of its vector (with k_max = 2, the smallest
+  average share of two-expert tokens over the MoE layers); ties go to the lowest dataset index.
 - Cosine similarity with zero vectors: two zero vectors are taken as identical (similarity 1: both samples
   used one expert everywhere); a zero vector and a non-zero one as orthogonal (similarity 0). So when the
   simplest sample never used two experts, all the other never-two-expert samples come first.
@@ -42,8 +43,8 @@ def curriculum_order(vectors: torch.Tensor | Mapping[int, torch.Tensor]) -> list
 
     Args:
         vectors (`torch.Tensor` of shape `(num_samples, num_moe_layers)` or `Mapping[int, torch.Tensor]`):
-            Per-sample two-expert fractions. A tensor's rows are samples `0..num_samples-1`; a mapping goes from
-            dataset index to that sample's vector.
+            Per-sample complexity vectors (with k_max = 2, two-expert fractions). A tensor's rows are samples
+            `0..num_samples-1`; a mapping goes from dataset index to that sample's vector.
 
     Returns:
         `list[int]`: row positions (tensor input) or dataset indices (mapping input), simplest first. See the

@@ -189,8 +189,8 @@ class TimingCallback(TrainerCallback):
 
         Keys: `train_time_s`, `time_to_target_s` (None if the target was never reached or not set),
         `target_loss`, `tokens_per_second`, `num_tokens`, `two_expert_fraction`, `two_expert_fraction_per_layer`,
-        `flops_vs_top2`, `expert_load_max_over_mean` (the routing keys are None for a dense model). After training
-        the token and routing counts are summed over ranks.
+        `flops_vs_top2`, `experts_per_token`, `flops_vs_top_k`, `expert_load_max_over_mean` (the routing keys are
+        None for a dense model). After training the token and routing counts are summed over ranks.
         """
         if self._final is not None:
             return dict(self._final)
@@ -205,6 +205,8 @@ class TimingCallback(TrainerCallback):
             "two_expert_fraction": None if routing is None else routing["two_expert_fraction"],
             "two_expert_fraction_per_layer": None if routing is None else routing["two_expert_fraction_per_layer"],
             "flops_vs_top2": None if routing is None else routing["flops_vs_top2"],
+            "experts_per_token": None if routing is None else routing["experts_per_token"],
+            "flops_vs_top_k": None if routing is None else routing["flops_vs_top_k"],
             "expert_load_max_over_mean": None if routing is None else routing["expert_load_max_over_mean"],
         }
 
