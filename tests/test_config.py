@@ -52,3 +52,33 @@ def test_differences_split_structure_from_routing():
     a, b = MoEConfig(num_experts=4), MoEConfig(num_experts=8, threshold=0.3, expert_init="random")
     assert a.structural_differences(b) == {"num_experts": (4, 8)}
     assert a.routing_differences(b) == {"threshold": (0.1, 0.3)}
+
+
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        ({"top_k": 0}, "top_k must be an integer >= 1"),
+        ({"top_k": 2.0}, "top_k must be an integer >= 1"),
+        ({"top_k": True}, "top_k must be an integer >= 1"),
+        ({"num_experts": 4, "top_k": 5}, "top_k=5 exceeds num_experts=4.*Lower top_k to at most 4"),
+        ({"gating": "top2", "top_k": 1}, "gating='top2' .* needs top_k >= 2"),
+        ({"gating": "top4"}, "gating must be one of 'adaptive', 'top1', 'top2', 'topk'"),
+    ],
+)
+def test_bad_top_k_fails_with_a_message_that_says_what_to_do(kwargs, message):
+    with pytest.raises(MoEConfigError, match=message):
+        MoEConfig(**kwargs)
+
+
+def test_top_k_defaults_to_the_papers_two_and_is_a_routing_field():
+    assert MoEConfig().top_k == 2
+    cfg = MoEConfig(num_experts=8, gating="topk", top_k=8)
+    assert MoEConfig.from_dict(cfg.to_dict()) == cfg
+    # A config saved before top_k existed reads as k_max = 2.
+    old = {k: v for k, v in MoEConfig(num_experts=4).to_dict().items() if k != "top_k"}
+    assert MoEConfig.from_dict(old) == MoEConfig(num_experts=4, top_k=2)
+    # It changes routing, not which parameters exist, so it can change on a trained model.
+    assert MoEConfig(num_experts=8).routing_differences(cfg) == {"gating": ("adaptive", "topk"), "top_k": (2, 8)}
+    assert MoEConfig(num_experts=8).structural_differences(cfg) == {}
+    # A single-expert block routes everything to its expert whatever top_k says.
+    assert MoEConfig(num_experts=1, gating="top1").top_k == 2
