@@ -112,7 +112,7 @@ def load_state_dict_strictly(model: nn.Module, state: dict[str, torch.Tensor], s
     """Load `state` into `model`; any missing, unexpected or mis-shaped tensor is an error.
 
     Parameters tied to another (shared embeddings, LM heads) are saved once; a missing name is fine when
-    a name of the same tensor was loaded.
+    a name of the same tensor was loaded, or when the model class never saves it (`_keys_to_ignore_on_save`).
     """
     expected = model.state_dict()
     new_head: list[str] = []
@@ -133,7 +133,13 @@ def load_state_dict_strictly(model: nn.Module, state: dict[str, torch.Tensor], s
         aliases.setdefault(id(tensor), set()).add(name)
     loaded_ids = {id(t) for n, t in list(model.named_parameters(remove_duplicate=False)) if n in state}
     name_to_id = {n: i for i, names in aliases.items() for n in names}
-    missing = [k for k in expected if k not in state and name_to_id.get(k) not in loaded_ids and k not in new_head]
+    # Tensors the model class never saves (Marian's sinusoidal positions) are computed when it is built.
+    not_saved = set(getattr(model, "_keys_to_ignore_on_save", None) or ())
+    missing = [
+        k
+        for k in expected
+        if k not in state and name_to_id.get(k) not in loaded_ids and k not in new_head and k not in not_saved
+    ]
     unexpected = [k for k in state if k not in expected]
     mismatched = [
         f"{k}: checkpoint {tuple(state[k].shape)}, model {tuple(expected[k].shape)}"
