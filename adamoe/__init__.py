@@ -4,7 +4,7 @@ from .architectures import FFN_SPECS, DenseFFN, FFNSpec, register_ffn_spec
 from .config import MoEConfig, MoEConfigError
 from .layer import MoEBlock
 from .modeling import CheckpointError, check_patched_consistently, from_pretrained, moe_config_of
-from .patching import UnsupportedArchitectureError, is_moe_model, moe_blocks, moeify
+from .patching import UnsupportedArchitectureError, is_moe_model, moe_blocks, moeify, upcycled_parameter_count
 from .router import RouterNumericsError, RoutingDecision
 from .stats import LayerRoutingStats, RoutingStats, balance_loss, per_sample_two_expert_fractions, routing_stats
 
@@ -34,4 +34,5 @@ __all__ = [
     "per_sample_two_expert_fractions",
     "register_ffn_spec",
     "routing_stats",
+    "upcycled_parameter_count",
 ]

@@ -12,7 +12,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from .architectures import FFN_SPECS, DenseFFN, stack_of
+from .architectures import FFN_SPECS, DenseFFN, FFNSpec, stack_of
 from .config import MoEConfig
 from .experts import Experts
 from .layer import MoEBlock
@@ -36,8 +36,17 @@ def is_moe_model(model: nn.Module) -> bool:
 
 
 def _build_block(
-    name: str, ffn: DenseFFN, config: MoEConfig, *, seq_first: bool, init_std: float, initialize: bool
+    name: str,
+    ffn: DenseFFN,
+    config: MoEConfig,
+    *,
+    seq_first: bool,
+    stack: str,
+    init_std: float,
+    initialize: bool,
+    device: torch.device | str | None = None,
 ) -> MoEBlock:
+    """The MoE block for one dense FFN, on `device` (default: the FFN's; "meta" builds it without memory)."""
     ffn_size, hidden_size = ffn.w_in.shape
     experts = Experts(
         num_experts=config.num_experts,
@@ -55,11 +64,11 @@ def _build_block(
         experts=experts,
         config=config,
         layer_name=name,
-        stack=stack_of(name),
+        stack=stack,
         seq_first=seq_first,
         output_dropout=ffn.output_dropout,
     )
-    block.to(device=ffn.w_in.device, dtype=ffn.w_in.dtype)
+    block.to(device=ffn.w_in.device if device is None else device, dtype=ffn.w_in.dtype)
     if not initialize:
         return block
     with torch.no_grad():
@@ -80,7 +89,7 @@ def _upcycle(experts: Experts, ffn: DenseFFN, noise: float) -> None:
         if noise > 0:
             # Relative to the weight's own scale, so one value suits every layer and model size.
             target.add_(torch.randn_like(target) * noise * source.float().std().to(target.dtype))
-    for target, source in ((experts.b_in, ffn.b_in), (experts.b_out, ffn.b_out)):
+    for target, source in ((experts.b_in, ffn.b_in), (experts.b_gate, ffn.b_gate), (experts.b_out, ffn.b_out)):
         if target is not None:
             target.copy_(source.unsqueeze(0).expand_as(target))
 
@@ -105,29 +114,11 @@ def _hand_token_masks(model: nn.Module, args: tuple, kwargs: dict[str, Any]) -> 
             module.token_mask = decoder_mask if module.stack == "decoder" else encoder_mask
 
 
-def moeify(model: nn.Module, config: MoEConfig | None = None, *, initialize: bool = True) -> nn.Module:
-    """Replace the FFNs of `model` with adaptive-gated MoE blocks, in place, and return it.
+def _read_ffns(model: nn.Module, config: MoEConfig) -> tuple[FFNSpec, list[tuple[nn.Module, str, DenseFFN]]]:
+    """Check that `model` can be patched as `config` says and read the FFNs to replace; changes nothing.
 
-    Args:
-        model: a Hugging Face model of a supported `model_type` (see `adamoe.architectures.FFN_SPECS`).
-        config: how to build the blocks; `MoEConfig()` when None.
-        initialize: initialise the experts as `config.expert_init` says; False leaves them at their
-            default init, for when a checkpoint's weights are loaded next.
-
-    Returns:
-        The same model object, patched; `model.config.adamoe` holds the MoE config.
-
-    Example:
-        ```python
-        >>> from transformers import BertConfig, BertModel
-        >>> model = BertModel(BertConfig(hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
-        ...                              intermediate_size=64, vocab_size=100))
-        >>> model = adamoe.moeify(model, adamoe.MoEConfig(num_experts=4))
-        >>> len(adamoe.moe_blocks(model))
-        2
-        ```
+    Returns the model's spec and `(layer, layer name, dense FFN)` for every layer to convert, in model order.
     """
-    config = config if config is not None else MoEConfig()
     hf_config = getattr(model, "config", None)
     model_type = getattr(hf_config, "model_type", None)
     spec = FFN_SPECS.get(model_type)
@@ -155,21 +146,87 @@ def moeify(model: nn.Module, config: MoEConfig | None = None, *, initialize: boo
     if not chosen:
         raise ValueError(f"every_n_layers={config.every_n_layers} selects none of the {len(layers)} FFN layers.")
 
-    init_std = float(getattr(hf_config, "initializer_range", getattr(hf_config, "init_std", 0.02)) or 0.02)
     try:
         dense = [(layer, name, spec.read(layer)) for name, layer in chosen]
     except AttributeError as err:
         raise UnsupportedArchitectureError(
             f"The {model_type!r} FFN spec does not fit {type(model).__name__}: {err}. Nothing was changed."
         ) from err
+    return spec, dense
+
+
+def _init_std(model: nn.Module) -> float:
+    hf_config = getattr(model, "config", None)
+    return float(getattr(hf_config, "initializer_range", getattr(hf_config, "init_std", 0.02)) or 0.02)
+
+
+def _block_kwargs(spec: FFNSpec, name: str) -> dict[str, Any]:
+    return {"seq_first": spec.seq_first, "stack": spec.stack or stack_of(name)}
+
+
+def upcycled_parameter_count(model: nn.Module, config: MoEConfig | None = None) -> int:
+    """How many parameters `model` would have after `moeify(model, config)`, without changing or copying it.
+
+    Each converted FFN is counted as `num_experts` expert FFNs plus a router in its place; the blocks are
+    built on the meta device, so even a large model costs no memory. The same checks as `moeify` run first.
+    Multiply by 2 for the size of the weights in bf16 bytes.
+
+    Example:
+        ```python
+        >>> from transformers import BertConfig, BertModel
+        >>> model = BertModel(BertConfig(hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+        ...                              intermediate_size=64, vocab_size=100))
+        >>> adamoe.upcycled_parameter_count(model, adamoe.MoEConfig(num_experts=4)) > model.num_parameters()
+        True
+        ```
+    """
+    config = config if config is not None else MoEConfig()
+    spec, dense = _read_ffns(model, config)
+    total = sum(p.numel() for p in model.parameters())
+    for _, name, ffn in dense:
+        replaced = (ffn.w_in, ffn.b_in, ffn.w_gate, ffn.b_gate, ffn.w_out, ffn.b_out)
+        total -= sum(t.numel() for t in replaced if t is not None)
+        with torch.device("meta"):
+            block = _build_block(
+                name, ffn, config, **_block_kwargs(spec, name), init_std=0.02, initialize=False, device="meta"
+            )
+        total += sum(p.numel() for p in block.parameters())
+    return total
+
+
+def moeify(model: nn.Module, config: MoEConfig | None = None, *, initialize: bool = True) -> nn.Module:
+    """Replace the FFNs of `model` with adaptive-gated MoE blocks, in place, and return it.
+
+    Args:
+        model: a Hugging Face model of a supported `model_type` (see `adamoe.architectures.FFN_SPECS`).
+        config: how to build the blocks; `MoEConfig()` when None.
+        initialize: initialise the experts as `config.expert_init` says; False leaves them at their
+            default init, for when a checkpoint's weights are loaded next.
+
+    Returns:
+        The same model object, patched; `model.config.adamoe` holds the MoE config.
+
+    Example:
+        ```python
+        >>> from transformers import BertConfig, BertModel
+        >>> model = BertModel(BertConfig(hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+        ...                              intermediate_size=64, vocab_size=100))
+        >>> model = adamoe.moeify(model, adamoe.MoEConfig(num_experts=4))
+        >>> len(adamoe.moe_blocks(model))
+        2
+        ```
+    """
+    config = config if config is not None else MoEConfig()
+    spec, dense = _read_ffns(model, config)
+    init_std = _init_std(model)
     blocks = [
-        (layer, _build_block(name, ffn, config, seq_first=spec.seq_first, init_std=init_std, initialize=initialize))
+        (layer, _build_block(name, ffn, config, **_block_kwargs(spec, name), init_std=init_std, initialize=initialize))
         for layer, name, ffn in dense
     ]
 
     for layer, block in blocks:
         block.train(layer.training)  # new modules start in training mode; follow the model's
         spec.splice(layer, block)
-    setattr(hf_config, CONFIG_KEY, config.to_dict())
+    setattr(model.config, CONFIG_KEY, config.to_dict())
     model.register_forward_pre_hook(_hand_token_masks, with_kwargs=True)
     return model

@@ -45,6 +45,40 @@ def test_generate_with_kv_cache_equals_the_dense_model(arch):
         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.parametrize("name", ["llama", "modernbert", "phi3"])
+def test_gated_ffns_with_biases_and_fused_weights_split_into_the_right_halves(name):
+    # transformers initialises biases to zero, which would hide a bias put on the wrong half.
+    arch = arch_by_name(name)
+    dense = arch.build()
+    with torch.no_grad():
+        for param_name, param in dense.named_parameters():
+            if "mlp" in param_name:
+                param.normal_(std=0.3)
+    inputs = arch.inputs()
+    want = dense(**inputs).logits
+    model = adamoe.moeify(dense, MoEConfig(num_experts=3, threshold=0.5))
+    torch.testing.assert_close(model(**inputs).logits, want, rtol=1e-5, atol=1e-5)
+
+
+def test_blocks_know_their_stack_where_the_names_do_not_say():
+    for name, stacks in (("modernbert", {"encoder"}), ("distilbert", {"encoder"}), ("llama", {"decoder"})):
+        model = adamoe.moeify(arch_by_name(name).build(), MoEConfig(num_experts=2))
+        assert {block.stack for _, block in adamoe.moe_blocks(model)} == stacks, name
+    model = adamoe.moeify(arch_by_name("mbart").build(), MoEConfig(num_experts=2))
+    assert [block.stack for _, block in adamoe.moe_blocks(model)] == ["encoder"] * 2 + ["decoder"] * 2
+
+
+def test_upcycled_parameter_count_is_the_count_after_moeify(arch):
+    for config in (MoEConfig(num_experts=4), MoEConfig(num_experts=3, layers=[1])):
+        model = arch.build()
+        snapshot = repr(model)
+        count = adamoe.upcycled_parameter_count(model, config)
+        assert repr(model) == snapshot and not adamoe.is_moe_model(model)
+        assert count == sum(p.numel() for p in adamoe.moeify(model, config).parameters())
+    with pytest.raises(ValueError, match="only once"):
+        adamoe.upcycled_parameter_count(model, config)
+
+
 def test_only_ffns_change(arch):
     dense = arch.build()
     before = {n: p.clone() for n, p in dense.named_parameters()}
@@ -53,7 +87,10 @@ def test_only_ffns_change(arch):
     kept = [n for n in before if n in after]
     assert kept and all(torch.equal(before[n], after[n]) for n in kept)
     removed = [n for n in before if n not in after]
-    ffn_words = ("intermediate.dense", "output.dense", "mlp.c_", "DenseReluDense", "fc1", "fc2")
+    ffn_words = (
+        *("intermediate.dense", "output.dense", "mlp.c_", "DenseReluDense", "fc1", "fc2", "ffn.lin1", "ffn.lin2"),
+        *("mlp.gate_proj", "mlp.up_proj", "mlp.down_proj", "mlp.gate_up_proj", "mlp.Wi", "mlp.Wo"),
+    )
     assert removed and all(any(w in n for w in ffn_words) for n in removed)
     assert not any("attention.output.dense" in n for n in removed)  # BERT's look-alike suffix stays
 
@@ -76,14 +113,15 @@ def test_every_n_layers_and_layer_lists():
 
 
 def test_unsupported_architecture_names_the_supported_ones_and_the_way_to_add_one():
-    from transformers import DistilBertConfig, DistilBertModel
+    # ALBERT shares one FFN across all layers, which no spec describes.
+    from transformers import AlbertConfig, AlbertModel
 
-    model = DistilBertModel(DistilBertConfig(dim=32, n_layers=1, n_heads=2, hidden_dim=64, vocab_size=100))
-    with pytest.raises(UnsupportedArchitectureError, match="distilbert") as err:
-        adamoe.moeify(model)
-    assert "bert, bart, fsmt, gpt2, roberta, t5" in str(err.value).replace("'", "") or all(
-        t in str(err.value) for t in ("bart", "fsmt", "gpt2", "roberta", "t5")
+    model = AlbertModel(
+        AlbertConfig(hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=64, vocab_size=100)
     )
+    with pytest.raises(UnsupportedArchitectureError, match="'albert'") as err:
+        adamoe.moeify(model)
+    assert all(t in str(err.value) for t in ("bart", "distilbert", "fsmt", "gpt2", "llama", "roberta", "t5"))
     assert "register_ffn_spec" in str(err.value)
 
 

@@ -13,14 +13,50 @@ from transformers import (
     BartForConditionalGeneration,
     BertConfig,
     BertForSequenceClassification,
+    DebertaV2Config,
+    DebertaV2ForSequenceClassification,
+    DistilBertConfig,
+    DistilBertForSequenceClassification,
+    ElectraConfig,
+    ElectraForSequenceClassification,
     FSMTConfig,
     FSMTForConditionalGeneration,
+    Gemma2Config,
+    Gemma2ForCausalLM,
+    GemmaConfig,
+    GemmaForCausalLM,
     GPT2Config,
     GPT2LMHeadModel,
+    LlamaConfig,
+    LlamaForCausalLM,
+    M2M100Config,
+    M2M100ForConditionalGeneration,
+    MarianConfig,
+    MarianMTModel,
+    MBartConfig,
+    MBartForConditionalGeneration,
+    MistralConfig,
+    MistralForCausalLM,
+    ModernBertConfig,
+    ModernBertForSequenceClassification,
+    MT5Config,
+    MT5ForConditionalGeneration,
+    PegasusConfig,
+    PegasusForConditionalGeneration,
+    Phi3Config,
+    Phi3ForCausalLM,
+    Qwen2Config,
+    Qwen2ForCausalLM,
+    Qwen3Config,
+    Qwen3ForCausalLM,
     RobertaConfig,
     RobertaForSequenceClassification,
     T5Config,
     T5ForConditionalGeneration,
+    UMT5Config,
+    UMT5ForConditionalGeneration,
+    XLMRobertaConfig,
+    XLMRobertaForSequenceClassification,
 )
 
 SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
@@ -68,9 +104,9 @@ _COMMON_BART = dict(
 )
 
 
-def _t5_config(feed_forward_proj: str) -> T5Config:
-    """T5 v1.0 ("relu") or v1.1/Flan ("gated-gelu")."""
-    return T5Config(
+def _t5_config(feed_forward_proj: str, config_class: type = T5Config) -> T5Config:
+    """T5 v1.0 ("relu") or v1.1/Flan ("gated-gelu"); mT5 and UMT5 take the same fields."""
+    return config_class(
         vocab_size=VOCAB,
         d_model=32,
         d_ff=64,
@@ -82,6 +118,37 @@ def _t5_config(feed_forward_proj: str) -> T5Config:
         pad_token_id=0,
         eos_token_id=1,
     )
+
+
+# BERT-shaped encoders (BERT, RoBERTa, XLM-RoBERTa, ELECTRA, DeBERTa-v2).
+_COMMON_BERT = dict(
+    vocab_size=VOCAB,
+    hidden_size=32,
+    num_hidden_layers=2,
+    num_attention_heads=2,
+    intermediate_size=64,
+    max_position_embeddings=64,
+)
+# Llama-family decoders. mlp_bias (Llama only) puts biases on both halves of the gated FFN, so one row
+# checks that form too; pad_token_id stays inside the tiny vocabulary.
+_COMMON_DECODER = dict(
+    vocab_size=VOCAB,
+    hidden_size=32,
+    intermediate_size=64,
+    num_hidden_layers=2,
+    num_attention_heads=2,
+    num_key_value_heads=1,
+    head_dim=16,
+    max_position_embeddings=64,
+    pad_token_id=0,
+    bos_token_id=1,
+    eos_token_id=2,
+)
+_BART_TOKENS = dict(pad_token_id=1, bos_token_id=0, eos_token_id=2, decoder_start_token_id=2)
+
+
+def _decoder(config_class: type, **overrides: Any) -> Any:
+    return config_class(**{**_COMMON_DECODER, **overrides})
 
 
 ARCHITECTURES = [
@@ -103,6 +170,43 @@ ARCHITECTURES = [
         ),
     ),
     Arch(
+        "xlm-roberta",
+        XLMRobertaForSequenceClassification,
+        XLMRobertaConfig(**_COMMON_BERT),
+    ),
+    Arch("electra", ElectraForSequenceClassification, ElectraConfig(embedding_size=16, **_COMMON_BERT)),
+    Arch(
+        "deberta-v2",
+        DebertaV2ForSequenceClassification,
+        DebertaV2Config(relative_attention=True, position_buckets=8, pos_att_type=["p2c", "c2p"], **_COMMON_BERT),
+    ),
+    Arch(
+        "distilbert",
+        DistilBertForSequenceClassification,
+        DistilBertConfig(vocab_size=VOCAB, dim=32, n_layers=2, n_heads=2, hidden_dim=64, max_position_embeddings=64),
+    ),
+    Arch(
+        "modernbert",
+        ModernBertForSequenceClassification,
+        # Biased, so the fused Wi splits its bias too; every other layer global, as in the released models.
+        ModernBertConfig(
+            vocab_size=VOCAB,
+            hidden_size=32,
+            intermediate_size=64,
+            num_hidden_layers=2,
+            num_attention_heads=2,
+            max_position_embeddings=64,
+            local_attention=8,
+            global_attn_every_n_layers=2,
+            mlp_bias=True,
+            pad_token_id=0,
+            bos_token_id=1,
+            eos_token_id=2,
+            cls_token_id=1,
+            sep_token_id=2,
+        ),
+    ),
+    Arch(
         "gpt2",
         GPT2LMHeadModel,
         GPT2Config(vocab_size=VOCAB, n_embd=32, n_layer=2, n_head=2, n_positions=64),
@@ -120,7 +224,50 @@ ARCHITECTURES = [
         _t5_config("gated-gelu"),
         seq2seq=True,
     ),
+    Arch("llama", LlamaForCausalLM, _decoder(LlamaConfig, mlp_bias=True), causal=True),
+    Arch("mistral", MistralForCausalLM, _decoder(MistralConfig, sliding_window=4), causal=True),
+    Arch("qwen2", Qwen2ForCausalLM, _decoder(Qwen2Config), causal=True),
+    Arch("qwen3", Qwen3ForCausalLM, _decoder(Qwen3Config), causal=True),
+    Arch("gemma", GemmaForCausalLM, _decoder(GemmaConfig, hidden_act="gelu_pytorch_tanh"), causal=True),
+    Arch(
+        "gemma2",
+        Gemma2ForCausalLM,
+        _decoder(Gemma2Config, hidden_activation="gelu_pytorch_tanh", sliding_window=4, final_logit_softcapping=30.0),
+        causal=True,
+    ),
+    Arch("phi3", Phi3ForCausalLM, _decoder(Phi3Config, original_max_position_embeddings=64), causal=True),
+    Arch(
+        "mt5",
+        MT5ForConditionalGeneration,
+        _t5_config("gated-gelu", MT5Config),
+        seq2seq=True,
+    ),
+    Arch(
+        "umt5",
+        UMT5ForConditionalGeneration,
+        _t5_config("gated-gelu", UMT5Config),
+        seq2seq=True,
+    ),
     Arch("bart", BartForConditionalGeneration, BartConfig(**_COMMON_BART), seq2seq=True),
+    Arch("mbart", MBartForConditionalGeneration, MBartConfig(**_COMMON_BART, **_BART_TOKENS), seq2seq=True),
+    Arch(
+        "marian",
+        MarianMTModel,
+        MarianConfig(**_COMMON_BART, **{**_BART_TOKENS, "pad_token_id": 1, "decoder_start_token_id": 1}),
+        seq2seq=True,
+    ),
+    Arch(
+        "pegasus",
+        PegasusForConditionalGeneration,
+        PegasusConfig(**_COMMON_BART, pad_token_id=0, eos_token_id=1, decoder_start_token_id=0),
+        seq2seq=True,
+    ),
+    Arch(
+        "m2m100",
+        M2M100ForConditionalGeneration,
+        M2M100Config(**_COMMON_BART, **_BART_TOKENS),
+        seq2seq=True,
+    ),
     Arch(
         "fsmt",
         FSMTForConditionalGeneration,
