@@ -225,3 +225,62 @@ def test_an_moe_layer_synchronises_once_per_forward_on_cuda():
     finally:
         torch.cuda.set_sync_debug_mode("default")
     assert len([w for w in caught if "synchroniz" in str(w.message)]) == 1
+
+
+def routing_k(num_tokens: int, num_experts: int, top_k: int, seed: int = 0, used: torch.Tensor | None = None):
+    """Distinct experts per token, each token using a random prefix of its `top_k` choices (or `used` of them)."""
+    g = torch.Generator().manual_seed(seed)
+    index = torch.stack([torch.randperm(num_experts, generator=g)[:top_k] for _ in range(num_tokens)])
+    if used is None:
+        used = torch.randint(1, top_k + 1, (num_tokens,), generator=g)
+    active = torch.arange(top_k) < used.unsqueeze(-1)  # (num_tokens, top_k), a prefix
+    weights = torch.rand(num_tokens, top_k, generator=g) * active
+    return index, weights, active
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("top_k", [2, 4, 8])
+@pytest.mark.parametrize("gated,bias", [(False, True), (True, False)])
+def test_k_max_outputs_and_gradients_equal_the_float64_reference(backend, top_k, gated, bias):
+    experts = make_experts(gated, bias, backend, num_experts=10)
+    index, weights, active = routing_k(48, 10, top_k)
+    x = torch.randn(48, 16, requires_grad=True)
+    w = weights.clone().requires_grad_()
+    out = experts(x, index, w, active)
+    upstream = torch.randn_like(out)
+    grads = torch.autograd.grad(out, [x, w, *experts.parameters()], upstream)
+
+    x64 = x.detach().double().requires_grad_()
+    w64 = weights.double().requires_grad_()
+    ref_experts = make_experts(gated, bias, "loop", num_experts=10).double()
+    ref = ref_experts.reference_forward(x64, index, w64, active)
+    ref_grads = torch.autograd.grad(ref, [x64, w64, *ref_experts.parameters()], upstream.double())
+
+    torch.testing.assert_close(out.double(), ref, rtol=1e-5, atol=1e-5)
+    for got, want in zip(grads, ref_grads, strict=True):
+        torch.testing.assert_close(got.double(), want, rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("top_k", [4, 8])
+def test_matmul_flops_follow_the_active_pairs_for_any_k_max(top_k):
+    experts = make_experts(False, True, "loop", num_experts=10)
+    per_pair = 2 * (16 * 24) * 2  # two projections, 2 FLOPs per multiply-add
+    for used in (torch.ones(64, dtype=torch.long), torch.arange(64) % top_k + 1, torch.full((64,), top_k)):
+        index, weights, active = routing_k(64, 10, top_k, used=used)
+        with FlopCounterMode(display=False) as counter:
+            experts(torch.randn(64, 16), index, weights, active)
+        assert counter.get_total_flops() == per_pair * int(used.sum())
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_no_tokens_by_k_max_by_hidden_buffer(backend):
+    num_tokens, num_experts, top_k = 256, 8, 8
+    experts = Experts(num_experts=num_experts, hidden_size=16, ffn_size=24, activation=nn.ReLU(), dispatch=backend)
+    used = torch.where(torch.arange(num_tokens) % 2 == 0, 1, 2)  # 1.5 experts per token of 8 possible
+    index, weights, active = routing_k(num_tokens, num_experts, top_k, used=used)
+    x = torch.randn(num_tokens, 16, requires_grad=True)
+    with LargestAllocation() as mode:
+        experts(x, index, weights, active).sum().backward()
+    num_pairs = int(used.sum())
+    assert mode.largest <= max(num_pairs * 24, num_experts * 16 * 24)
+    assert mode.largest < num_tokens * top_k * 16
