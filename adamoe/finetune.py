@@ -17,11 +17,13 @@ The run config itself (`FinetuneConfig`, its YAML form and validation) lives in 
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import logging
 import math
 import shutil
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -31,17 +33,16 @@ from transformers.trainer_utils import get_last_checkpoint
 
 from .config import MoEConfig
 from .modeling import CheckpointError, from_pretrained, moe_config_of
+from .output_dir import RESULTS_NAME, RUN_CONFIG_NAME, OutputDirError, RunLock, check_output_dir, clear_run_files
 from .patching import is_moe_model
 from .provenance import provenance, write_json_atomically
 from .run_config import FinetuneConfig, RunConfigError
 from .tasks import DataArgs, get_task
 from .tasks.base import Task
 from .trainer import AdaMoESeq2SeqTrainer, AdaMoESeq2SeqTrainingArguments, AdaMoETrainer, AdaMoETrainingArguments
+from .trainer.checkpointing import STAGING_DIR, last_usable_checkpoint
 
 logger = logging.getLogger(__name__)
-
-RUN_CONFIG_NAME = "run_config.json"
-RESULTS_NAME = "results.json"
 
 # What adamoe changes from transformers' TrainingArguments defaults, and why.
 TRAINING_DEFAULTS: dict[str, Any] = {
@@ -55,47 +56,52 @@ TRAINING_DEFAULTS: dict[str, Any] = {
 }
 
 
-class OutputDirError(RuntimeError):
-    """The output directory holds another run, or no checkpoint to resume."""
+def check_run_dir(config: FinetuneConfig) -> Path:
+    """Refuse an output folder this run may not write (see `adamoe.output_dir`); only looks, never writes.
+
+    With `resume`, the folder must hold a checkpoint of a run with the same task, model, MoE and data settings.
+    """
+    out = check_output_dir(config.output_dir, overwrite=config.overwrite, resume=config.resume)
+    if not config.resume:
+        return out
+    if not (out.is_dir() and get_last_checkpoint(str(out))):
+        raise OutputDirError(f"--resume: no checkpoint-* folder in {config.output_dir} to continue from.")
+    saved = out / RUN_CONFIG_NAME
+    if saved.exists():
+        previous = json.loads(saved.read_text())
+        mismatched = {k for k in ("task", "model", "moe", "data") if previous.get(k) != config.to_dict()[k]}
+        if mismatched:
+            raise OutputDirError(
+                f"--resume: the run in {config.output_dir} differs in {sorted(mismatched)}; resume with the same "
+                "settings."
+            )
+    return out
 
 
 def _prepare_output_dir(config: FinetuneConfig) -> Path:
-    """Refuse to mix two runs in one folder; an interrupted run is continued only when asked to."""
-    out = Path(config.output_dir)
-    saved = out / RUN_CONFIG_NAME
+    """`check_run_dir` again (another process may have written meanwhile), then: a new or replaced run starts
+    from a folder without the previous run's files; a resumed one loses only what a crashed save left."""
+    out = check_run_dir(config)
     if config.resume:
-        if get_last_checkpoint(str(out)) if out.is_dir() else None:
-            if saved.exists():
-                previous = json.loads(saved.read_text())
-                mismatched = {k for k in ("task", "model", "moe", "data") if previous.get(k) != config.to_dict()[k]}
-                if mismatched:
-                    raise OutputDirError(
-                        f"--resume: the run in {out} differs in {sorted(mismatched)}; resume with the same settings."
-                    )
-            return out
-        raise OutputDirError(f"--resume: no checkpoint-* folder in {out} to continue from.")
-    if out.exists() and any(out.iterdir()):
-        if not config.overwrite:
-            raise OutputDirError(
-                f"{out} already holds a run. Pass --resume to continue it, --overwrite to replace it, or choose "
-                "another --output-dir."
-            )
-        shutil.rmtree(out)
+        shutil.rmtree(out / STAGING_DIR, ignore_errors=True)
+    elif out.is_dir():
+        clear_run_files(out)
     out.mkdir(parents=True, exist_ok=True)
     return out
 
 
-def _prepare_run_dir(config: FinetuneConfig, args: AdaMoETrainingArguments) -> Path:
-    """`_prepare_output_dir` and the run config, by the process that saves; the other ranks wait for it.
-
-    If that process raises, the others wait in the barrier until the launcher stops them, which torchrun does as
-    soon as one worker fails.
-    """
-    with args.main_process_first(local=args.save_on_each_node, desc="preparing the output directory"):
-        if args.should_save:
-            out = _prepare_output_dir(config)
-            write_json_atomically(out / RUN_CONFIG_NAME, config.to_dict())
-    return Path(config.output_dir)
+@contextlib.contextmanager
+def _run_dir(config: FinetuneConfig, args: AdaMoETrainingArguments) -> Iterator[Path]:
+    """The prepared output folder, locked by the process that saves for as long as the run lasts; the other
+    ranks wait until it is ready. If that process raises, the others wait in the barrier until the launcher
+    stops them, which torchrun does as soon as one worker fails."""
+    with contextlib.ExitStack() as stack:
+        with args.main_process_first(local=args.save_on_each_node, desc="preparing the output directory"):
+            if args.should_save:
+                stack.enter_context(RunLock(config.output_dir))
+                out = _prepare_output_dir(config)
+                write_json_atomically(out / RUN_CONFIG_NAME, config.to_dict())
+        yield Path(config.output_dir)
 
 
 def load_model(task: Task, name_or_path: str, moe: MoEConfig | None) -> PreTrainedModel:
@@ -172,10 +178,13 @@ def training_arguments(config: FinetuneConfig, task: Task) -> AdaMoETrainingArgu
     environment, so `args.process_index`, `args.should_save` and `args.main_process_first()` work from here on.
     """
     args_class = AdaMoESeq2SeqTrainingArguments if task.kind == "seq2seq" else AdaMoETrainingArguments
-    return args_class(
-        output_dir=config.output_dir,
-        **{**TRAINING_DEFAULTS, **task.training_overrides(config.data), **config.training},
-    )
+    try:
+        return args_class(
+            output_dir=config.output_dir,
+            **{**TRAINING_DEFAULTS, **task.training_overrides(config.data), **config.training},
+        )
+    except ValueError as err:  # transformers' own checks (e.g. bf16 without support, conflicting strategies)
+        raise RunConfigError(f"The training settings are inconsistent: {err}") from err
 
 
 def build_trainer(
@@ -226,8 +235,9 @@ def finetune(config: FinetuneConfig) -> dict[str, Any]:
     task = get_task(config.task)
     seed = int(config.training.get("seed", 42))
     set_seed(seed)
-    # Model and data first: a wrong --model or data file fails before the output directory is touched (with
-    # --overwrite: emptied), so fixing the input and running again needs no --overwrite.
+    # Everything is checked and loaded before the output folder is touched (with --overwrite: emptied): a wrong
+    # folder, --model, data file or setting fails first, and fixing it and running again needs no --overwrite.
+    check_run_dir(config)
     model = load_model(task, config.model, config.moe)
     if config.moe is None and is_moe_model(model):
         raise RunConfigError(
@@ -236,19 +246,50 @@ def finetune(config: FinetuneConfig) -> dict[str, Any]:
     tokenizer = load_tokenizer(config.model)
     args = training_arguments(config, task)
     trainer = build_trainer(config, task, model, tokenizer, train=True, args=args)
-    out = _prepare_run_dir(config, args)
-    train_output = trainer.train(resume_from_checkpoint=True if config.resume else None)
-    trainer.save_model(str(out))
-    eval_output = trainer.evaluate() if trainer.eval_dataset is not None else {}
+    if trainer.eval_dataset is None:
+        logger.warning(
+            "No validation data (--validation-file): the run trains and saves the model but reports no metrics."
+        )
+    with _run_dir(config, args) as out:
+        resume_from = last_usable_checkpoint(str(out)) if config.resume else None
+        if config.resume and resume_from is None:
+            raise OutputDirError(
+                f"--resume: every checkpoint in {out} holds NaN or infinite numbers; start again with --overwrite "
+                "and a lower learning rate."
+            )
+        train_output = trainer.train(resume_from_checkpoint=resume_from)
+        trained_steps = train_output.global_step - trainer.resumed_global_step
+        if config.resume and trained_steps == 0:
+            logger.warning(
+                f"Nothing to train: the run in {out} had already finished ({train_output.global_step} steps). "
+                "Its model is evaluated again; to train longer, resume with a larger --epochs or --max-steps."
+            )
+        trainer.save_model(str(out))
+        eval_output = trainer.evaluate() if trainer.eval_dataset is not None else {}
+        results = _results(config, task, trainer, train_output, eval_output, seed, str(out))
+        if trainer.is_world_process_zero():
+            write_json_atomically(out / RESULTS_NAME, results)
+    return results
 
+
+def _results(
+    config: FinetuneConfig,
+    task: Task,
+    trainer: AdaMoETrainer,
+    train_output: Any,
+    eval_output: dict[str, float],
+    seed: int,
+    out: str,
+) -> dict[str, Any]:
     timing = trainer.timing.summary()
-    results = {
+    return {
         "task": task.name,
         "model": config.model,
         "gating": config.gating,
         "threshold": None if config.moe is None else config.moe.threshold,
         "num_experts": None if config.moe is None else config.moe.num_experts,
         "metrics": _task_metrics(task, eval_output),
+        "metrics_note": None if trainer.eval_dataset is not None else "no validation data was given",
         "main_metric": task.main_metric,
         "train_time_s": timing["train_time_s"],
         "time_to_target_s": timing["time_to_target_s"],
@@ -257,19 +298,16 @@ def finetune(config: FinetuneConfig) -> dict[str, Any]:
         "two_expert_fraction": timing["two_expert_fraction"],
         "two_expert_fraction_per_layer": timing["two_expert_fraction_per_layer"],
         "flops_vs_top2": timing["flops_vs_top2"],
-        "train_loss": train_output.training_loss,
+        "train_loss": trainer.run_training_loss(train_output),  # over the whole run, resumed parts included
         "global_steps": train_output.global_step,
         "train_samples": len(trainer.train_dataset) if trainer.train_dataset is not None else 0,
         "eval_samples": len(trainer.eval_dataset) if trainer.eval_dataset is not None else 0,
         "seed": seed,
         "curriculum": bool(config.training.get("curriculum", False)),
         "moe": None if config.moe is None else config.moe.to_dict(),
-        "checkpoint": str(out),
+        "checkpoint": out,
         **provenance(),
     }
-    if trainer.is_world_process_zero():
-        write_json_atomically(out / RESULTS_NAME, results)
-    return results
 
 
 def evaluate_checkpoint(

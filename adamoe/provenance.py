@@ -13,6 +13,8 @@ from typing import Any
 
 import torch
 
+from .output_dir import honour_umask
+
 PACKAGES = ("adamoe", "torch", "transformers", "datasets", "accelerate", "sacrebleu", "rouge-score")
 
 
@@ -76,6 +78,7 @@ def write_json_atomically(path: str | os.PathLike, payload: Any) -> None:
         with os.fdopen(fd, "w") as f:
             json.dump(payload, f, indent=2, sort_keys=False, default=str)
             f.write("\n")
+        honour_umask(tmp)  # mkstemp made it 0600
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)

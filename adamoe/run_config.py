@@ -9,6 +9,8 @@ Unknown keys at any level are errors, so a typo never silently falls back to a d
 from __future__ import annotations
 
 import dataclasses
+import math
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -24,8 +26,100 @@ class RunConfigError(ValueError):
     """A run config (YAML file or flags) names an unknown field or an impossible combination."""
 
 
-def _training_fields() -> set[str]:
-    return {f.name for f in dataclasses.fields(AdaMoESeq2SeqTrainingArguments)}
+def _training_fields() -> dict[str, dataclasses.Field]:
+    return {f.name: f for f in dataclasses.fields(AdaMoESeq2SeqTrainingArguments)}
+
+
+# The command-line flag behind a config key, so an error names what the user typed.
+FLAGS = {
+    "learning_rate": "--lr",
+    "num_train_epochs": "--epochs",
+    "max_steps": "--max-steps",
+    "per_device_train_batch_size": "--batch-size",
+    "per_device_eval_batch_size": "--batch-size",
+    "max_tokens": "--max-tokens",
+    "seed": "--seed",
+    "target_loss": "--target-loss",
+    "max_train_samples": "--max-train-samples",
+    "max_eval_samples": "--max-eval-samples",
+}
+# Lower bounds of the numeric fields a user sets most; `None` stays allowed where the field's default is None.
+AT_LEAST_ONE = {
+    "per_device_train_batch_size", "per_device_eval_batch_size", "gradient_accumulation_steps", "max_tokens",
+    "max_train_samples", "max_eval_samples", "max_seq_length", "n_best_size", "max_answer_length",
+    "max_source_length", "max_target_length", "num_beams", "block_size", "preprocessing_num_workers",
+    "save_total_limit", "generation_max_length", "generation_num_beams",
+}  # fmt: skip
+POSITIVE = {"learning_rate", "num_train_epochs", "logging_steps", "save_steps", "eval_steps"}
+NON_NEGATIVE = {"weight_decay", "warmup_steps", "warmup_ratio", "max_grad_norm", "doc_stride"}
+
+
+def is_secret_key(name: str) -> bool:
+    """`hub_token`, `token`, `hf_token`...: credentials, never written to a file (`max_tokens` is a count)."""
+    return name.lower() == "token" or name.lower().endswith("_token")
+
+
+def _numeric_kind(annotation: Any) -> type | None:
+    """int or float for a field annotated as such (possibly `| None`); None for anything else."""
+    text = annotation if isinstance(annotation, str) else getattr(annotation, "__name__", str(annotation))
+    words = set(re.findall(r"[a-z]+", text))
+    if words & {"str", "bool", "list", "dict"}:
+        return None
+    return float if "float" in words else int if "int" in words else None
+
+
+def _checked_number(section: str, name: str, value: Any, kind: type) -> int | float:
+    """`value` as a finite `kind`; a string such as "3e-5" (YAML 1.1 reads it as one) is parsed."""
+    flag = f" ({FLAGS[name]})" if name in FLAGS else ""
+    label = f"{section}.{name}"
+    number: Any = value
+    if isinstance(value, str):
+        try:
+            number = float(value.strip())
+        except ValueError:
+            number = None
+    if isinstance(number, bool) or not isinstance(number, int | float):
+        raise RunConfigError(f"{label}{flag} must be a number, got {value!r}.")
+    if not math.isfinite(number):
+        raise RunConfigError(f"{label}{flag} must be a finite number, got {value!r}.")
+    if kind is int:
+        if float(number) != int(number):
+            raise RunConfigError(f"{label}{flag} must be a whole number, got {value!r}.")
+        number = int(number)
+    else:
+        number = float(number)
+    if name in AT_LEAST_ONE and number < 1:
+        raise RunConfigError(f"{label}{flag} must be at least 1, got {value!r}.")
+    if name in POSITIVE and number <= 0:
+        raise RunConfigError(f"{label}{flag} must be greater than 0, got {value!r}.")
+    if name in NON_NEGATIVE and number < 0:
+        raise RunConfigError(f"{label}{flag} must not be negative, got {value!r}.")
+    if name == "max_steps" and number != -1 and number < 1:
+        raise RunConfigError(
+            f"{label}{flag} must be a positive number of optimizer steps (or -1: train for the epochs), "
+            f"got {value!r}: a run of {value!r} steps would train nothing."
+        )
+    return number
+
+
+def _checked_section(section: str, values: Any, fields: dict[str, dataclasses.Field]) -> dict[str, Any]:
+    """The numeric values of a section as numbers of the right kind, checked against their bounds."""
+    checked = dict(values)
+    for name, value in values.items():
+        kind = _numeric_kind(fields[name].type) if name in fields else None
+        if kind is not None and value is not None:
+            checked[name] = _checked_number(section, name, value, kind)
+    return checked
+
+
+def _mapping(section: str, value: Any, *, allow_none: bool = True) -> dict[str, Any] | None:
+    if value is None and allow_none:
+        return None
+    if not isinstance(value, dict):
+        raise RunConfigError(
+            f"The {section!r} section must be a mapping of field: value, got {type(value).__name__} {value!r}."
+        )
+    return value
 
 
 @dataclass
@@ -54,7 +148,8 @@ class FinetuneConfig:
 
     def __post_init__(self) -> None:
         task = get_task(self.task)  # unknown task: KeyError naming the registered ones
-        unknown = sorted(set(self.training) - _training_fields())
+        fields = _training_fields()
+        unknown = sorted(set(self.training) - set(fields))
         if unknown:
             raise RunConfigError(
                 f"Unknown training field(s) {unknown}: the 'training' section takes TrainingArguments fields "
@@ -64,6 +159,8 @@ class FinetuneConfig:
             raise RunConfigError("Give output_dir at the top level of the run config, not under 'training'.")
         if self.overwrite and self.resume:
             raise RunConfigError("--resume continues the run in the output directory; --overwrite replaces it.")
+        self.training = _checked_section("training", self.training, fields)
+        self.data = DataArgs(**_checked_section("data", dataclasses.asdict(self.data), _data_fields()))
         self.model = self.model or task.default_model
         self.output_dir = self.output_dir or f"outputs/{self.task}-{self.gating}"
 
@@ -77,7 +174,8 @@ class FinetuneConfig:
             "model": self.model,
             "moe": None if self.moe is None else self.moe.to_dict(),
             "data": dataclasses.asdict(self.data),
-            "training": dict(self.training),
+            # Credentials stay in memory (the Trainer needs them to push), never in run_config.json.
+            "training": {k: v for k, v in self.training.items() if not is_secret_key(k)},
             "output_dir": self.output_dir,
         }
 
@@ -90,29 +188,83 @@ class FinetuneConfig:
         if unknown:
             raise RunConfigError(f"Unknown run-config key(s) {unknown}; the top level takes {sorted(known)}.")
         moe = values.get("moe", {})
-        if isinstance(moe, dict):
-            moe = MoEConfig.from_dict(moe)
-        data = values.get("data", {})
-        if isinstance(data, dict):
-            data_fields = {f.name for f in dataclasses.fields(DataArgs)}
-            bad = sorted(set(data) - data_fields)
+        if not isinstance(moe, MoEConfig):
+            moe = _mapping("moe", moe)
+            moe = None if moe is None else MoEConfig.from_dict(moe)
+        data = values.get("data") or {}
+        if not isinstance(data, DataArgs):
+            data = _mapping("data", data, allow_none=False)
+            data_fields = _data_fields()
+            bad = sorted(set(data) - set(data_fields))
             if bad:
                 raise RunConfigError(f"Unknown data field(s) {bad}; 'data' takes {sorted(data_fields)}.")
-            data = DataArgs(**data)
-        return cls(**{**values, "moe": moe, "data": data, "training": dict(values.get("training") or {})})
+            data = DataArgs(**_checked_section("data", data, data_fields))
+        training = _mapping("training", values.get("training") or {}, allow_none=False)
+        for key in ("task", "model", "output_dir"):
+            if values.get(key) is not None and not isinstance(values[key], str):
+                raise RunConfigError(f"{key} must be a string, got {type(values[key]).__name__} {values[key]!r}.")
+        return cls(**{**values, "moe": moe, "data": data, "training": dict(training)})
 
     @classmethod
     def from_yaml(cls, path: str | Path, **overrides: Any) -> FinetuneConfig:
         """Read a run-config YAML file (a path, or a packaged config's name such as "sst2")."""
         path = resolve_config_path(path)
-        with open(path) as f:
-            values = yaml.safe_load(f) or {}
-        if not isinstance(values, dict):
-            raise RunConfigError(f"{path} must hold a mapping of run-config sections, got {type(values).__name__}.")
+        values = read_yaml_mapping(path)
         try:
             return cls.from_dict(values, **overrides)
-        except (RunConfigError, ValueError, KeyError) as err:  # KeyError: an unknown task, naming the known ones
+        except (RunConfigError, ValueError, KeyError, TypeError) as err:  # KeyError: an unknown task
             raise RunConfigError(f"{path}: {err.args[0] if isinstance(err, KeyError) else err}") from err
+
+
+def _data_fields() -> dict[str, dataclasses.Field]:
+    return {f.name: f for f in dataclasses.fields(DataArgs)}
+
+
+MAX_CONFIG_BYTES = 1 << 20
+MAX_CONFIG_NODES = 100_000  # after expanding YAML aliases: a run config has a few dozen
+
+
+def read_yaml_mapping(path: Path) -> dict[str, Any]:
+    """The mapping in a run-config file, refusing what is not one: binary or malformed text, a list, or aliases
+    that expand to more than `MAX_CONFIG_NODES` values (the "billion laughs" of YAML anchors)."""
+    if path.stat().st_size > MAX_CONFIG_BYTES:
+        raise RunConfigError(f"{path} is {path.stat().st_size} bytes; a run config is a small YAML file.")
+    try:
+        text = path.read_bytes().decode("utf-8")
+    except UnicodeDecodeError as err:
+        raise RunConfigError(f"{path} is not a UTF-8 text file ({err.reason}); pass a YAML run config.") from None
+    if "\x00" in text:
+        raise RunConfigError(f"{path} holds binary data, not YAML; pass a YAML run config (see configs/).")
+    try:
+        node = yaml.compose(text, Loader=yaml.SafeLoader)
+        if node is not None and _expanded_size(node, {}) > MAX_CONFIG_NODES:
+            raise RunConfigError(
+                f"{path}: its aliases expand to more than {MAX_CONFIG_NODES} values; a run config needs no such "
+                "anchors. Write the values out."
+            )
+        values = yaml.safe_load(text)
+    except yaml.YAMLError as err:
+        raise RunConfigError(f"{path} is not valid YAML: {' '.join(str(err).split())}") from None
+    if values is None:
+        raise RunConfigError(f"{path} is empty; a run config names at least the task (see configs/sst2.yaml).")
+    if not isinstance(values, dict):
+        raise RunConfigError(f"{path} must hold a mapping of run-config sections, got {type(values).__name__}.")
+    return values
+
+
+def _expanded_size(node: yaml.Node, sizes: dict[int, int]) -> int:
+    """How many values `node` stands for once every alias is copied out (memoised: aliases share nodes)."""
+    if id(node) in sizes:
+        return sizes[id(node)]
+    sizes[id(node)] = 1  # a recursive alias counts once instead of looping
+    if isinstance(node, yaml.SequenceNode):
+        size = 1 + sum(_expanded_size(child, sizes) for child in node.value)
+    elif isinstance(node, yaml.MappingNode):
+        size = 1 + sum(_expanded_size(k, sizes) + _expanded_size(v, sizes) for k, v in node.value)
+    else:
+        size = 1
+    sizes[id(node)] = size
+    return size
 
 
 PACKAGED_CONFIGS = Path(__file__).parent / "configs"

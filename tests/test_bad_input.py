@@ -49,7 +49,7 @@ def files(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
         "dense": dense,
         "moe4": moe,
         "truncated": truncated,
-        "distilbert": write_model_folder(root / "distilbert", architecture="distilbert"),
+        "albert": write_model_folder(root / "albert", architecture="albert"),
         "train": write_sst2(root / "train.tsv", 8),
         "dev": write_sst2(root / "dev.tsv", 4, seed=1),
         **{Path(name).stem: root / name for name in ("empty.tsv", "unknown_task.yaml", *lines)},
@@ -62,6 +62,7 @@ def _run_holding(files: dict[str, Path], name: str, *, checkpoint: Path | None =
     shutil.rmtree(out, ignore_errors=True)
     out.mkdir()
     if checkpoint is None:
+        (out / "run_config.json").write_text("{}")
         (out / "results.json").write_text("{}")
     else:
         shutil.copytree(checkpoint, out / "checkpoint-4")
@@ -91,8 +92,8 @@ CASES = [
     ),
     Case(
         "unsupported architecture",
-        lambda f: _base(f, model="distilbert"),
-        ("cannot convert model_type 'distilbert'", "supported are bart, bert", "register_ffn_spec"),
+        lambda f: _base(f, model="albert"),
+        ("cannot convert model_type 'albert'", "supported are bart, bert", "register_ffn_spec"),
     ),
     Case("empty data file", lambda f: _base(f, train="empty"), ("empty.tsv is empty",)),
     Case(
@@ -124,7 +125,7 @@ CASES = [
     Case(
         "output directory holds another run",
         lambda f: _base(f, out=_run_holding(f, "other-run").name),
-        ("already holds a run", "Pass --resume to continue it, --overwrite to replace it"),
+        ("already holds an adamoe run", "Pass --resume to continue it, --overwrite to replace it"),
     ),
     Case(
         "truncated checkpoint as the model",

@@ -69,12 +69,13 @@ def test_an_output_dir_holding_another_run_is_refused(tmp_path):
     out = tmp_path / "run"
     out.mkdir()
     (out / "results.json").write_text("{}")
+    (out / "run_config.json").write_text("{}")
     config = FinetuneConfig(task="sst2", output_dir=str(out))
     with pytest.raises(OutputDirError, match="--overwrite"):
         _prepare_output_dir(config)
     assert (out / "results.json").exists()  # nothing lost
     _prepare_output_dir(FinetuneConfig(task="sst2", output_dir=str(out), overwrite=True))
-    assert not (out / "results.json").exists()
+    assert not (out / "results.json").exists() and not (out / "run_config.json").exists()
 
 
 def test_resume_needs_a_checkpoint_and_the_same_settings(tmp_path):

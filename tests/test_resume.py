@@ -113,6 +113,8 @@ def test_resume_after_sigkill_matches_an_uninterrupted_run(tmp_path: Path) -> No
     full_results = json.loads((tmp_path / "full" / "results.json").read_text())
     resumed_results = json.loads((crashed / "results.json").read_text())
     assert full_results["global_steps"] == resumed_results["global_steps"] == total
+    # The resumed run's train_loss covers all its steps, not only the four it trained after the crash.
+    assert resumed_results["train_loss"] == pytest.approx(full_results["train_loss"], rel=1e-4)
     full_step, full_loss = _final_train_loss(tmp_path / "full")
     resumed_step, resumed_loss = _final_train_loss(crashed)
     assert full_step == resumed_step == total

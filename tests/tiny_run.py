@@ -1,6 +1,6 @@
 """A tiny offline model folder and SST-2 files, for tests that run `finetune()` or the CLI end to end.
 
-The model folder is what `--model PATH` expects: a 2-layer BERT (or, to test refusals, DistilBERT) built from a
+The model folder is what `--model PATH` expects: a 2-layer BERT (or, to test refusals, ALBERT) built from a
 config and saved with a WordPiece tokenizer whose vocabulary is written here; the data are GLUE-format TSVs whose
 label is learnable (positive sentences hold a positive word), so losses fall within a few steps.
 """
@@ -12,11 +12,11 @@ from pathlib import Path
 
 import torch
 from transformers import (
+    AlbertConfig,
+    AlbertForSequenceClassification,
     BertConfig,
     BertForSequenceClassification,
     BertTokenizer,
-    DistilBertConfig,
-    DistilBertForSequenceClassification,
 )
 
 SPECIALS = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
@@ -43,9 +43,17 @@ def write_model_folder(folder: Path, *, architecture: str = "bert", seed: int = 
             num_labels=2,
         )
         model = BertForSequenceClassification(config)
-    elif architecture == "distilbert":  # not in adamoe's FFN table
-        config = DistilBertConfig(vocab_size=len(vocab), dim=32, n_layers=1, n_heads=2, hidden_dim=64, num_labels=2)
-        model = DistilBertForSequenceClassification(config)
+    elif architecture == "albert":  # not in adamoe's FFN table (its layers share one FFN)
+        config = AlbertConfig(
+            vocab_size=len(vocab),
+            embedding_size=16,
+            hidden_size=32,
+            num_hidden_layers=1,
+            num_attention_heads=2,
+            intermediate_size=64,
+            num_labels=2,
+        )
+        model = AlbertForSequenceClassification(config)
     else:
         raise ValueError(architecture)
     model.save_pretrained(folder)

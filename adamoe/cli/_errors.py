@@ -10,12 +10,14 @@ from typing import Any
 import typer
 
 from ..config import MoEConfigError
-from ..finetune import OutputDirError
 from ..modeling import CheckpointError
+from ..output_dir import OutputDirError
 from ..patching import UnsupportedArchitectureError
 from ..router import RouterNumericsError
 from ..run_config import RunConfigError
 from ..tasks import DataFormatError, HubUnreachableError
+from ..trainer.checkpointing import STAGING_DIR
+from ..trainer.trainer import NonFiniteWeightsError
 
 # Errors whose message already says what was wrong and what to do.
 USER_ERRORS = (
@@ -24,6 +26,7 @@ USER_ERRORS = (
     FileNotFoundError,
     HubUnreachableError,
     MoEConfigError,
+    NonFiniteWeightsError,
     OutputDirError,
     RouterNumericsError,
     RunConfigError,
@@ -38,19 +41,37 @@ def friendly_errors(command: Callable[..., Any]) -> Callable[..., Any]:
             return command(*args, **kwargs)
         except USER_ERRORS as err:
             _exit_with(str(err), err)
-        except OSError as err:
-            if err.errno != errno.ENOSPC:
+        except Exception as err:  # torch and safetensors report a full disk as RuntimeError / SafetensorError
+            full = _disk_full(err)
+            if full is None:
                 raise
             # A full disk is the user's to fix, and the run is not lost: checkpoints are written aside and moved
             # into place (adamoe/trainer/checkpointing.py), so the last complete one is still there.
-            where = f" while writing {err.filename}" if err.filename else ""
+            filename = getattr(full, "filename", None)
+            where = f" while writing {filename}" if filename else ""
             _exit_with(
                 f"No space left on device{where}. The last complete checkpoint in the output directory is intact: "
-                "free some space, then continue the run with --resume.",
+                f"free some space, then continue the run with --resume. A leftover staging folder "
+                f"(OUTPUT_DIR/{STAGING_DIR}) only holds the unfinished save and can be deleted; --resume removes "
+                "it itself.",
                 err,
             )
 
     return wrapper
+
+
+def _disk_full(err: BaseException) -> BaseException | None:
+    """The error in `err`'s chain that says the disk is full (ENOSPC), if any."""
+    seen: set[int] = set()
+    current: BaseException | None = err
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        if isinstance(current, OSError) and current.errno == errno.ENOSPC:
+            return current
+        if "No space left on device" in str(current) or "ENOSPC" in str(current):
+            return current
+        current = current.__cause__ or current.__context__
+    return None
 
 
 def _exit_with(message: str, cause: BaseException) -> None:

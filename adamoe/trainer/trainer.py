@@ -34,6 +34,7 @@ mixin, so that what differs from the stock trainer can be read in one place; the
 from __future__ import annotations
 
 import inspect
+import json
 import logging
 import os
 import shutil
@@ -68,6 +69,11 @@ logger = logging.getLogger(__name__)
 
 CURRICULUM_STATE_NAME = "adamoe_curriculum.pt"
 TIMING_STATE_NAME = "adamoe_timing.pt"
+LOSS_STATE_NAME = "adamoe_train_loss.json"
+
+
+class NonFiniteWeightsError(RuntimeError):
+    """The weights or optimizer state became NaN or infinite: training diverged, and no checkpoint is saved."""
 
 
 class AdaMoETrainerMixin:
@@ -108,6 +114,11 @@ class AdaMoETrainerMixin:
         self._push_deferred = False  # a Hub push of the checkpoint being staged, made once it is published
         self._interval_routing = RoutingMeter()
         self._reset_interval(step=0)
+        # The training loss summed over optimizer steps (as the stock loop sums it), this `train()` call's and the
+        # resumed checkpoint's, so that `run_training_loss` covers the whole run.
+        self._run_loss_sum = torch.zeros((), device=self.args.device)
+        self._loss_sum_before = 0.0
+        self.resumed_global_step = 0
         if getattr(self.args, "curriculum", False):
             if not self._is_moe:
                 logger.warning("curriculum=True is ignored: the model has no MoE blocks, so no routing to order by.")
@@ -293,6 +304,27 @@ class AdaMoETrainerMixin:
         self.timing.record_batch(count_tokens(inputs, is_encoder_decoder=is_encoder_decoder), stats)
         return loss
 
+    def training_step(self, model: nn.Module, inputs: dict[str, Any], num_items_in_batch: Any = None) -> torch.Tensor:
+        loss = super().training_step(model, inputs, num_items_in_batch)
+        self._run_loss_sum += loss.detach().float().to(self._run_loss_sum.device)
+        return loss
+
+    def _loss_sum_so_far(self) -> float:
+        """The summed training loss of every step up to now, this rank's or, under data parallelism, the mean over
+        ranks (a collective: call on every rank)."""
+        local = self._run_loss_sum
+        if self.accelerator.num_processes > 1:
+            local = self._reduce_sum(local) / self.accelerator.num_processes
+        return self._loss_sum_before + float(local)
+
+    def run_training_loss(self, train_output: TrainOutput) -> float:
+        """The mean training loss per optimizer step over the whole run: the stock `training_loss` covers only
+        the steps of the last `train()` call, so a resumed run would report its tail only."""
+        total = self._loss_sum_so_far()
+        if self.resumed_global_step == 0:
+            return train_output.training_loss
+        return total / max(train_output.global_step, 1)
+
     # ---- logging ----
 
     def _reset_interval(self, step: int) -> None:
@@ -356,6 +388,8 @@ class AdaMoETrainerMixin:
         if checkpoint is True:
             checkpoint = get_last_checkpoint(self.args.output_dir)  # None: the stock train raises below
         self._resume_checkpoint = checkpoint if isinstance(checkpoint, str) else None
+        self._run_loss_sum.zero_()
+        self._loss_sum_before, self.resumed_global_step = 0.0, 0
         if self._resume_checkpoint is not None:
             # A damaged file would otherwise surface as a raw safetensors or zip error deep in the stock loader.
             check_checkpoint_files(self._resume_checkpoint)
@@ -365,6 +399,13 @@ class AdaMoETrainerMixin:
                 self.timing.load_state_dict(
                     torch.load(timing_path, weights_only=True), with_counts=self.args.process_index == 0
                 )
+            self.resumed_global_step = TrainerState.load_from_json(
+                os.path.join(self._resume_checkpoint, "trainer_state.json")
+            ).global_step
+            loss_path = os.path.join(self._resume_checkpoint, LOSS_STATE_NAME)
+            if os.path.isfile(loss_path):
+                with open(loss_path) as f:
+                    self._loss_sum_before = float(json.load(f)["loss_sum"])
         try:
             return super().train(
                 resume_from_checkpoint=resume_from_checkpoint, trial=trial, ignore_keys_for_eval=ignore_keys_for_eval
@@ -387,6 +428,7 @@ class AdaMoETrainerMixin:
 
     def _save_checkpoint(self, model: nn.Module, trial: Any) -> None:
         """The stock checkpoint plus adamoe's state, written aside and renamed into place (see checkpointing.py)."""
+        self._check_finite()
         self._staging_run_dir = None
         run_dir = self._get_output_dir(trial)
         name = f"{PREFIX_CHECKPOINT_DIR}-{self.state.global_step}"
@@ -425,18 +467,44 @@ class AdaMoETrainerMixin:
             self._push_deferred = False
             self._push_from_checkpoint(final)
 
+    def _check_finite(self) -> None:
+        """Raise `NonFiniteWeightsError` before saving weights or optimizer state that hold NaN or inf: such a
+        checkpoint would become the latest one, and `--resume` would pick it up and fail again."""
+        tensors = [p.detach() for p in self.model.parameters()]
+        if self.optimizer is not None:
+            for state in self.optimizer.state.values():
+                tensors += [v for v in state.values() if torch.is_tensor(v) and v.is_floating_point()]
+        bad = torch.zeros((), device=self.args.device)
+        for tensor in tensors:
+            if not torch.isfinite(tensor).all():
+                bad += 1
+                break
+        if self.accelerator.num_processes > 1:
+            bad = self._reduce_sum(bad)  # every rank raises, or none: the others would wait in a barrier
+        if float(bad) > 0:
+            step = self.state.global_step
+            raise NonFiniteWeightsError(
+                f"Training diverged: after optimizer step {step} the weights or optimizer state hold NaN or inf "
+                f"values, so checkpoint-{step} was not saved (the last finite checkpoint stays the latest one). "
+                "Lower the learning rate (--lr) or raise warm-up, then start again with --overwrite or continue "
+                "from the last good checkpoint with --resume."
+            )
+
     def _save_adamoe_state(self, folder: str) -> None:
         """Write the curriculum and timing state into a checkpoint folder (collectives: call on every rank)."""
         sampler = self.curriculum_sampler
         if sampler is not None:
             sampler.sync()
         timing_state = self.timing.state_dict(reduce_sum=self.timing.reduce_sum)
+        loss_sum = self._loss_sum_so_far()
         if not self.args.should_save:
             return
         os.makedirs(folder, exist_ok=True)
         if sampler is not None:
             torch.save(sampler.state_dict(), os.path.join(folder, CURRICULUM_STATE_NAME))
         torch.save(timing_state, os.path.join(folder, TIMING_STATE_NAME))
+        with open(os.path.join(folder, LOSS_STATE_NAME), "w") as f:
+            json.dump({"loss_sum": loss_sum, "global_step": self.state.global_step}, f)
 
     def save_model(self, output_dir: str | None = None, _internal_call: bool = False) -> None:
         """The stock `save_model`, written into a staging folder and then moved file by file into `output_dir`,

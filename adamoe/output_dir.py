@@ -1,0 +1,218 @@
+"""The output folder of a run: what may be replaced, who may write it, and how its files are made.
+
+A user's folder is never emptied by mistake. `check_output_dir` only looks (it runs before anything is written)
+and refuses, with a message that says what the folder holds:
+
+- `.`, the home folder, the filesystem root and any parent of the current folder, whatever they hold;
+- a non-empty folder that is not an adamoe run (no `run_config.json`), with or without `--overwrite`;
+- a run folder holding anything a run does not write (the user's notes, data), even with `--overwrite`;
+- a run folder without `--overwrite` or `--resume`.
+
+`clear_run_files` then removes only the entries a run writes (`RUN_FILE_PATTERNS`), and `RunLock` keeps a second
+run out of the folder for as long as the first one holds it: an advisory `flock` (the `filelock` package),
+released by the kernel when its holder dies, so the lock of a killed run is stale by construction and the next
+run simply takes it.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import os
+import shutil
+import stat
+from pathlib import Path
+
+RUN_CONFIG_NAME = "run_config.json"
+RESULTS_NAME = "results.json"
+LOCK_NAME = ".adamoe.lock"
+LOCK_OWNER_NAME = ".adamoe.lock.owner"  # the holder's pid: the lock file itself is truncated by each contender
+LOCK_FILES = (LOCK_NAME, LOCK_OWNER_NAME)
+
+# Every top-level entry a run (or `adamoe convert`) writes: the model and tokenizer files `save_pretrained`
+# writes, the Trainer's checkpoints and arguments, adamoe's own files, and the folders of reports and logs.
+RUN_FILE_PATTERNS = (
+    RUN_CONFIG_NAME,
+    RESULTS_NAME,
+    LOCK_NAME,
+    LOCK_OWNER_NAME,
+    ".adamoe-partial",
+    ".checkpoint-*.old",
+    "checkpoint-*",
+    "config.json",
+    "generation_config.json",
+    "model.safetensors",
+    "model-*-of-*.safetensors",
+    "model.safetensors.index.json",
+    "pytorch_model*.bin",
+    "training_args.bin",
+    "tokenizer*",
+    "special_tokens_map.json",
+    "added_tokens.json",
+    "chat_template.*",
+    "vocab*",
+    "merges.txt",
+    "*.model",
+    "*.spm",
+    "README.md",
+    "*_predictions.*",
+    "*_results.json",
+    "trainer_log.jsonl",
+    "routing_log.jsonl",
+    "analysis",
+    "eval",
+    "runs",
+)
+
+
+class OutputDirError(RuntimeError):
+    """The output folder may not be written or replaced as asked; the message says what it holds."""
+
+
+def is_run_file(name: str) -> bool:
+    return any(fnmatch.fnmatchcase(name, pattern) for pattern in RUN_FILE_PATTERNS)
+
+
+def _describe(entries: list[str], limit: int = 8) -> str:
+    shown = ", ".join(entries[:limit])
+    return shown + (f" and {len(entries) - limit} more" if len(entries) > limit else "")
+
+
+def _entries(folder: Path) -> list[str]:
+    """What `folder` holds, folders marked with a slash; the lock files of a run (maybe this one's) left out."""
+    return sorted(p.name + ("/" if p.is_dir() else "") for p in folder.iterdir() if p.name not in LOCK_FILES)
+
+
+def refuse_special_folder(folder: str | os.PathLike, flag: str = "--output-dir") -> Path:
+    """`folder` resolved; `OutputDirError` for `.`, home, `/` and the parents of the current folder."""
+    path = Path(folder).expanduser().resolve()
+    cwd = Path.cwd().resolve()
+    if path == cwd or path in cwd.parents:
+        raise OutputDirError(
+            f"{flag} {folder} is the current folder or one of its parents; adamoe writes a run into a folder of its "
+            f"own. Pass a new folder, e.g. {flag} runs/my-run."
+        )
+    if path == Path.home().resolve() or path == Path(path.anchor):
+        raise OutputDirError(
+            f"{flag} {folder} is the home folder or the filesystem root; adamoe writes a run into a folder of its "
+            f"own. Pass a new folder, e.g. {flag} runs/my-run."
+        )
+    return path
+
+
+def check_output_dir(folder: str | os.PathLike, *, overwrite: bool, resume: bool, what: str = "run") -> Path:
+    """Refuse a folder this run may not write (see the module docstring); looks, never writes.
+
+    `what` names the thing being written ("run", or "model" for `adamoe convert`, whose folders hold no run
+    config: a converted model folder, made only of files `save_pretrained` writes, may be replaced too).
+    """
+    path = refuse_special_folder(folder)
+    if path.exists() and not path.is_dir():
+        raise OutputDirError(f"--output-dir {folder} is a file, not a folder. Pass a folder for the {what}.")
+    if not path.is_dir() or (not _entries(path) and not resume):
+        return path
+    if resume:  # resuming deletes nothing; the caller checks that there is a checkpoint to continue from
+        return path
+    entries = _entries(path)
+    is_run = (path / RUN_CONFIG_NAME).is_file()
+    is_model = what == "model" and (path / "config.json").is_file()
+    if not is_run and not is_model:
+        raise OutputDirError(
+            f"{folder} is not empty and holds no adamoe run (no {RUN_CONFIG_NAME}): it holds {_describe(entries)}. "
+            "adamoe never writes into or empties such a folder, with or without --overwrite; choose a new or empty "
+            "--output-dir."
+        )
+    foreign = [name for name in entries if not is_run_file(name.rstrip("/"))]
+    kind = "an adamoe run" if is_run else "a model"
+    if foreign:
+        raise OutputDirError(
+            f"{folder} holds {kind}, but also files a run does not write: {_describe(foreign)}. adamoe replaces "
+            "only folders that hold nothing else; move those files out, or choose another --output-dir."
+        )
+    if not overwrite:
+        held = f"holds {kind} ({_describe(entries)})"
+        continue_it = "Pass --resume to continue it, " if is_run else "Pass "
+        raise OutputDirError(
+            f"{folder} already {held}. {continue_it}--overwrite to replace it, or choose another --output-dir."
+        )
+    return path
+
+
+def clear_run_files(folder: str | os.PathLike) -> None:
+    """Remove the entries of `folder` a run writes (after `check_output_dir` said it holds nothing else);
+    the lock files stay, since the caller holds the lock."""
+    for entry in Path(folder).iterdir():
+        if entry.name in LOCK_FILES or not is_run_file(entry.name):
+            continue
+        if entry.is_dir() and not entry.is_symlink():
+            shutil.rmtree(entry)
+        else:
+            entry.unlink()
+
+
+class RunLock:
+    """An advisory lock on a run folder, held by the process that writes it for the whole run.
+
+    Example:
+        ```python
+        >>> with RunLock("runs/sst2"):
+        ...     trainer.train()
+        ```
+    """
+
+    def __init__(self, folder: str | os.PathLike) -> None:
+        from filelock import FileLock  # only the commands that write a run need it
+
+        self.folder = Path(folder)
+        self._lock = FileLock(str(self.folder / LOCK_NAME), timeout=0)
+
+    def __enter__(self) -> RunLock:
+        from filelock import Timeout
+
+        self.folder.mkdir(parents=True, exist_ok=True)
+        owner = self.folder / LOCK_OWNER_NAME
+        try:
+            self._lock.acquire()
+        except Timeout:
+            holder = owner.read_text().strip() if owner.is_file() else "unknown"
+            raise OutputDirError(
+                f"Another adamoe process (pid {holder}) is writing {self.folder}. Wait for it to finish, or choose "
+                "another --output-dir; two runs in one folder would mix their files."
+            ) from None
+        # A pid left by a killed run is simply replaced: its flock died with it.
+        owner.write_text(f"{os.getpid()}\n")
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        (self.folder / LOCK_OWNER_NAME).unlink(missing_ok=True)
+        self._lock.release()
+
+
+def current_umask() -> int:
+    """The process umask (read from /proc where it can be, so no other thread sees it changed)."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    except OSError:
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def honour_umask(path: str | os.PathLike) -> None:
+    """Give `path` (a file or a whole tree) the modes a plain `open`/`mkdir` would have given it.
+
+    Files written through `tempfile.mkstemp` or by safetensors are created 0600; once published they should be
+    as readable as every other file the user creates (0644 under umask 022).
+    """
+    mask = current_umask()
+    path = Path(path)
+    paths = [path, *path.rglob("*")] if path.is_dir() else [path]
+    for p in paths:
+        if p.is_symlink():
+            continue
+        mode = 0o777 if p.is_dir() else 0o666
+        if not p.is_dir() and os.stat(p).st_mode & stat.S_IXUSR:
+            mode = 0o777
+        os.chmod(p, mode & ~mask)
