@@ -139,3 +139,75 @@ def test_decoder_padding_comes_from_the_labels_when_the_collator_built_decoder_i
     model(**inputs, labels=labels, decoder_input_ids=decoder_input_ids)
     decoder_layers = [s for s in adamoe.routing_stats(model).layers if s.stack == "decoder"]
     assert [s.num_tokens for s in decoder_layers] == [6, 6]
+
+
+def by_sample(routing, values, seq_first):
+    """`(num_tokens, k)` -> `(batch, seq_len, k)`."""
+    batch, seq_len = routing.batch_shape
+    return values.view(seq_len, batch, -1).transpose(0, 1) if seq_first else values.view(batch, seq_len, -1)
+
+
+@pytest.mark.parametrize("name,top_k", [("bert", 4), ("t5", 8), ("fsmt", 3)])
+def test_k_max_statistics_match_a_recount_from_the_decisions(name, top_k):
+    arch, model = patched(name, num_experts=8, top_k=top_k, threshold=0.5, router_init_std=0.3)
+    inputs = arch.inputs(batch=3, seq_len=7, padded=True)
+    model(**inputs)
+    stats = adamoe.routing_stats(model)
+    mask = inputs["attention_mask"].bool()
+    tokens = pairs = multi = 0
+    for i, (layer, (_, block)) in enumerate(zip(stats.layers, adamoe.moe_blocks(model), strict=True)):
+        r = block.last_routing
+        batch, seq_len = r.batch_shape
+        index, active = (by_sample(r, t, block.seq_first) for t in (r.expert_index, r.active))  # (batch, seq, k)
+        layer_mask = mask if block.stack == "encoder" else torch.ones(batch, seq_len, dtype=torch.bool)
+        histogram, load, per_sample = [0] * top_k, [0] * 8, []
+        for b in range(batch):
+            real = [t for t in range(seq_len) if layer_mask[b, t]]
+            used = [int(active[b, t].sum()) for t in real]
+            for t, k in zip(real, used, strict=True):
+                histogram[k - 1] += 1
+                for slot in range(k):
+                    load[int(index[b, t, slot])] += 1
+            per_sample.append(sum((k - 1) / (top_k - 1) for k in used) / len(real))
+        n = int(layer_mask.sum())
+        assert layer.top_k == top_k and layer.num_tokens == n
+        assert layer.k_histogram == histogram and layer.expert_counts == load
+        assert layer.two_expert_fraction == pytest.approx(1 - histogram[0] / n)
+        assert layer.experts_per_token == pytest.approx(sum(load) / n)
+        assert layer.flops_vs_top_k == pytest.approx(sum(load) / (top_k * n))
+        assert layer.flops_vs_top2 == pytest.approx(sum(load) / (2 * n))
+        torch.testing.assert_close(stats.per_sample[:, i], torch.tensor(per_sample))
+        tokens, pairs, multi = tokens + n, pairs + sum(load), multi + n - histogram[0]
+    assert stats.experts_per_token == pytest.approx(pairs / tokens)
+    assert stats.flops_vs_top_k == pytest.approx(pairs / (top_k * tokens))
+    assert stats.two_expert_fraction == pytest.approx(multi / tokens)
+    assert 1 < stats.experts_per_token < top_k  # the case exercises several k
+
+
+def test_with_k_max_two_the_new_figures_agree_with_the_two_expert_ones():
+    arch, model = patched("bert")
+    model(**arch.inputs(batch=3, seq_len=7, padded=True))
+    stats = adamoe.routing_stats(model)
+    for layer in stats.layers:
+        assert layer.k_histogram == [
+            layer.num_tokens - sum(layer.second_choice_counts),
+            sum(layer.second_choice_counts),
+        ]
+        assert layer.flops_vs_top_k == pytest.approx(layer.flops_vs_top2)
+        assert layer.experts_per_token == pytest.approx(1 + layer.two_expert_fraction)
+    assert stats.flops_vs_top_k == pytest.approx(stats.flops_vs_top2)
+    torch.testing.assert_close(adamoe.per_sample_two_expert_fractions(model), stats.per_sample)
+
+
+@pytest.mark.parametrize("top_k", [4, 8])
+def test_a_k_max_block_equals_the_float64_reference(top_k):
+    # The dispatch's gradients are checked against the reference in tests/test_dispatch.py; here the block's
+    # routing, sorting and combine put together.
+    arch, model = patched("bert", num_experts=8, top_k=top_k, threshold=0.6, router_init_std=0.3)
+    block = adamoe.moe_blocks(model)[0][1]
+    x = torch.randn(2, 9, arch.config.hidden_size)
+    out = block(x).reshape(-1, x.shape[-1])  # (num_tokens, hidden)
+    r = block.last_routing
+    assert 1 < float(r.num_selected.float().mean()) < top_k
+    ref = block.experts.reference_forward(x.reshape(-1, x.shape[-1]), r.expert_index, r.combine_weights, r.active)
+    torch.testing.assert_close(out.double(), ref, rtol=1e-5, atol=1e-5)
