@@ -142,3 +142,29 @@ def test_push_to_hub_uploads_a_checkpoint_that_loads_back_patched(tmp_path, monk
     loaded = adamoe.from_pretrained(str(uploaded))
     inputs = arch.inputs()
     torch.testing.assert_close(loaded(**inputs).logits, model(**inputs).logits, rtol=0, atol=0)
+
+
+def test_a_checkpoint_saved_before_top_k_loads_as_before(tmp_path):
+    arch = arch_by_name("bert")
+    model = saved_moe_model(arch, tmp_path)
+    path = tmp_path / "config.json"
+    config = json.loads(path.read_text())
+    del config["adamoe"]["top_k"]  # what adamoe wrote before k_max existed
+    path.write_text(json.dumps(config))
+    inputs = arch.inputs()
+    loaded = adamoe.from_pretrained(str(tmp_path))
+    assert adamoe.moe_config_of(loaded).top_k == 2
+    torch.testing.assert_close(loaded(**inputs).logits, model(**inputs).logits, rtol=0, atol=0)
+    assert all(block.last_routing.top_k == 2 for _, block in adamoe.moe_blocks(loaded))
+
+
+def test_a_top_k_checkpoint_round_trips(tmp_path):
+    arch = arch_by_name("t5")
+    cfg = MoEConfig(num_experts=4, top_k=4, threshold=0.4, expert_init="random", router_init_std=0.5)
+    model = adamoe.moeify(arch.build(), cfg)
+    model.save_pretrained(tmp_path)
+    assert json.loads((tmp_path / "config.json").read_text())["adamoe"]["top_k"] == 4
+    inputs = arch.inputs()
+    loaded = adamoe.from_pretrained(str(tmp_path))
+    assert adamoe.moe_config_of(loaded) == cfg
+    torch.testing.assert_close(loaded(**inputs).logits, model(**inputs).logits, rtol=0, atol=0)
