@@ -1,5 +1,7 @@
 """moeify over the architecture table: equivalence with the dense model, structure, and refusals."""
 
+import copy
+
 import pytest
 import torch
 from tiny_models import GENERATORS, arch_by_name
@@ -60,6 +62,16 @@ def test_gated_ffns_with_biases_and_fused_weights_split_into_the_right_halves(na
     torch.testing.assert_close(model(**inputs).logits, want, rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.parametrize("name", ["llama", "phi3", "mt5"])
+def test_upcycled_gated_models_equal_the_dense_model_with_up_to_four_experts(name):
+    arch = arch_by_name(name)
+    inputs = arch.inputs()
+    want = arch.build()(**inputs).logits
+    model = adamoe.moeify(arch.build(), MoEConfig(num_experts=8, top_k=4, threshold=0.9, router_init_std=0.02))
+    torch.testing.assert_close(model(**inputs).logits, want, rtol=1e-5, atol=1e-5)
+    assert adamoe.routing_stats(model).two_expert_fraction > 0  # some tokens really did mix several copies
+
+
 def test_blocks_know_their_stack_where_the_names_do_not_say():
     for name, stacks in (("modernbert", {"encoder"}), ("distilbert", {"encoder"}), ("llama", {"decoder"})):
         model = adamoe.moeify(arch_by_name(name).build(), MoEConfig(num_experts=2))
@@ -77,6 +89,15 @@ def test_upcycled_parameter_count_is_the_count_after_moeify(arch):
         assert count == sum(p.numel() for p in adamoe.moeify(model, config).parameters())
     with pytest.raises(ValueError, match="only once"):
         adamoe.upcycled_parameter_count(model, config)
+
+
+def test_upcycled_parameter_count_of_a_model_on_the_meta_device():
+    # How convert sizes a large model before loading its weights: nothing is allocated.
+    arch = arch_by_name("llama")
+    with torch.device("meta"):
+        meta = arch.model_class(copy.deepcopy(arch.config))  # the table's config is shared
+    config = MoEConfig(num_experts=8, every_n_layers=2)
+    assert adamoe.upcycled_parameter_count(meta, config) == adamoe.upcycled_parameter_count(arch.build(), config)
 
 
 def test_only_ffns_change(arch):
