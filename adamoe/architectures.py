@@ -211,9 +211,9 @@ _T5 = FFNSpec(
     splice=_splice_t5,
     is_ffn_layer=lambda module: hasattr(module, "DenseReluDense"),
 )
-# Decoder-only models keep their layers in `model.layers`.
-_DECODER_LAYERS = r"(^|\.)layers\.(?P<index>\d+)$"
-_GATED_MLP = FFNSpec(layer_pattern=_DECODER_LAYERS, read=_read_gated_mlp, splice=_splice_mlp)
+# Models with a single stack (the Llama family, ModernBERT) keep their layers in `model.layers`.
+_ONE_STACK_LAYERS = r"(^|\.)layers\.(?P<index>\d+)$"
+_GATED_MLP = FFNSpec(layer_pattern=_ONE_STACK_LAYERS, read=_read_gated_mlp, splice=_splice_mlp)
 
 FFN_SPECS: dict[str, FFNSpec] = {
     # encoders
@@ -228,7 +228,7 @@ FFN_SPECS: dict[str, FFNSpec] = {
         splice=_splice_distilbert,
         stack="encoder",
     ),
-    "modernbert": FFNSpec(layer_pattern=_DECODER_LAYERS, read=_read_modernbert, splice=_splice_mlp, stack="encoder"),
+    "modernbert": FFNSpec(layer_pattern=_ONE_STACK_LAYERS, read=_read_modernbert, splice=_splice_mlp, stack="encoder"),
     # decoders
     "gpt2": FFNSpec(layer_pattern=r"(^|\.)h\.(?P<index>\d+)$", read=_read_gpt2, splice=_splice_gpt2),
     "llama": _GATED_MLP,
@@ -237,7 +237,7 @@ FFN_SPECS: dict[str, FFNSpec] = {
     "qwen3": _GATED_MLP,
     "gemma": _GATED_MLP,
     "gemma2": _GATED_MLP,
-    "phi3": FFNSpec(layer_pattern=_DECODER_LAYERS, read=_read_phi3, splice=_splice_mlp),
+    "phi3": FFNSpec(layer_pattern=_ONE_STACK_LAYERS, read=_read_phi3, splice=_splice_mlp),
     # encoder-decoders
     "t5": _T5,
     "mt5": _T5,
