@@ -33,7 +33,15 @@ from transformers.trainer_utils import get_last_checkpoint
 
 from .config import MoEConfig
 from .modeling import CheckpointError, from_pretrained, moe_config_of
-from .output_dir import RESULTS_NAME, RUN_CONFIG_NAME, OutputDirError, RunLock, check_output_dir, clear_run_files
+from .output_dir import (
+    RESULTS_NAME,
+    RUN_CONFIG_NAME,
+    OutputDirError,
+    RunLock,
+    check_output_dir,
+    clear_run_files,
+    honour_umask,
+)
 from .patching import is_moe_model
 from .provenance import provenance, write_json_atomically
 from .run_config import FinetuneConfig, RunConfigError
@@ -350,13 +358,33 @@ def evaluate_checkpoint(
 
 
 def convert(
-    name_or_path: str, output_dir: str, moe: MoEConfig, *, model_class: type | None = None, **hf_kwargs: Any
+    name_or_path: str,
+    output_dir: str,
+    moe: MoEConfig,
+    *,
+    model_class: type | None = None,
+    overwrite: bool = False,
+    **hf_kwargs: Any,
 ) -> PreTrainedModel:
-    """Patch a dense checkpoint and save it (with its tokenizer, when it has one) without training."""
+    """Patch a dense checkpoint and save it (with its tokenizer, when it has one) without training.
+
+    `output_dir` is never the input itself, and a folder that holds a model or a run is replaced (its own files
+    only) only with `overwrite`: a run's `results.json` would otherwise describe weights it no longer holds.
+    """
+    source = Path(name_or_path).expanduser()
+    out = check_output_dir(output_dir, overwrite=overwrite, resume=False, what="model")
+    if source.exists() and source.resolve() == out:
+        raise OutputDirError(
+            f"--output-dir {output_dir} is the model being converted; write the MoE checkpoint to a new folder."
+        )
     model = from_pretrained(name_or_path, moe=moe, model_class=model_class, **hf_kwargs)
-    model.save_pretrained(output_dir)
-    try:
-        AutoTokenizer.from_pretrained(name_or_path).save_pretrained(output_dir)
-    except (OSError, ValueError):
-        logger.warning("%s has no tokenizer to copy; the converted checkpoint holds only the model.", name_or_path)
+    with RunLock(out):
+        check_output_dir(out, overwrite=overwrite, resume=False, what="model")
+        clear_run_files(out)
+        model.save_pretrained(str(out))
+        honour_umask(out)
+        try:
+            AutoTokenizer.from_pretrained(name_or_path).save_pretrained(str(out))
+        except (OSError, ValueError):
+            logger.warning("%s has no tokenizer to copy; the converted checkpoint holds only the model.", name_or_path)
     return model

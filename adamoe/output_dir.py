@@ -183,7 +183,10 @@ class RunLock:
         return self
 
     def __exit__(self, *exc: object) -> None:
+        # The lock files go before the release, so a finished folder holds only what the run wrote (a contender
+        # that opened the old file in between fails at once: it never waits).
         (self.folder / LOCK_OWNER_NAME).unlink(missing_ok=True)
+        (self.folder / LOCK_NAME).unlink(missing_ok=True)
         self._lock.release()
 
 

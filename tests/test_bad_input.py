@@ -41,9 +41,35 @@ def files(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     lines = {
         "wrong_columns.tsv": "text\tlabel\na fine film\t1\n",
         "bad_labels.tsv": "sentence\tlabel\na fine film\t1\na dull film\t2\n",
+        "blank.tsv": "sentence\tlabel\n \t1\n\t0\n  \t1\n \t0\n",
     }
+    squad = {"title": "t", "context": "Paris is the capital of France.", "question": "What is the capital?"}
+    (root / "squad_bad.jsonl").write_text(
+        json.dumps({**squad, "id": "q-good", "answers": {"text": ["Paris"], "answer_start": [0]}})
+        + "\n"
+        + json.dumps({**squad, "id": "q-bad", "answers": {"text": ["France"], "answer_start": ["abc"]}})
+        + "\n"
+    )
     for name, text in lines.items():
         (root / name).write_text(text)
+    yamls = {
+        "empty.yaml": "",
+        "malformed.yaml": "task: sst2\ntraining: {learning_rate: 3e-5\n",
+        "moe_list.yaml": "task: sst2\nmoe: [1, 2]\n",
+        "training_number.yaml": "task: sst2\ntraining: 5\n",
+        "lr_text.yaml": "task: sst2\ntraining:\n  learning_rate: fast\n",
+        # Nine levels of nine aliases: 9**9 values once expanded.
+        "anchors.yaml": "task: sst2\n"
+        + "".join(f"l{i}: &l{i} [{', '.join([f'*l{i - 1}'] * 9)}]\n" for i in range(1, 10)).replace(
+            "l1: &l1 [*l0", "l0: &l0 x\nl1: &l1 [*l0"
+        ),
+    }
+    for name, text in yamls.items():
+        (root / name).write_text(text)
+    (root / "binary.yaml").write_bytes(bytes(range(256)) * 4)
+    no_weights = root / "no-weights"
+    shutil.copytree(moe, no_weights / "checkpoint-4")
+    (no_weights / "checkpoint-4" / "model.safetensors").unlink()
     return {
         "root": root,
         "dense": dense,
@@ -52,7 +78,10 @@ def files(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
         "albert": write_model_folder(root / "albert", architecture="albert"),
         "train": write_sst2(root / "train.tsv", 8),
         "dev": write_sst2(root / "dev.tsv", 4, seed=1),
+        "no_weights": no_weights,
+        "squad_bad": root / "squad_bad.jsonl",
         **{Path(name).stem: root / name for name in ("empty.tsv", "unknown_task.yaml", *lines)},
+        **{name: root / name for name in (*yamls, "binary.yaml")},
     }
 
 
@@ -104,7 +133,7 @@ CASES = [
     Case(
         "unknown label values",
         lambda f: _base(f, train="bad_labels"),
-        ("bad_labels.tsv: SST-2 labels must be 0 (negative) or 1 (positive); found [2]",),
+        ("bad_labels.tsv: SST-2 labels must be 0 (negative) or 1 (positive); found [2] (rows [1]",),
     ),
     Case(
         "missing data file",
@@ -145,10 +174,53 @@ CASES = [
 ]
 
 
+def _yaml(name: str) -> Callable[[dict[str, Path]], list[str]]:
+    return lambda f: ["--config", str(f[name])]
+
+
+CASES += [
+    Case("negative learning rate", lambda f: _base(f) + ["--lr", "-1"], ("training.learning_rate (--lr) must be",)),
+    Case("nan learning rate", lambda f: _base(f) + ["--lr", "nan"], ("--lr) must be a finite number",)),
+    Case("infinite learning rate", lambda f: _base(f) + ["--lr", "inf"], ("--lr) must be a finite number",)),
+    Case("batch size 0", lambda f: _base(f) + ["--batch-size", "0"], ("(--batch-size) must be at least 1, got 0",)),
+    Case("nan epochs", lambda f: _base(f)[:-2] + ["--epochs", "nan"], ("(--epochs) must be a finite number",)),
+    Case("zero epochs", lambda f: _base(f)[:-2] + ["--epochs", "0"], ("(--epochs) must be greater than 0",)),
+    Case("zero steps", lambda f: _base(f)[:-2] + ["--max-steps", "0"], ("(--max-steps)", "would train nothing")),
+    Case(
+        "no training rows",
+        lambda f: _base(f) + ["--max-train-samples", "0"],
+        ("(--max-train-samples) must be at least 1",),
+    ),
+    Case("an all-blank text column", lambda f: _base(f, train="blank"), ("4 of 4 rows have a blank 'sentence'",)),
+    Case(
+        "SQuAD answer_start that is not a number",
+        lambda f: ["--task", "squad", *_base(f, train="squad_bad"), "--validation-file", str(f["squad_bad"])],
+        ("1 of 2 questions have an answer_start that does not point at the answer", "q-bad", "--skip-bad-examples"),
+    ),
+    Case("empty YAML", _yaml("empty.yaml"), ("empty.yaml is empty", "names at least the task")),
+    Case("binary YAML", _yaml("binary.yaml"), ("binary.yaml is not a UTF-8 text file",)),
+    Case("malformed YAML", _yaml("malformed.yaml"), ("malformed.yaml is not valid YAML", "line")),
+    Case("moe is a list", _yaml("moe_list.yaml"), ("moe_list.yaml", "'moe' section must be a mapping")),
+    Case("training is a number", _yaml("training_number.yaml"), ("'training' section must be a mapping",)),
+    Case(
+        "a word where a number belongs",
+        _yaml("lr_text.yaml"),
+        ("lr_text.yaml", "training.learning_rate (--lr) must be a number, got 'fast'"),
+    ),
+    Case("YAML anchors that explode", _yaml("anchors.yaml"), ("anchors.yaml", "aliases expand to more than")),
+    Case(
+        "resume from a checkpoint without weights",
+        lambda f: _base(f, out="no-weights") + ["--resume"],
+        ("checkpoint-4 holds no model weights (model.safetensors)", "delete"),
+    ),
+]
+
+
 @pytest.mark.parametrize("case", CASES, ids=[c.name for c in CASES])
 def test_bad_input_is_explained_with_exit_code_2(case: Case, files: dict[str, Path]) -> None:
     args = case.args(files)
-    result = CliRunner().invoke(app, ["finetune", *([] if "--config" in args else ["--task", "sst2"]), *args])
+    task = [] if "--config" in args or "--task" in args else ["--task", "sst2"]
+    result = CliRunner().invoke(app, ["finetune", *task, *args])
     assert result.exit_code == 2, result.output
     assert result.output.count("Error: ") == 1 and "Traceback" not in result.output
     # The paragraph after "Error: " (progress bars may come before it; rich may wrap long lines).

@@ -78,6 +78,10 @@ def finetune_command(
         float | None, typer.Option(help="Report the wall-clock time to reach this (smoothed) training loss.")
     ] = None,
     direction: Annotated[str | None, typer.Option(help="wmt19: de-en or en-de.")] = None,
+    skip_bad_examples: Annotated[
+        bool,
+        typer.Option("--skip-bad-examples", help="squad: drop questions whose answer_start is wrong (else an error)."),
+    ] = False,
     threshold_on: ThresholdOnOpt = None,
     combine: CombineOpt = None,
     expert_init: ExpertInitOpt = None,
@@ -122,6 +126,7 @@ def finetune_command(
         max_train_samples=max_train_samples,
         max_eval_samples=max_eval_samples,
         direction=direction,
+        skip_bad_examples=skip_bad_examples or None,
     )
     training = values.setdefault("training", {})
     if batch_size is not None and max_tokens is None:
@@ -210,6 +215,9 @@ def convert_command(
     expert_init: ExpertInitOpt = None,
     aux_loss_coef: AuxLossOpt = None,
     every_n_layers: EveryNOpt = None,
+    overwrite: Annotated[
+        bool, typer.Option("--overwrite", help="Replace the model or run in --output-dir (its own files only).")
+    ] = False,
 ) -> None:
     """Patch a model's FFNs into MoE blocks and save it, without training."""
     if gating is Gating.dense:
@@ -230,7 +238,7 @@ def convert_command(
     head = (
         {} if task is None else {"model_class": get_task(task.value).model_class, **get_task(task.value).model_kwargs}
     )
-    recipes.convert(model, str(output_dir), moe, **head)
+    recipes.convert(model, str(output_dir), moe, overwrite=overwrite, **head)
     console.print(f"Saved an MoE checkpoint ({moe.num_experts} experts, {moe.gating}) to {output_dir}")
 
 

@@ -108,6 +108,10 @@ class DataArgs:
     preprocessing_num_workers: int | None = field(
         default=None, metadata={"help": "Processes for tokenization (datasets.map num_proc)."}
     )
+    skip_bad_examples: bool = field(
+        default=False,
+        metadata={"help": "squad: drop questions whose answer_start does not point at the answer (else an error)."},
+    )
 
     def __post_init__(self) -> None:
         if self.direction not in DIRECTIONS:

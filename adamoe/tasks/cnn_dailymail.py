@@ -23,6 +23,7 @@ from .seq2seq import generation_metrics, generation_overrides, prepare_pairs, se
 SCHEMA = Schema(
     columns=("article", "highlights"),
     example={"id": "0001", "article": "(CNN) The city council voted on Monday ...", "highlights": "Council votes."},
+    text_columns=("article", "highlights"),
 )
 FORMATS = (".json", ".jsonl", ".csv", ".parquet")
 # BART's 1024 positions hold nearly every article's lead; highlights average ~56 tokens.

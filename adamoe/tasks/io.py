@@ -40,6 +40,7 @@ class Schema:
     columns: tuple[str, ...]
     example: dict[str, Any]
     note: str = ""
+    text_columns: tuple[str, ...] = ()  # string columns that must mostly hold text (see `check_columns`)
 
     def describe(self) -> str:
         note = f" ({self.note})" if self.note else ""
@@ -136,4 +137,12 @@ def check_columns(rows: Dataset, path: str | Path, schema: Schema) -> Dataset:
         raise DataFormatError(
             f"{path} is missing column(s) {missing}; found {rows.column_names}. Expected {schema.describe()}."
         )
+    for column in schema.text_columns:
+        blank = [i for i, value in enumerate(rows[column]) if not isinstance(value, str) or not value.strip()]
+        # A few blank rows are data noise; a mostly blank column is a wrong file or a wrong column.
+        if len(blank) * 2 > len(rows):
+            raise DataFormatError(
+                f"{path}: {len(blank)} of {len(rows)} rows have a blank {column!r} (e.g. rows {blank[:5]}, counting "
+                f"from 0 after the header); the column must hold the text. Expected {schema.describe()}."
+            )
     return rows

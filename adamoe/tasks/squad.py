@@ -14,6 +14,7 @@ schema (`id, title, context, question, answers{text, answer_start}`) as JSON/JSO
 from __future__ import annotations
 
 import json
+import logging
 from collections import defaultdict
 from functools import partial
 from pathlib import Path
@@ -43,8 +44,10 @@ SCHEMA = Schema(
         "answers": {"text": ["Paris"], "answer_start": [0]},
     },
     note="or the official nested SQuAD v1.1 JSON",
+    text_columns=("context", "question"),
 )
 FORMATS = (".json", ".jsonl", ".parquet")
+logger = logging.getLogger(__name__)
 MODEL_INPUTS = ("input_ids", "token_type_ids", "attention_mask", "start_positions", "end_positions")
 
 
@@ -58,13 +61,51 @@ def flatten_squad(articles: list[dict]) -> list[dict]:
             "question": qa["question"],
             "answers": {
                 "text": [answer["text"] for answer in qa["answers"]],
-                "answer_start": [int(answer["answer_start"]) for answer in qa["answers"]],
+                "answer_start": [_offset(answer["answer_start"]) for answer in qa["answers"]],
             },
         }
         for article in articles
         for paragraph in article["paragraphs"]
         for qa in paragraph["qas"]
     ]
+
+
+def _offset(value: Any) -> int:
+    """A character offset as an int; -1 (which `check_answers` reports) for anything that is not one."""
+    if isinstance(value, bool):
+        return -1
+    if isinstance(value, int):
+        return value
+    try:
+        return int(str(value).strip())
+    except ValueError:
+        return -1
+
+
+def check_answers(rows: Dataset, source: str, *, skip_bad: bool = False) -> Dataset:
+    """Raise `DataFormatError` naming the questions whose `answer_start` does not point at their answer text
+    in the context (negative, out of range, not a number, or shifted); with `skip_bad`, drop them instead.
+
+    Training labels are token spans found from these offsets: a wrong one teaches the model a wrong span.
+    """
+    bad = []
+    for i, (context, answers) in enumerate(zip(rows["context"], rows["answers"], strict=True)):
+        for text, start in zip(answers["text"], answers["answer_start"], strict=True):
+            if not isinstance(start, int) or start < 0 or context[start : start + len(text)] != text:
+                bad.append(i)
+                break
+    if not bad:
+        return rows
+    ids = [rows[i]["id"] for i in bad[:5]]
+    if skip_bad:
+        logger.warning(f"{source}: dropped {len(bad)} of {len(rows)} questions whose answer_start is wrong: {ids}...")
+        keep = sorted(set(range(len(rows))) - set(bad))
+        return rows.select(keep)
+    raise DataFormatError(
+        f"{source}: {len(bad)} of {len(rows)} questions have an answer_start that does not point at the answer text "
+        f"in the context (negative, out of range, not a number, or shifted), e.g. ids {ids}. Fix the offsets, or "
+        "pass --skip-bad-examples to drop those questions."
+    )
 
 
 def read_squad_file(path: Path) -> Dataset:
@@ -204,12 +245,19 @@ class SquadTask:
     preprocess_logits_for_metrics = None
 
     def load_raw(self, data: DataArgs) -> DatasetDict:
-        return load_splits(
+        raw = load_splits(
             data,
             task=self.name,
             hub=("rajpurkar/squad", None),
             read_file=read_squad_file,
             offline_example=("train-v1.1.json", "dev-v1.1.json"),
+        )
+        sources = {"train": data.train_file, "validation": data.validation_file}
+        return DatasetDict(
+            {
+                split: check_answers(rows, sources[split] or f"{split} split", skip_bad=data.skip_bad_examples)
+                for split, rows in raw.items()
+            }
         )
 
     def preprocess(

@@ -28,6 +28,7 @@ SCHEMA = Schema(
     columns=("sentence", "label"),
     example={"sentence": "a gripping , funny film", "label": 1},
     note="GLUE TSV with a header row; label 0 = negative, 1 = positive",
+    text_columns=("sentence",),
 )
 FORMATS = (".tsv", ".csv", ".json", ".jsonl", ".parquet")
 LABELS = {0: "negative", 1: "positive"}
@@ -38,9 +39,11 @@ def check_labels(rows: Dataset, source: str) -> Dataset:
     found = set(rows.unique("label"))
     if not found <= set(LABELS):
         bad = sorted(found - set(LABELS), key=str)[:5]
+        rows_at = [i for i, label in enumerate(rows["label"]) if label not in LABELS][:5]
         raise DataFormatError(
-            f"{source}: SST-2 labels must be 0 (negative) or 1 (positive); found {bad}. Fix or drop those rows "
-            "(the Hub's test split is unlabeled, -1: evaluate on the validation split instead)."
+            f"{source}: SST-2 labels must be 0 (negative) or 1 (positive); found {bad} (rows {rows_at}, counting "
+            "from 0 after the header). Fix or drop those rows (the Hub's test split is unlabeled, -1: evaluate on "
+            "the validation split instead)."
         )
     return rows
 
