@@ -29,7 +29,7 @@ from typing import Any
 
 import torch
 from transformers import AutoTokenizer, PreTrainedModel, set_seed
-from transformers.trainer_utils import get_last_checkpoint
+from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, get_last_checkpoint
 
 from .config import MoEConfig
 from .modeling import CheckpointError, from_pretrained, moe_config_of
@@ -277,7 +277,16 @@ def finetune(config: FinetuneConfig) -> dict[str, Any]:
         results = _results(config, task, trainer, train_output, eval_output, seed, str(out))
         if trainer.is_world_process_zero():
             write_json_atomically(out / RESULTS_NAME, results)
+        if args.should_save and not config.keep_checkpoints:
+            # The final model is saved; the checkpoints only served to resume an unfinished run.
+            for checkpoint in out.glob(f"{PREFIX_CHECKPOINT_DIR}-*"):
+                shutil.rmtree(checkpoint)
     return results
+
+
+def folder_size(folder: str | Path) -> int:
+    """Bytes of the files under `folder`."""
+    return sum(p.stat().st_size for p in Path(folder).rglob("*") if p.is_file())
 
 
 def _results(

@@ -135,6 +135,11 @@ class FinetuneConfig:
         output_dir: where checkpoints and results go; None gives `outputs/<task>-<gating>`.
         overwrite: replace an output directory that holds another run.
         resume: continue the run in `output_dir` from its last checkpoint.
+        keep_checkpoints: keep the intermediate `checkpoint-*` folders (weights plus optimizer state, about
+            three times the model) once the run has finished; by default only the final model stays.
+
+    Adaptive gating includes the routing-aware curriculum (paper §3.2): `training.curriculum` defaults to true
+    for `gating="adaptive"` and to false for the fixed-k baselines and the dense model.
     """
 
     task: str
@@ -145,6 +150,7 @@ class FinetuneConfig:
     output_dir: str | None = None
     overwrite: bool = False
     resume: bool = False
+    keep_checkpoints: bool = False
 
     def __post_init__(self) -> None:
         task = get_task(self.task)  # unknown task: KeyError naming the registered ones
@@ -160,6 +166,8 @@ class FinetuneConfig:
         if self.overwrite and self.resume:
             raise RunConfigError("--resume continues the run in the output directory; --overwrite replaces it.")
         self.training = _checked_section("training", self.training, fields)
+        if "curriculum" not in self.training:
+            self.training = {"curriculum": self.gating == "adaptive", **self.training}
         self.data = DataArgs(**_checked_section("data", dataclasses.asdict(self.data), _data_fields()))
         self.model = self.model or task.default_model
         self.output_dir = self.output_dir or f"outputs/{self.task}-{self.gating}"
@@ -177,6 +185,7 @@ class FinetuneConfig:
             # Credentials stay in memory (the Trainer needs them to push), never in run_config.json.
             "training": {k: v for k, v in self.training.items() if not is_secret_key(k)},
             "output_dir": self.output_dir,
+            "keep_checkpoints": self.keep_checkpoints,
         }
 
     @classmethod

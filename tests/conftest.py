@@ -3,14 +3,25 @@
 The suite never needs the Hugging Face Hub, so it runs in huggingface_hub's offline mode, set here before
 anything reads it and inherited by the subprocesses some tests start: a test that reached for the Hub by
 mistake fails at once instead of waiting on retries, and no result depends on the network around CI.
+Everything the tests cache goes to a temporary folder of the run (see below), not to ~/.cache.
 Tests of the online paths switch it off themselves (`tests/cli/test_hub_probe.py`).
 """
 
 from __future__ import annotations
 
+import atexit
 import os
+import shutil
+import tempfile
 
 os.environ["HF_HUB_OFFLINE"] = "1"
+# Tests leave no trace outside their temporary folders: the datasets and Hub caches they fill (tokenized splits,
+# Arrow files) go to a folder of this test run, removed when it ends.
+_CACHE = tempfile.mkdtemp(prefix="adamoe-tests-cache-")
+atexit.register(shutil.rmtree, _CACHE, ignore_errors=True)
+os.environ["HF_HOME"] = _CACHE
+os.environ["HF_DATASETS_CACHE"] = os.path.join(_CACHE, "datasets")
+os.environ["MPLCONFIGDIR"] = os.path.join(_CACHE, "matplotlib")
 
 import pytest  # noqa: E402
 from tiny_models import ARCHITECTURES, Arch  # noqa: E402

@@ -258,7 +258,8 @@ def test_a_full_disk_mid_save_is_explained_and_the_run_resumes(
             raise OSError(errno.ENOSPC, "No space left on device", str(weights))
 
     monkeypatch.setattr(PreTrainedModel, "save_pretrained", fill_disk_on_second_save)
-    flags = [*_base(files, out="full-disk")[:-2], "--epochs", "2", "--batch-size", "8"]  # 8 rows: 1 step per epoch
+    # 8 rows: 1 step per epoch; the checkpoints are kept so the test can see which ones were published.
+    flags = [*_base(files, out="full-disk")[:-2], "--epochs", "2", "--batch-size", "8", "--keep-checkpoints"]
     result = CliRunner().invoke(app, ["finetune", "--task", "sst2", *flags])
     message = " ".join(result.output.split())
     assert result.exit_code == 2 and "Traceback" not in result.output

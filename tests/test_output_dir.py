@@ -165,7 +165,7 @@ def test_files_honour_the_umask_and_secrets_stay_out(kit: dict[str, Path], tmp_p
     out = tmp_path / "run"
     old = os.umask(0o022)
     try:
-        result = _finetune(kit, out, "--config", str(config))
+        result = _finetune(kit, out, "--config", str(config), "--keep-checkpoints")
     finally:
         os.umask(old)
     assert result.exit_code == 0, result.output
@@ -191,7 +191,7 @@ def _nan_weights(checkpoint: Path) -> None:
 def test_resume_skips_a_non_finite_checkpoint(kit: dict[str, Path], caplog: pytest.LogCaptureFixture) -> None:
     out = kit["root"] / "nan-resume"
     # 8 rows, batch 4: two steps per epoch, a checkpoint each epoch.
-    result = _finetune(kit, out, "--epochs", "2", "--batch-size", "4")
+    result = _finetune(kit, out, "--epochs", "2", "--batch-size", "4", "--keep-checkpoints")
     assert result.exit_code == 0, result.output
     _nan_weights(out / "checkpoint-4")
     assert last_usable_checkpoint(out) == str(out / "checkpoint-2")
@@ -234,7 +234,7 @@ def test_resuming_a_finished_run_trains_nothing_and_says_so(
     kit: dict[str, Path], caplog: pytest.LogCaptureFixture
 ) -> None:
     out = kit["root"] / "finished"
-    assert _finetune(kit, out, "--epochs", "1").exit_code == 0
+    assert _finetune(kit, out, "--epochs", "1", "--keep-checkpoints").exit_code == 0
     first = json.loads((out / "results.json").read_text())
     result = _finetune(kit, out, "--epochs", "1", "--resume")
     assert result.exit_code == 0, result.output
@@ -293,3 +293,15 @@ def test_convert_of_a_python_caller_refuses_a_foreign_folder(kit: dict[str, Path
     with pytest.raises(OutputDirError, match="holds no adamoe run"):
         convert(str(kit["model"]), str(home), MoEConfig(num_experts=4), model_class=AutoModelForSequenceClassification)
     assert (home / ".ssh" / "id_rsa").read_text() == "secret key"
+
+
+def test_a_finished_run_keeps_the_model_not_the_checkpoints(kit: dict[str, Path], tmp_path: Path) -> None:
+    out = tmp_path / "run"
+    result = _finetune(kit, out, "--epochs", "2", "--batch-size", "4")
+    assert result.exit_code == 0, result.output
+    assert not list(out.glob("checkpoint-*")) and (out / "model.safetensors").is_file()
+    size = sum(p.stat().st_size for p in out.rglob("*") if p.is_file())
+    assert f"Left {size / 1000:.1f} kB in {out}" in " ".join(result.output.split())
+    kept = tmp_path / "kept"
+    assert _finetune(kit, kept, "--epochs", "2", "--batch-size", "4", "--keep-checkpoints").exit_code == 0
+    assert sorted(p.name for p in kept.glob("checkpoint-*")) == ["checkpoint-2", "checkpoint-4"]

@@ -49,6 +49,7 @@ def _run_config(tmp_path: Path, name: str) -> Path:
             "disable_tqdm": True,
         },
         "output_dir": str(tmp_path / name),
+        "keep_checkpoints": True,  # the test compares the checkpoints' trainer state
     }
     path = tmp_path / f"{name}.yaml"
     path.write_text(yaml.safe_dump(config))

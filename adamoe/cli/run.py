@@ -72,7 +72,12 @@ def finetune_command(
     max_train_samples: Annotated[int | None, typer.Option(help="Use the first N training rows.")] = None,
     max_eval_samples: MaxEvalOpt = None,
     curriculum: Annotated[
-        bool | None, typer.Option("--curriculum/--no-curriculum", help="Routing-aware curriculum (paper §3.2).")
+        bool | None,
+        typer.Option(
+            "--curriculum/--no-curriculum",
+            help="Routing-aware curriculum (paper §3.2). Default: on for --gating adaptive, off otherwise.",
+            show_default=False,
+        ),
     ] = None,
     target_loss: Annotated[
         float | None, typer.Option(help="Report the wall-clock time to reach this (smoothed) training loss.")
@@ -91,6 +96,10 @@ def finetune_command(
     hub_model_id: Annotated[str | None, typer.Option(help="Hub repository for --push-to-hub.")] = None,
     resume: Annotated[bool, typer.Option("--resume", help="Continue the run in --output-dir.")] = False,
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace the run in --output-dir.")] = False,
+    keep_checkpoints: Annotated[
+        bool,
+        typer.Option("--keep-checkpoints", help="Keep the checkpoint-* folders (with optimizer state) after the run."),
+    ] = False,
     analyze: Annotated[
         bool,
         typer.Option("--analyze", help="Then write the routing analysis (plots, word report) to OUTPUT_DIR/analysis."),
@@ -148,18 +157,30 @@ def finetune_command(
     )
     if output_dir is not None:
         values["output_dir"] = str(output_dir)
+    if keep_checkpoints:
+        values["keep_checkpoints"] = True
     run_config = FinetuneConfig.from_dict(values, resume=resume, overwrite=overwrite)
     results = recipes.finetune(run_config)
     if not PartialState().is_main_process:  # under torchrun every rank returns; one report is enough
         return
     _print_results(results)
-    console.print(f"Results: {Path(results['checkpoint']) / recipes.RESULTS_NAME}")
+    out = Path(results["checkpoint"])
+    console.print(f"Results: {out / recipes.RESULTS_NAME}")
+    console.print(f"Left {_human_size(recipes.folder_size(out))} in {out}")
     if analyze and run_config.moe is not None:
         from ..analysis import analyze as analyze_checkpoint
 
         report_dir = Path(results["checkpoint"]) / "analysis"
         analyze_checkpoint(results["checkpoint"], run_config.task, run_config.data, report_dir)
         console.print(f"Routing analysis: {report_dir}")
+
+
+def _human_size(size: float) -> str:
+    for unit in ("B", "kB", "MB", "GB"):
+        if size < 1000 or unit == "GB":
+            return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
+        size /= 1000
+    return f"{size:.1f} TB"
 
 
 def _print_results(results: dict[str, Any]) -> None:

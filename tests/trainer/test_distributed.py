@@ -72,6 +72,7 @@ def _launch(tmp_path: Path, **training: object) -> dict[int, dict]:
             **training,
         },
         "output_dir": str(tmp_path / "run"),
+        "keep_checkpoints": True,  # the tests read the curriculum state the checkpoints hold
     }
     (tmp_path / "run.json").write_text(json.dumps(config))
     command = [
