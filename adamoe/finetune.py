@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from transformers import AutoTokenizer, PreTrainedModel, set_seed
+from transformers import AutoTokenizer, EvalPrediction, PreTrainedModel, set_seed
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, get_last_checkpoint
 
 from .config import MoEConfig
@@ -43,7 +43,7 @@ from .output_dir import (
     honour_umask,
 )
 from .patching import is_moe_model
-from .provenance import provenance, write_json_atomically
+from .provenance import provenance, write_json_atomically, write_text_atomically
 from .run_config import FinetuneConfig, RunConfigError
 from .tasks import DataArgs, get_task
 from .tasks.base import Task
@@ -173,6 +173,12 @@ def default_moe_config(name_or_path: str | None, overrides: dict[str, Any] | Non
     return MoEConfig.from_dict({**(stored.to_dict() if stored else {}), **(overrides or {})})
 
 
+def gating_of(name_or_path: str) -> str:
+    """The gating of a saved model: its adamoe config's, or "dense"."""
+    stored = stored_moe_config(name_or_path)
+    return "dense" if stored is None else stored.gating
+
+
 def stored_moe_config(name_or_path: str) -> MoEConfig | None:
     from transformers import AutoConfig
 
@@ -231,6 +237,27 @@ def build_trainer(
     return trainer
 
 
+def evaluate_and_write_predictions(
+    trainer: AdaMoETrainer, task: Task, data: DataArgs, folder: Path
+) -> dict[str, float]:
+    """The stock evaluation's metrics (`eval_*`), with the task's prediction files written into `folder`.
+
+    `trainer.predict` runs the same loop as `trainer.evaluate` (generation included for seq2seq tasks) and
+    also returns the predictions, so the files hold exactly what was scored.
+    """
+    output = trainer.predict(trainer.eval_dataset, metric_key_prefix="eval")
+    files = task.prediction_files(
+        EvalPrediction(predictions=output.predictions, label_ids=output.label_ids),
+        trainer.prepared,
+        trainer.processing_class,
+        data,
+    )
+    if trainer.is_world_process_zero():
+        for name, text in files.items():
+            write_text_atomically(folder / name, text)
+    return output.metrics
+
+
 def _task_metrics(task: Task, eval_output: dict[str, float]) -> dict[str, float]:
     """`eval_accuracy` -> `accuracy`, keeping the task's metrics and the evaluation loss."""
     metrics = {k.removeprefix("eval_"): v for k, v in eval_output.items()}
@@ -273,7 +300,7 @@ def finetune(config: FinetuneConfig) -> dict[str, Any]:
                 "Its model is evaluated again; to train longer, resume with a larger --epochs or --max-steps."
             )
         trainer.save_model(str(out))
-        eval_output = trainer.evaluate() if trainer.eval_dataset is not None else {}
+        eval_output = evaluate_and_write_predictions(trainer, task, config.data, out) if trainer.eval_dataset else {}
         results = _results(config, task, trainer, train_output, eval_output, seed, str(out))
         if trainer.is_world_process_zero():
             write_json_atomically(out / RESULTS_NAME, results)
@@ -335,14 +362,18 @@ def evaluate_checkpoint(
     max_eval_samples: int | None = None,
     data: DataArgs | None = None,
     training: dict[str, Any] | None = None,
+    output_dir: str | None = None,
 ) -> dict[str, float]:
     """The task's metrics for a saved model (adamoe or dense) on the validation split.
 
     Without `data`, the data settings of the run that wrote the checkpoint (its `run_config.json`: sequence
     lengths, SQuAD windows, generation lengths) are used, so the figures match the ones it reported;
-    `validation_file` and `max_eval_samples` override them.
+    `validation_file` and `max_eval_samples` override them. The prediction files (`Task.prediction_files`) go to
+    `output_dir`, by default `<checkpoint>/eval`.
     """
     task = get_task(task_name)
+    out = Path(output_dir) if output_dir is not None else Path(checkpoint) / "eval"
+    check_output_dir(out, overwrite=False, resume=False, what="predictions")  # never a folder of the user's files
     if data is None:
         saved = Path(checkpoint) / RUN_CONFIG_NAME
         data = DataArgs(**json.loads(saved.read_text())["data"]) if saved.exists() else DataArgs()
@@ -358,12 +389,15 @@ def evaluate_checkpoint(
         moe=None,
         data=data,
         training=dict(training or {}),
-        output_dir=str(Path(checkpoint) / "eval"),
+        output_dir=str(out),
     )
     model = load_model(task, checkpoint, None)
     tokenizer = load_tokenizer(checkpoint)
     trainer = build_trainer(config, task, model, tokenizer, train=False)
-    return _task_metrics(task, trainer.evaluate())
+    metrics = _task_metrics(task, evaluate_and_write_predictions(trainer, task, data, out))
+    if trainer.is_world_process_zero():
+        write_json_atomically(out / "eval_results.json", {"task": task_name, "checkpoint": checkpoint, **metrics})
+    return metrics
 
 
 def convert(

@@ -102,8 +102,9 @@ def refuse_special_folder(folder: str | os.PathLike, flag: str = "--output-dir")
 def check_output_dir(folder: str | os.PathLike, *, overwrite: bool, resume: bool, what: str = "run") -> Path:
     """Refuse a folder this run may not write (see the module docstring); looks, never writes.
 
-    `what` names the thing being written ("run", or "model" for `adamoe convert`, whose folders hold no run
-    config: a converted model folder, made only of files `save_pretrained` writes, may be replaced too).
+    `what` names the thing being written: "run"; "model" for `adamoe convert`, whose folders hold no run config
+    (a converted model folder, made only of files `save_pretrained` writes, may be replaced too); "predictions"
+    for `adamoe evaluate`, which writes only prediction files (and replaces them without `overwrite`).
     """
     path = refuse_special_folder(folder)
     if path.exists() and not path.is_dir():
@@ -115,6 +116,14 @@ def check_output_dir(folder: str | os.PathLike, *, overwrite: bool, resume: bool
     entries = _entries(path)
     is_run = (path / RUN_CONFIG_NAME).is_file()
     is_model = what == "model" and (path / "config.json").is_file()
+    if what == "predictions":
+        foreign = [name for name in entries if not is_run_file(name.rstrip("/"))]
+        if foreign:
+            raise OutputDirError(
+                f"{folder} holds files an evaluation does not write: {_describe(foreign)}; choose another "
+                "--output-dir for the predictions."
+            )
+        return path
     if not is_run and not is_model:
         raise OutputDirError(
             f"{folder} is not empty and holds no adamoe run (no {RUN_CONFIG_NAME}): it holds {_describe(entries)}. "

@@ -71,13 +71,17 @@ def provenance() -> dict[str, Any]:
 
 def write_json_atomically(path: str | os.PathLike, payload: Any) -> None:
     """Write JSON next to `path` and move it into place, so a crash never leaves half a file there."""
+    write_text_atomically(path, json.dumps(payload, indent=2, sort_keys=False, default=str) + "\n")
+
+
+def write_text_atomically(path: str | os.PathLike, text: str) -> None:
+    """Write `text` next to `path` and move it into place, so a crash never leaves half a file there."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
-        with os.fdopen(fd, "w") as f:
-            json.dump(payload, f, indent=2, sort_keys=False, default=str)
-            f.write("\n")
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(text)
         honour_umask(tmp)  # mkstemp made it 0600
         os.replace(tmp, path)
     except BaseException:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -184,19 +183,25 @@ def _human_size(size: float) -> str:
 
 
 def _print_results(results: dict[str, Any]) -> None:
+    """The metrics, then the training figures the results hold (the time to target only when one was set)."""
     table = Table(title=f"{results['task']} — {results['gating']}", show_header=True)
     table.add_column("figure")
     table.add_column("value", justify="right")
     for name, value in results["metrics"].items():
         table.add_row(name, f"{value:.4f}")
+    if not results["metrics"]:
+        table.add_row("metrics", results.get("metrics_note") or "—")
     rows = (
-        ("train time (s)", results.get("train_time_s")),
-        ("time to target loss (s)", results.get("time_to_target_s")),
-        ("tokens / s", results.get("tokens_per_second")),
-        ("two-expert fraction", results.get("two_expert_fraction")),
-        ("expert FLOPs vs top-2", results.get("flops_vs_top2")),
+        ("train time (s)", "train_time_s"),
+        ("time to target loss (s)", "time_to_target_s"),
+        ("tokens / s", "tokens_per_second"),
+        ("two-expert fraction", "two_expert_fraction"),
+        ("expert FLOPs vs top-2", "flops_vs_top2"),
     )
-    for name, value in rows:
+    for name, key in rows:
+        if key not in results or (key == "time_to_target_s" and results.get("target_loss") is None):
+            continue
+        value = results[key]
         table.add_row(name, "—" if value is None else f"{value:.4g}")
     console.print(table)
 
@@ -209,17 +214,30 @@ def evaluate_command(
     validation_file: ValidationFileOpt = None,
     max_eval_samples: MaxEvalOpt = None,
     batch_size: BatchSizeOpt = None,
+    output_dir: Annotated[
+        Path | None,
+        typer.Option("--output-dir", "-o", help="Where the prediction files go. [default: CHECKPOINT/eval]"),
+    ] = None,
 ) -> None:
-    """Compute a task's metrics for a saved checkpoint on its validation data (the run's own data settings)."""
+    """Compute a task's metrics for a saved checkpoint on its validation data (the run's own data settings),
+    and write the predictions in the format official scorers read.
+
+    Example: adamoe evaluate --task sst2 --checkpoint runs/sst2-minilm --validation-file dev.tsv
+    """
     training = {"per_device_eval_batch_size": batch_size} if batch_size else {}
+    out = output_dir if output_dir is not None else checkpoint / "eval"
     metrics = recipes.evaluate_checkpoint(
         task.value,
         str(checkpoint),
         validation_file=str(validation_file) if validation_file else None,
         max_eval_samples=max_eval_samples,
         training=training,
+        output_dir=str(out),
     )
-    console.print_json(json.dumps(metrics))
+    if not PartialState().is_main_process:
+        return
+    _print_results({"task": task.value, "gating": recipes.gating_of(str(checkpoint)), "metrics": metrics})
+    console.print(f"Predictions: {out}")
 
 
 @friendly_errors

@@ -149,6 +149,8 @@ class Task(Protocol):
         name: Registry key and CLI `--task` value.
         description: One line for `--help` and reports.
         kind: "classification", "qa", "seq2seq" (use `Seq2SeqTrainer`) or "causal_lm".
+        hub_dataset: `(path, config)` of the default data on the Hub.
+        hub_task_type: the Hub's task type (e.g. "text-classification"), for model cards.
         default_model: Hub id of the paper's model for this task.
         default_dataset: Human description of the default Hub data.
         metric_names: Keys of the dict `compute_metrics` returns.
@@ -162,6 +164,8 @@ class Task(Protocol):
     name: str
     description: str
     kind: TaskKind
+    hub_dataset: tuple[str, str | None]
+    hub_task_type: str
     default_model: str
     default_dataset: str
     metric_names: tuple[str, ...]
@@ -195,6 +199,13 @@ class Task(Protocol):
 
     def training_overrides(self, data: DataArgs) -> dict[str, Any]:
         """`TrainingArguments` fields this task needs (generation settings, best-model metric)."""
+        ...
+
+    def prediction_files(
+        self, predictions: EvalPrediction, prepared: PreparedData, tokenizer: PreTrainedTokenizerBase, data: DataArgs
+    ) -> dict[str, str]:
+        """`{file name: text}` of the validation predictions in the format official scorers read (as the
+        transformers example scripts write them); `{}` for a task scored from its loss alone."""
         ...
 
 

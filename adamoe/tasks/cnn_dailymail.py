@@ -13,12 +13,19 @@ from functools import partial
 from typing import Any
 
 from datasets import DatasetDict
-from transformers import AutoModelForSeq2SeqLM, PretrainedConfig, PreTrainedTokenizerBase
+from transformers import AutoModelForSeq2SeqLM, EvalPrediction, PretrainedConfig, PreTrainedTokenizerBase
 
 from .base import DataArgs, MetricsFn, PreparedData, TaskKind, load_splits
 from .io import Schema, read_rows
 from .metrics import ROUGE_TYPES, rouge_scores
-from .seq2seq import generation_metrics, generation_overrides, prepare_pairs, seq2seq_collator, source_prefix
+from .seq2seq import (
+    generated_prediction_files,
+    generation_metrics,
+    generation_overrides,
+    prepare_pairs,
+    seq2seq_collator,
+    source_prefix,
+)
 
 SCHEMA = Schema(
     columns=("article", "highlights"),
@@ -34,6 +41,8 @@ class CNNDailyMailTask:
     name = "cnn_dailymail"
     description = "Abstractive summarization of news articles into highlights (CNN/DailyMail 3.0.0)."
     kind: TaskKind = "seq2seq"
+    hub_dataset = ("abisee/cnn_dailymail", "3.0.0")  # (path, config) of the default data on the Hub
+    hub_task_type = "summarization"  # the Hub's task type, for model cards
     default_model = "facebook/bart-large"
     default_dataset = "CNN/DailyMail 3.0.0 (abisee/cnn_dailymail)"
     metric_names = (*ROUGE_TYPES, "gen_len")
@@ -47,7 +56,7 @@ class CNNDailyMailTask:
         return load_splits(
             data,
             task=self.name,
-            hub=("abisee/cnn_dailymail", "3.0.0"),
+            hub=self.hub_dataset,
             read_file=partial(read_rows, schema=SCHEMA, formats=FORMATS),
             offline_example=("train.jsonl", "validation.jsonl"),
         )
@@ -74,6 +83,11 @@ class CNNDailyMailTask:
 
     def compute_metrics(self, prepared: PreparedData, tokenizer: PreTrainedTokenizerBase, data: DataArgs) -> MetricsFn:
         return generation_metrics(rouge_scores, tokenizer)
+
+    def prediction_files(
+        self, predictions: EvalPrediction, prepared: PreparedData, tokenizer: PreTrainedTokenizerBase, data: DataArgs
+    ) -> dict[str, str]:
+        return generated_prediction_files(predictions, tokenizer)
 
     def training_overrides(self, data: DataArgs) -> dict[str, Any]:
         return generation_overrides(self.main_metric, data.max_target_length or MAX_TARGET_LENGTH, data.num_beams)

@@ -139,3 +139,10 @@ def generation_metrics(
         return metrics
 
     return compute_metrics
+
+
+def generated_prediction_files(predictions: EvalPrediction, tokenizer: PreTrainedTokenizerBase) -> dict[str, str]:
+    """`generated_predictions.txt`: one generated text per validation example, in dataset order (line breaks
+    inside a generation become spaces), as transformers' `run_translation.py` / `run_summarization.py` write it."""
+    texts, _ = decode_predictions(predictions, tokenizer)
+    return {"generated_predictions.txt": "".join(" ".join(text.split()) + "\n" for text in texts)}

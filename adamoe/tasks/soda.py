@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from datasets import Dataset, DatasetDict
-from transformers import AutoModelForCausalLM, PretrainedConfig, PreTrainedTokenizerBase
+from transformers import AutoModelForCausalLM, EvalPrediction, PretrainedConfig, PreTrainedTokenizerBase
 
 from .base import DataArgs, MetricsFn, PreparedData, TaskKind, load_splits, prepare_splits
 from .causal_lm import padding_lm_collator, perplexity_metrics
@@ -75,6 +75,8 @@ class SodaTask:
     name = "soda"
     description = "Open-domain dialogue response modelling on social dialogues (SODA)."
     kind: TaskKind = "causal_lm"
+    hub_dataset = ("allenai/soda", None)  # (path, config) of the default data on the Hub
+    hub_task_type = "text-generation"  # the Hub's task type, for model cards
     default_model = "microsoft/DialoGPT-medium"
     default_dataset = "SODA dialogues (allenai/soda)"
     metric_names = ("perplexity", "nll")
@@ -88,7 +90,7 @@ class SodaTask:
         return load_splits(
             data,
             task=self.name,
-            hub=("allenai/soda", None),
+            hub=self.hub_dataset,
             read_file=read_dialogue_file,
             offline_example=("train.jsonl", "valid.jsonl"),
         )
@@ -112,6 +114,11 @@ class SodaTask:
 
     def compute_metrics(self, prepared: PreparedData, tokenizer: PreTrainedTokenizerBase, data: DataArgs) -> MetricsFn:
         return perplexity_metrics
+
+    def prediction_files(
+        self, predictions: EvalPrediction, prepared: PreparedData, tokenizer: PreTrainedTokenizerBase, data: DataArgs
+    ) -> dict[str, str]:
+        return {}  # scored by perplexity: there is no predicted text to re-score
 
     def training_overrides(self, data: DataArgs) -> dict[str, Any]:
         return {"metric_for_best_model": self.main_metric, "greater_is_better": self.greater_is_better}

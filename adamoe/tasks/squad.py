@@ -235,6 +235,8 @@ class SquadTask:
     name = "squad"
     description = "Extractive question answering over Wikipedia paragraphs (SQuAD v1.1)."
     kind: TaskKind = "qa"
+    hub_dataset = ("rajpurkar/squad", None)  # (path, config) of the default data on the Hub
+    hub_task_type = "question-answering"  # the Hub's task type, for model cards
     default_model = "bert-base-uncased"
     default_dataset = "SQuAD v1.1 (rajpurkar/squad)"
     metric_names = ("exact_match", "f1")
@@ -248,7 +250,7 @@ class SquadTask:
         raw = load_splits(
             data,
             task=self.name,
-            hub=("rajpurkar/squad", None),
+            hub=self.hub_dataset,
             read_file=read_squad_file,
             offline_example=("train-v1.1.json", "dev-v1.1.json"),
         )
@@ -295,15 +297,7 @@ class SquadTask:
         """
 
         def compute(eval_pred: EvalPrediction) -> dict[str, float]:
-            start_logits, end_logits = eval_pred.predictions[:2]
-            predictions = postprocess_predictions(
-                prepared.eval_examples,
-                prepared.eval_features,
-                start_logits,
-                end_logits,
-                n_best_size=data.n_best_size,
-                max_answer_length=data.max_answer_length,
-            )
+            predictions = self._answers(eval_pred, prepared, data)
             examples = prepared.eval_examples
             return squad_metrics(
                 [{"id": i, "prediction_text": text} for i, text in predictions.items()],
@@ -311,6 +305,24 @@ class SquadTask:
             )
 
         return compute
+
+    def _answers(self, eval_pred: EvalPrediction, prepared: PreparedData, data: DataArgs) -> dict[str, str]:
+        start_logits, end_logits = eval_pred.predictions[:2]
+        return postprocess_predictions(
+            prepared.eval_examples,
+            prepared.eval_features,
+            start_logits,
+            end_logits,
+            n_best_size=data.n_best_size,
+            max_answer_length=data.max_answer_length,
+        )
+
+    def prediction_files(
+        self, predictions: EvalPrediction, prepared: PreparedData, tokenizer: PreTrainedTokenizerBase, data: DataArgs
+    ) -> dict[str, str]:
+        """`eval_predictions.json`: `{question id: answer text}`, what the official v1.1 `evaluate-v1.1.py` reads."""
+        answers = self._answers(predictions, prepared, data)
+        return {"eval_predictions.json": json.dumps(answers, indent=2, ensure_ascii=False) + "\n"}
 
     def training_overrides(self, data: DataArgs) -> dict[str, Any]:
         # Named explicitly because a wrapped model's forward signature may not show the span label names.

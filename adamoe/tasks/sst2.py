@@ -52,6 +52,8 @@ class SST2Task:
     name = "sst2"
     description = "Binary sentiment classification of movie-review sentences (GLUE SST-2)."
     kind: TaskKind = "classification"
+    hub_dataset = ("nyu-mll/glue", "sst2")  # (path, config) of the default data on the Hub
+    hub_task_type = "text-classification"  # the Hub's task type, for model cards
     default_model = "bert-base-uncased"
     default_dataset = "GLUE SST-2 (nyu-mll/glue, sst2)"
     metric_names = ("accuracy",)
@@ -69,7 +71,7 @@ class SST2Task:
         raw = load_splits(
             data,
             task=self.name,
-            hub=("nyu-mll/glue", "sst2"),
+            hub=self.hub_dataset,
             read_file=partial(read_rows, schema=SCHEMA, formats=FORMATS),
             offline_example=("train.tsv", "dev.tsv"),
         )
@@ -103,6 +105,15 @@ class SST2Task:
             return {"accuracy": accuracy(np.argmax(logits, axis=-1), eval_pred.label_ids)}
 
         return compute
+
+    def prediction_files(
+        self, predictions: EvalPrediction, prepared: PreparedData, tokenizer: PreTrainedTokenizerBase, data: DataArgs
+    ) -> dict[str, str]:
+        """`eval_predictions.tsv`: the GLUE submission format, `index<TAB>prediction` with 0/1 labels."""
+        logits = predictions.predictions[0] if isinstance(predictions.predictions, tuple) else predictions.predictions
+        labels = np.argmax(logits, axis=-1)
+        rows = "".join(f"{i}\t{int(label)}\n" for i, label in enumerate(labels))
+        return {"eval_predictions.tsv": "index\tprediction\n" + rows}
 
     def training_overrides(self, data: DataArgs) -> dict[str, Any]:
         return {"metric_for_best_model": self.main_metric, "greater_is_better": self.greater_is_better}

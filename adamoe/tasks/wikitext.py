@@ -18,6 +18,7 @@ from typing import Any
 from datasets import DatasetDict
 from transformers import (
     AutoModelForCausalLM,
+    EvalPrediction,
     PretrainedConfig,
     PreTrainedTokenizerBase,
     default_data_collator,
@@ -54,6 +55,8 @@ class WikiTextTask:
     name = "wikitext"
     description = "Causal language modelling of Wikipedia articles (WikiText-103, raw)."
     kind: TaskKind = "causal_lm"
+    hub_dataset = ("Salesforce/wikitext", "wikitext-103-raw-v1")  # (path, config) of the default data on the Hub
+    hub_task_type = "text-generation"  # the Hub's task type, for model cards
     default_model = "gpt2-medium"
     default_dataset = "WikiText-103 raw (Salesforce/wikitext, wikitext-103-raw-v1)"
     metric_names = ("perplexity", "nll")
@@ -67,7 +70,7 @@ class WikiTextTask:
         return load_splits(
             data,
             task=self.name,
-            hub=("Salesforce/wikitext", "wikitext-103-raw-v1"),
+            hub=self.hub_dataset,
             read_file=partial(read_rows, schema=SCHEMA, formats=FORMATS),
             offline_example=("wiki.train.tokens", "wiki.valid.tokens"),
         )
@@ -95,6 +98,11 @@ class WikiTextTask:
 
     def compute_metrics(self, prepared: PreparedData, tokenizer: PreTrainedTokenizerBase, data: DataArgs) -> MetricsFn:
         return perplexity_metrics
+
+    def prediction_files(
+        self, predictions: EvalPrediction, prepared: PreparedData, tokenizer: PreTrainedTokenizerBase, data: DataArgs
+    ) -> dict[str, str]:
+        return {}  # scored by perplexity: there is no predicted text to re-score
 
     def training_overrides(self, data: DataArgs) -> dict[str, Any]:
         return {"metric_for_best_model": self.main_metric, "greater_is_better": self.greater_is_better}

@@ -16,13 +16,14 @@ from pathlib import Path
 from typing import Any
 
 from datasets import Dataset, DatasetDict
-from transformers import AutoModelForSeq2SeqLM, PretrainedConfig, PreTrainedTokenizerBase
+from transformers import AutoModelForSeq2SeqLM, EvalPrediction, PretrainedConfig, PreTrainedTokenizerBase
 
 from .base import DataArgs, MetricsFn, PreparedData, TaskKind, load_splits
 from .io import DataFormatError, Schema, read_rows
 from .metrics import sacrebleu_score
 from .seq2seq import (
     LANGUAGE_NAMES,
+    generated_prediction_files,
     generation_metrics,
     generation_overrides,
     prepare_pairs,
@@ -67,6 +68,8 @@ class WMT19Task:
     name = "wmt19"
     description = "German-English news translation (WMT19), de-en or en-de."
     kind: TaskKind = "seq2seq"
+    hub_dataset = ("wmt/wmt19", "de-en")  # (path, config) of the default data on the Hub
+    hub_task_type = "translation"  # the Hub's task type, for model cards
     default_model = "facebook/wmt19-de-en"
     default_dataset = "WMT19 de-en (wmt/wmt19, de-en)"
     metric_names = ("bleu", "gen_len")
@@ -81,7 +84,7 @@ class WMT19Task:
         return load_splits(
             data,
             task=self.name,
-            hub=("wmt/wmt19", "de-en"),
+            hub=self.hub_dataset,
             read_file=read_translation_file,
             offline_example=("train.jsonl", "valid.jsonl"),
         )
@@ -117,6 +120,11 @@ class WMT19Task:
 
     def compute_metrics(self, prepared: PreparedData, tokenizer: PreTrainedTokenizerBase, data: DataArgs) -> MetricsFn:
         return generation_metrics(lambda preds, refs: {"bleu": sacrebleu_score(preds, refs)}, tokenizer)
+
+    def prediction_files(
+        self, predictions: EvalPrediction, prepared: PreparedData, tokenizer: PreTrainedTokenizerBase, data: DataArgs
+    ) -> dict[str, str]:
+        return generated_prediction_files(predictions, tokenizer)
 
     def training_overrides(self, data: DataArgs) -> dict[str, Any]:
         return generation_overrides(self.main_metric, data.max_target_length or MAX_TARGET_LENGTH, data.num_beams)

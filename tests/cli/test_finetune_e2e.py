@@ -19,6 +19,14 @@ RESULT_KEYS = {
     "two_expert_fraction", "two_expert_fraction_per_layer", "tokens_per_second", "seed", "versions",
 }  # fmt: skip
 LOWER_IS_BETTER = {"perplexity"}
+PREDICTION_FILES = {
+    "sst2": ["eval_predictions.tsv"],
+    "squad": ["eval_predictions.json"],
+    "wmt19": ["generated_predictions.txt"],
+    "cnn_dailymail": ["generated_predictions.txt"],
+    "wikitext": [],  # scored by perplexity
+    "soda": [],
+}
 
 
 @pytest.fixture(scope="module")
@@ -69,8 +77,12 @@ def test_finetune_then_evaluate_from_the_cli(task, kit, tmp_path):
         str(smoke.validation_file),
         *("--batch-size", "32"),
     )
-    metrics = json.loads(evaluated[evaluated.index("{") :])
+    assert main in evaluated  # the same table as finetune's
+    metrics = json.loads((out / "eval" / "eval_results.json").read_text())
     assert metrics[main] == pytest.approx(value, rel=1e-4, abs=1e-6)
+    files = PREDICTION_FILES[task]
+    assert sorted(p.name for p in (out / "eval").glob("*_predictions.*")) == files
+    assert sorted(p.name for p in out.glob("*_predictions.*")) == files  # finetune's final evaluation too
 
 
 @pytest.mark.slow
@@ -94,3 +106,60 @@ def test_finetune_with_analyze_writes_the_routing_report(kit, tmp_path):
     pngs = sorted(p.name for p in analysis.glob("*.png"))
     assert len(pngs) == 3, pngs
     assert any(p.suffix == ".md" and "two experts" in p.read_text().lower() for p in analysis.iterdir())
+
+
+def _official_v11_scores(predictions: dict[str, str], gold: dict[str, list[str]]) -> dict[str, float]:
+    """EM and F1 as the official SQuAD v1.1 `evaluate-v1.1.py` computes them, written out again here."""
+    import collections
+    import re
+    import string
+
+    def normalize(text: str) -> str:
+        text = "".join(ch for ch in text.lower() if ch not in set(string.punctuation))
+        return " ".join(re.sub(r"\b(a|an|the)\b", " ", text).split())
+
+    def f1(prediction: str, truth: str) -> float:
+        predicted, true = normalize(prediction).split(), normalize(truth).split()
+        common = collections.Counter(predicted) & collections.Counter(true)
+        same = sum(common.values())
+        if same == 0:
+            return 0.0
+        precision, recall = same / len(predicted), same / len(true)
+        return 2 * precision * recall / (precision + recall)
+
+    em = [max(float(normalize(predictions[i]) == normalize(t)) for t in truths) for i, truths in gold.items()]
+    f1s = [max(f1(predictions[i], t) for t in truths) for i, truths in gold.items()]
+    return {"exact_match": 100 * sum(em) / len(em), "f1": 100 * sum(f1s) / len(f1s)}
+
+
+@pytest.mark.slow
+def test_prediction_files_rescore_to_the_reported_figures(kit, tmp_path):
+    import sacrebleu
+
+    from adamoe.tasks import DataArgs, get_task
+
+    squad = kit["squad"]
+    out = tmp_path / "squad"
+    config = tmp_path / "squad.yaml"
+    config.write_text(yaml.safe_dump(squad.run_config()))
+    run_cli("finetune", "--config", str(config), "--output-dir", str(out))
+    reported = json.loads((out / "results.json").read_text())["metrics"]
+    predictions = json.loads((out / "eval_predictions.json").read_text())
+    examples = get_task("squad").load_raw(DataArgs(validation_file=str(squad.validation_file)))["validation"]
+    gold = {i: answers["text"] for i, answers in zip(examples["id"], examples["answers"], strict=True)}
+    assert set(predictions) == set(gold)
+    scores = _official_v11_scores(predictions, gold)
+    assert scores["f1"] == pytest.approx(reported["f1"], abs=1e-6)
+    assert scores["exact_match"] == pytest.approx(reported["exact_match"], abs=1e-6)
+
+    wmt = kit["wmt19"]
+    out = tmp_path / "wmt19"
+    config = tmp_path / "wmt19.yaml"
+    config.write_text(yaml.safe_dump(wmt.run_config()))
+    run_cli("finetune", "--config", str(config), "--output-dir", str(out))
+    reported = json.loads((out / "results.json").read_text())["metrics"]
+    lines = (out / "generated_predictions.txt").read_text().splitlines()
+    rows = get_task("wmt19").load_raw(DataArgs(validation_file=str(wmt.validation_file)))["validation"]
+    references = [pair["en"] for pair in rows["translation"]]
+    assert len(lines) == len(references)
+    assert sacrebleu.corpus_bleu(lines, [references]).score == pytest.approx(reported["bleu"], abs=1e-6)
