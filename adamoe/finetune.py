@@ -32,6 +32,7 @@ from transformers import AutoTokenizer, EvalPrediction, PreTrainedModel, set_see
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, get_last_checkpoint
 
 from .config import MoEConfig
+from .model_card import write_model_card
 from .modeling import CheckpointError, from_pretrained, moe_config_of
 from .output_dir import (
     RESULTS_NAME,
@@ -304,6 +305,9 @@ def finetune(config: FinetuneConfig) -> dict[str, Any]:
         results = _results(config, task, trainer, train_output, eval_output, seed, str(out))
         if trainer.is_world_process_zero():
             write_json_atomically(out / RESULTS_NAME, results)
+            write_model_card(out, results, task, config.to_dict())
+        if args.push_to_hub:  # `save_model` pushed the weights; this push adds the card and the results
+            trainer.push_to_hub(commit_message="adamoe: model card and results", revision=args.hub_revision)
         if args.should_save and not config.keep_checkpoints:
             # The final model is saved; the checkpoints only served to resume an unfinished run.
             for checkpoint in out.glob(f"{PREFIX_CHECKPOINT_DIR}-*"):
@@ -326,12 +330,14 @@ def _results(
     out: str,
 ) -> dict[str, Any]:
     timing = trainer.timing.summary()
+    # The MoE config as the model holds it: fields left to "the model" (a native MoE's expert count) filled in.
+    moe = None if config.moe is None else moe_config_of(trainer.accelerator.unwrap_model(trainer.model).config)
     return {
         "task": task.name,
         "model": config.model,
         "gating": config.gating,
-        "threshold": None if config.moe is None else config.moe.threshold,
-        "num_experts": None if config.moe is None else config.moe.num_experts,
+        "threshold": None if moe is None else moe.threshold,
+        "num_experts": None if moe is None else moe.num_experts,
         "metrics": _task_metrics(task, eval_output),
         "metrics_note": None if trainer.eval_dataset is not None else "no validation data was given",
         "main_metric": task.main_metric,
@@ -348,7 +354,7 @@ def _results(
         "eval_samples": len(trainer.eval_dataset) if trainer.eval_dataset is not None else 0,
         "seed": seed,
         "curriculum": bool(config.training.get("curriculum", False)),
-        "moe": None if config.moe is None else config.moe.to_dict(),
+        "moe": None if moe is None else moe.to_dict(),
         "checkpoint": out,
         **provenance(),
     }

@@ -490,6 +490,16 @@ class AdaMoETrainerMixin:
                 "from the last good checkpoint with --resume."
             )
 
+    def create_model_card(self, *args: Any, **kwargs: Any) -> None:
+        """The stock card, unless the output folder already has adamoe's (`adamoe.model_card`), which says how
+        to load the experts and which the stock one, written on every push, would replace."""
+        card = os.path.join(self.args.output_dir, "README.md")
+        if os.path.isfile(card):
+            with open(card, encoding="utf-8") as f:
+                if "library_name: adamoe" in f.read(4096):
+                    return
+        super().create_model_card(*args, **kwargs)
+
     def _save_adamoe_state(self, folder: str) -> None:
         """Write the curriculum and timing state into a checkpoint folder (collectives: call on every rank)."""
         sampler = self.curriculum_sampler
