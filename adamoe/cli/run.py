@@ -91,6 +91,12 @@ def finetune_command(
     expert_init: ExpertInitOpt = None,
     aux_loss_coef: AuxLossOpt = None,
     every_n_layers: EveryNOpt = None,
+    report_to: Annotated[
+        str | None,
+        typer.Option(
+            help="Where the full logs also go: tensorboard, wandb, ... (transformers' report_to). [default: none]"
+        ),
+    ] = None,
     push_to_hub: Annotated[bool, typer.Option("--push-to-hub", help="Push checkpoints to the Hub.")] = False,
     hub_model_id: Annotated[str | None, typer.Option(help="Hub repository for --push-to-hub.")] = None,
     resume: Annotated[bool, typer.Option("--resume", help="Continue the run in --output-dir.")] = False,
@@ -153,6 +159,7 @@ def finetune_command(
         target_loss=target_loss,
         hub_model_id=hub_model_id,
         push_to_hub=push_to_hub or None,
+        report_to=report_to,
     )
     if output_dir is not None:
         values["output_dir"] = str(output_dir)

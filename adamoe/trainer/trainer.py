@@ -45,7 +45,16 @@ import datasets
 import torch
 from torch import nn
 from torch.utils.data import DataLoader, IterableDataset, Sampler
-from transformers import Seq2SeqTrainer, Trainer, TrainerCallback, TrainerControl, TrainerState, TrainingArguments
+from transformers import (
+    PrinterCallback,
+    ProgressCallback,
+    Seq2SeqTrainer,
+    Trainer,
+    TrainerCallback,
+    TrainerControl,
+    TrainerState,
+    TrainingArguments,
+)
 from transformers.trainer_utils import (
     PREFIX_CHECKPOINT_DIR,
     TrainOutput,
@@ -60,6 +69,7 @@ from ..router import RouterNumericsError
 from ..stats import RoutingStats, balance_loss, routing_stats
 from .batching import TokenBudgetBatchSampler, sample_lengths
 from .checkpointing import STAGING_DIR, check_checkpoint_files, move_into_place, replace_files
+from .console import CompactPrinterCallback, CompactProgressCallback, JsonLinesLogCallback
 from .curriculum import CurriculumSampler
 from .indexing import SAMPLE_INDEX_KEY, IndexCollator, IndexedDataset
 from .meters import RoutingMeter
@@ -108,6 +118,12 @@ class AdaMoETrainerMixin:
         )
         self.add_callback(self.timing)
         self.add_callback(_CheckpointCallback(self))
+        # One compact console line per log; the full logs go to the reporters and to trainer_log.jsonl.
+        if self.pop_callback(ProgressCallback) is not None:
+            self.add_callback(CompactProgressCallback(self.timing))
+        if self.pop_callback(PrinterCallback) is not None:
+            self.add_callback(CompactPrinterCallback(self.timing))
+        self.add_callback(JsonLinesLogCallback())
         self.curriculum_sampler: CurriculumSampler | TokenBudgetBatchSampler | None = None
         self._resume_checkpoint: str | None = None
         self._staging_run_dir: str | None = None  # set while `_save_checkpoint` writes aside
@@ -460,7 +476,7 @@ class AdaMoETrainerMixin:
                 output_dir=run_dir,
                 save_total_limit=self.args.save_total_limit,
                 best_model_checkpoint=self.state.best_model_checkpoint,
-                use_mtime=True,
+                use_mtime=False,  # the step numbers order them; mtime may not (transformers warns about it)
             )
         self.accelerator.wait_for_everyone()  # nobody reads or rotates checkpoints before the rename
         if self._push_deferred:
