@@ -3,6 +3,11 @@
 The config is a dataclass validated on creation and serialised into the patched checkpoint's
 `config.json` (under the key `adamoe`), so `save_pretrained`, Trainer checkpoints and `push_to_hub`
 carry it without anything extra and `adamoe.from_pretrained` can rebuild the same structure.
+
+Three fields default to None, "from the model": `num_experts`, `top_k` and `combine`. A native MoE model
+(Mixtral, Qwen-MoE, OLMoE) has its own expert count, top-k and renormalisation, and `moeify` keeps them; a
+dense model gets the toolkit's defaults (`DENSE_DEFAULTS`: 16 experts, k_max 2, renormalised). `resolve`
+fills them in, and the config that `moeify` stores in the checkpoint always has them filled.
 """
 
 from __future__ import annotations
@@ -24,6 +29,9 @@ MAX_EXPERTS = 1024
 STRUCTURAL_FIELDS = ("num_experts", "layers", "every_n_layers")
 # Fields read only when the experts are first created; they mean nothing for a trained checkpoint.
 INIT_FIELDS = ("expert_init", "upcycle_noise", "router_init_std")
+# What the fields left None ("from the model") become on a dense model: the paper's 16 experts and k_max 2.
+DENSE_DEFAULTS = {"num_experts": 16, "top_k": 2, "combine": "normalized"}
+FROM_MODEL_FIELDS = tuple(DENSE_DEFAULTS)
 
 
 class MoEConfigError(ValueError):
@@ -43,7 +51,13 @@ class MoEConfig:
         ```
     """
 
-    num_experts: int = field(default=16, metadata={"help": "Experts per MoE layer (the paper uses 16)."})
+    num_experts: int | None = field(
+        default=None,
+        metadata={
+            "help": "Experts per MoE layer. None: a native MoE model's own count, else 16 (the paper's). On a "
+            "native MoE any other count is an error: its pretrained experts are kept."
+        },
+    )
     gating: Literal["adaptive", "top1", "top2", "topk"] = field(
         default="adaptive",
         metadata={
@@ -52,11 +66,12 @@ class MoEConfig:
             "one/two/top_k experts."
         },
     )
-    top_k: int = field(
-        default=2,
+    top_k: int | None = field(
+        default=None,
         metadata={
-            "help": "k_max, the most experts a token can use (the paper's rule: 2). Adaptive gating uses between 1 "
-            "and top_k; gating='topk' always top_k. Changes routing only, not which parameters exist."
+            "help": "k_max, the most experts a token can use. None: a native MoE model's own top-k, else 2 (the "
+            "paper's rule). Adaptive gating uses between 1 and top_k; gating='topk' always top_k. Changes routing "
+            "only, not which parameters exist."
         },
     )
     threshold: float = field(
@@ -73,12 +88,13 @@ class MoEConfig:
             "p1 is the largest softmax gate probability and p_i the i-th largest (i = 2..top_k)."
         },
     )
-    combine: Literal["normalized", "gate"] = field(
-        default="normalized",
+    combine: Literal["normalized", "gate"] | None = field(
+        default=None,
         metadata={
             "help": "'gate': weight each selected expert's output by its gate probability (paper Eq. 3); "
             "'normalized': renormalise the weights over the selected experts, so a one-expert token gets "
-            "exactly its expert's output."
+            "exactly its expert's output. None: a native MoE model's own convention (Mixtral, or "
+            "norm_topk_prob=True: normalized; else gate), 'normalized' on a dense model."
         },
     )
     expert_init: Literal["upcycle", "random"] = field(
@@ -123,34 +139,37 @@ class MoEConfig:
     def __post_init__(self) -> None:
         self._check_choice("gating", GATINGS)
         self._check_choice("threshold_on", THRESHOLD_ON)
-        self._check_choice("combine", COMBINES)
+        if self.combine is not None:
+            self._check_choice("combine", COMBINES)
         self._check_choice("expert_init", EXPERT_INITS)
         self._check_choice("dispatch", DISPATCHES)
-        if isinstance(self.num_experts, bool) or not isinstance(self.num_experts, int):
-            raise MoEConfigError(f"num_experts must be an integer, got {self.num_experts!r}.")
-        if not 1 <= self.num_experts <= MAX_EXPERTS:
-            raise MoEConfigError(f"num_experts must be between 1 and {MAX_EXPERTS}, got {self.num_experts}.")
-        if self.gating != "top1" and self.num_experts < 2:
-            raise MoEConfigError(
-                f"gating={self.gating!r} can send a token to two experts, so it needs num_experts >= 2 "
-                f"(got {self.num_experts}). Use gating='top1' for a single expert."
-            )
-        if isinstance(self.top_k, bool) or not isinstance(self.top_k, int) or self.top_k < 1:
-            raise MoEConfigError(
-                f"top_k must be an integer >= 1 (the most experts a token can use), got {self.top_k!r}."
-            )
-        # A single-expert block (gating='top1') routes every token to that expert whatever top_k says, so the
-        # default 2 stays valid there.
-        if self.num_experts > 1 and self.top_k > self.num_experts:
-            raise MoEConfigError(
-                f"top_k={self.top_k} exceeds num_experts={self.num_experts}: a token cannot use more experts than "
-                f"the layer has. Lower top_k to at most {self.num_experts}, or raise num_experts."
-            )
-        if self.gating == "top2" and self.top_k < 2:
-            raise MoEConfigError(
-                f"gating='top2' sends every token to two experts, so it needs top_k >= 2 (got {self.top_k}). "
-                "Use gating='top1', or gating='topk' for a fixed top_k."
-            )
+        if self.num_experts is not None:
+            if isinstance(self.num_experts, bool) or not isinstance(self.num_experts, int):
+                raise MoEConfigError(f"num_experts must be an integer, got {self.num_experts!r}.")
+            if not 1 <= self.num_experts <= MAX_EXPERTS:
+                raise MoEConfigError(f"num_experts must be between 1 and {MAX_EXPERTS}, got {self.num_experts}.")
+            if self.gating != "top1" and self.num_experts < 2:
+                raise MoEConfigError(
+                    f"gating={self.gating!r} can send a token to two experts, so it needs num_experts >= 2 "
+                    f"(got {self.num_experts}). Use gating='top1' for a single expert."
+                )
+        if self.top_k is not None:
+            if isinstance(self.top_k, bool) or not isinstance(self.top_k, int) or self.top_k < 1:
+                raise MoEConfigError(
+                    f"top_k must be an integer >= 1 (the most experts a token can use), got {self.top_k!r}."
+                )
+            # A single-expert block (gating='top1') routes every token to that expert whatever top_k says, so the
+            # default 2 stays valid there.
+            if self.num_experts is not None and self.num_experts > 1 and self.top_k > self.num_experts:
+                raise MoEConfigError(
+                    f"top_k={self.top_k} exceeds num_experts={self.num_experts}: a token cannot use more experts "
+                    f"than the layer has. Lower top_k to at most {self.num_experts}, or raise num_experts."
+                )
+            if self.gating == "top2" and self.top_k < 2:
+                raise MoEConfigError(
+                    f"gating='top2' sends every token to two experts, so it needs top_k >= 2 (got {self.top_k}). "
+                    "Use gating='top1', or gating='topk' for a fixed top_k."
+                )
         threshold = float(self.threshold)
         if not math.isfinite(threshold) or not 0.0 <= threshold <= 1.0:
             raise MoEConfigError(
@@ -191,6 +210,31 @@ class MoEConfig:
             return index in self.layers
         return index % self.every_n_layers == self.every_n_layers - 1
 
+    def resolve(self, **from_model: Any) -> MoEConfig:
+        """This config with its None ("from the model") fields filled: from `from_model` (a native MoE's own
+        `num_experts`, `top_k`, `combine`), else `DENSE_DEFAULTS`; validated again. Set fields stay as they are.
+
+        Example:
+            ```python
+            >>> MoEConfig().resolve().num_experts, MoEConfig().resolve(num_experts=8, top_k=2).num_experts
+            (16, 8)
+            ```
+        """
+        unknown = set(from_model) - set(FROM_MODEL_FIELDS)
+        if unknown:
+            raise TypeError(f"resolve() takes only {', '.join(FROM_MODEL_FIELDS)}; got {sorted(unknown)}.")
+        filled = {
+            name: from_model.get(name) if from_model.get(name) is not None else DENSE_DEFAULTS[name]
+            for name in FROM_MODEL_FIELDS
+            if getattr(self, name) is None
+        }
+        return dataclasses.replace(self, **filled) if filled else self
+
+    def filled_from(self, other: MoEConfig) -> MoEConfig:
+        """This config with its None fields taken from `other` (a checkpoint's stored config)."""
+        filled = {name: getattr(other, name) for name in FROM_MODEL_FIELDS if getattr(self, name) is None}
+        return dataclasses.replace(self, **filled)
+
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 
@@ -206,15 +250,23 @@ class MoEConfig:
         return cls(**values)
 
     def structural_differences(self, other: MoEConfig) -> dict[str, tuple[Any, Any]]:
-        """Fields that change which parameters exist, as {field: (self value, other value)}."""
+        """Fields that change which parameters exist, as {field: (self value, other value)}.
+
+        A field left None ("from the model") on either side agrees with any value.
+        """
         return {
             name: (getattr(self, name), getattr(other, name))
             for name in STRUCTURAL_FIELDS
-            if getattr(self, name) != getattr(other, name)
+            if None not in (getattr(self, name), getattr(other, name)) and getattr(self, name) != getattr(other, name)
         }
 
     def routing_differences(self, other: MoEConfig) -> dict[str, tuple[Any, Any]]:
-        """Fields that only change routing or training, as {field: (self value, other value)}."""
+        """Fields that only change routing or training, as {field: (self value, other value)}; None agrees with
+        any value, as in `structural_differences`."""
         mine, theirs = self.to_dict(), other.to_dict()
         skip = STRUCTURAL_FIELDS + INIT_FIELDS
-        return {k: (mine[k], theirs[k]) for k in mine if k not in skip and mine[k] != theirs[k]}
+        return {
+            k: (mine[k], theirs[k])
+            for k in mine
+            if k not in skip and None not in (mine[k], theirs[k]) and mine[k] != theirs[k]
+        }

@@ -27,6 +27,8 @@ class MoEBlock(nn.Module):
         stack: "encoder" or "decoder", which padding mask applies.
         seq_first: the model passes `(seq_len, batch, hidden)` (FSMT) instead of `(batch, seq_len, hidden)`.
         output_dropout: dropout after the combine, where the replaced FFN module applied one itself (GPT-2).
+        shared_expert: a module every token goes through, its output added to the mixture (Qwen2-MoE's
+            sigmoid-gated shared expert, `adamoe.native.SharedExpert`); None for none.
     """
 
     def __init__(
@@ -39,11 +41,13 @@ class MoEBlock(nn.Module):
         stack: str = "encoder",
         seq_first: bool = False,
         output_dropout: float = 0.0,
+        shared_expert: nn.Module | None = None,
     ) -> None:
         super().__init__()
         self.router = router
         self.experts = experts
-        self.config = config
+        self.shared_expert = shared_expert
+        self.config = config.resolve()
         self.layer_name = layer_name
         self.stack = stack
         self.seq_first = seq_first
@@ -71,7 +75,9 @@ class MoEBlock(nn.Module):
             )
         routing.token_mask, routing.batch_shape = self._token_layout(shape)
         self.last_routing = routing
-        mixed = self.experts.mix(tokens, layout)
+        mixed = self.experts.mix(tokens, layout)  # (num_tokens, hidden)
+        if self.shared_expert is not None:
+            mixed = mixed + self.shared_expert(tokens)
         return self.output_dropout(mixed.view(shape))
 
     def _token_layout(self, shape: torch.Size) -> tuple[torch.Tensor | None, tuple[int, int] | None]:

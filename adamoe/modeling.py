@@ -225,7 +225,7 @@ def from_pretrained(
                 name_or_path,
                 ", ".join(f"{k}: {a!r} -> {b!r}" for k, (a, b) in changed.items()),
             )
-        stored = moe
+        stored = moe.filled_from(stored)  # fields left None ("from the model") keep the checkpoint's
     # Every weight of the skeleton is overwritten by the checkpoint, so skip the expert initialisation.
     model = cls._from_config(config) if hasattr(cls, "_from_config") else cls.from_config(config)
     moeify(model, stored, initialize=False)

@@ -2,21 +2,29 @@
 
 Everything is checked and every block is built before the first module is replaced, so a failure leaves
 the model exactly as it was (never half patched). The MoE config is written into `model.config` under
-`adamoe`, which is how `save_pretrained`, Trainer checkpoints and `push_to_hub` carry it.
+`adamoe`, which is how `save_pretrained`, Trainer checkpoints and `push_to_hub` carry it, with its "from the
+model" fields filled in.
+
+A dense model's FFNs are upcycled (`adamoe.architectures`); a native MoE model keeps its own router and
+experts, and only its routing rule and dispatch are replaced (`adamoe.native`).
 """
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 import torch
 from torch import nn
 
 from .architectures import FFN_SPECS, DenseFFN, FFNSpec, stack_of
-from .config import MoEConfig
+from .config import MoEConfig, MoEConfigError
 from .experts import Experts
 from .layer import MoEBlock
+from .native import NATIVE_MOE_SPECS, UNREPRODUCIBLE_ROUTING, NativeMoE, NativeMoESpec, looks_like_moe, moved_experts
 from .router import Router
+
+logger = logging.getLogger(__name__)
 
 CONFIG_KEY = "adamoe"
 
@@ -114,22 +122,170 @@ def _hand_token_masks(model: nn.Module, args: tuple, kwargs: dict[str, Any]) -> 
             module.token_mask = decoder_mask if module.stack == "decoder" else encoder_mask
 
 
+def _refuse_router_logits(model: nn.Module, args: tuple, kwargs: dict[str, Any]) -> None:
+    """Forward pre-hook of a patched native MoE: its own routers, router logits and aux loss are gone."""
+    if kwargs.get("output_router_logits") or getattr(model.config, "output_router_logits", False):
+        raise ValueError(
+            f"This {type(model).__name__} was patched by adamoe: its own routers and their aux loss "
+            "(router_aux_loss_coef) are replaced, so output_router_logits=True has nothing to return. adamoe's "
+            "balance loss is `adamoe.balance_loss(model)` (AdaMoETrainer adds it in training), and each block's "
+            "gate probabilities are `block.last_routing.probs` for `_, block in adamoe.moe_blocks(model)`. Call "
+            "the model without output_router_logits (and keep model.config.output_router_logits False)."
+        )
+
+
+def _model_type(model: nn.Module) -> str | None:
+    return getattr(getattr(model, "config", None), "model_type", None)
+
+
+def _check_patchable(model: nn.Module) -> None:
+    """Refuse a model that is already patched, or whose architecture no spec describes."""
+    if is_moe_model(model):
+        raise ValueError(
+            f"{type(model).__name__} already has MoE blocks (it was patched by adamoe.moeify or loaded with "
+            "adamoe.from_pretrained); moeify it only once. To route it differently, load its checkpoint with "
+            "adamoe.from_pretrained(path, moe=adamoe.MoEConfig(...)) or set the routing fields on the blocks' config."
+        )
+    model_type = _model_type(model)
+    if model_type in FFN_SPECS or model_type in NATIVE_MOE_SPECS:
+        return
+    native = ", ".join(sorted(NATIVE_MOE_SPECS))
+    hf_config = getattr(model, "config", None)
+    if model_type in UNREPRODUCIBLE_ROUTING or looks_like_moe(hf_config):
+        reason = UNREPRODUCIBLE_ROUTING.get(model_type, "a router adamoe has no spec for")
+        raise UnsupportedArchitectureError(
+            f"{type(model).__name__} (model_type {model_type!r}) is a native mixture-of-experts model with {reason}; "
+            "adamoe cannot reproduce its routing, so patching it would silently compute a different model. "
+            f"Native MoE models adamoe supports: {native}. One whose router is softmax -> top-k (-> renormalise) "
+            "over gated experts can be added with "
+            "`adamoe.register_native_moe_spec(model_type, adamoe.NativeMoESpec(...))`. "
+            "Nothing was changed."
+        )
+    raise UnsupportedArchitectureError(
+        f"adamoe cannot convert model_type {model_type!r} ({type(model).__name__}): supported are "
+        f"{', '.join(sorted(FFN_SPECS))} (dense, upcycled) and {native} (native MoE). To add an architecture, "
+        "describe its FFN with `adamoe.FFNSpec` and call `adamoe.register_ffn_spec(model_type, spec)`."
+    )
+
+
+def _read_native(
+    model: nn.Module, config: MoEConfig, spec: NativeMoESpec
+) -> tuple[MoEConfig, list[tuple[nn.Module, str, NativeMoE]]]:
+    """Check that a native MoE model can be patched as `config` says and read its MoE layers; changes nothing.
+
+    Returns `config` resolved from the model (its expert count, top-k and renormalisation where `config` leaves
+    them None) and `(layer, layer name, native MoE)` for every MoE layer, in model order.
+    """
+    hf_config, model_type, name = model.config, _model_type(model), type(model).__name__
+    reason = spec.unsupported(hf_config) if spec.unsupported is not None else None
+    if reason:
+        raise UnsupportedArchitectureError(f"adamoe cannot reproduce the routing of this {name}: {reason}.")
+    if config.layers != "all" or config.every_n_layers != 1:
+        raise MoEConfigError(
+            f"{name} is a native MoE model: adamoe replaces the routing of every one of its MoE layers, so "
+            "layers / every_n_layers (which choose the dense FFNs to upcycle) do not apply. Leave them at their "
+            "defaults."
+        )
+    if config.expert_init != "upcycle" or config.upcycle_noise > 0:
+        raise MoEConfigError(
+            f"{name} is a native MoE model whose pretrained experts adamoe keeps; expert_init="
+            f"{config.expert_init!r} / upcycle_noise={config.upcycle_noise} would overwrite them. Leave both at "
+            "their defaults."
+        )
+    layers = spec.find_layers(model)
+    if not layers:
+        raise UnsupportedArchitectureError(
+            f"Found no MoE layers in {name} matching the {model_type!r} native spec (pattern "
+            f"{spec.layer_pattern!r}); its module layout differs from what the spec describes. Nothing was changed."
+        )
+    try:
+        natives = [(layer, layer_name, spec.read(layer, hf_config)) for layer_name, _, layer in layers]
+        for _, _, native in natives:
+            native.check_shapes()
+    except AttributeError as err:
+        raise UnsupportedArchitectureError(
+            f"The {model_type!r} native MoE spec does not fit {name}: {err}. Nothing was changed."
+        ) from err
+    first = natives[0][2]
+    experts, top_k = first.num_experts, first.top_k
+    if config.num_experts is not None and config.num_experts != experts:
+        raise MoEConfigError(
+            f"MoEConfig(num_experts={config.num_experts}) contradicts {name}, which has {experts} pretrained "
+            "experts per MoE layer; adamoe keeps them. Leave num_experts unset (None) to use the model's own."
+        )
+    if config.top_k is not None and config.top_k > experts:
+        raise MoEConfigError(
+            f"top_k={config.top_k} exceeds the {experts} experts per layer of {name}: a token cannot use more "
+            f"experts than the layer has. Use top_k <= {experts}, or leave it unset for the model's own "
+            f"{top_k}."
+        )
+    resolved = config.resolve(num_experts=experts, top_k=top_k, combine="normalized" if first.renormalize else "gate")
+    return resolved, natives
+
+
+def _native_block(name: str, native: NativeMoE, config: MoEConfig) -> MoEBlock:
+    """The MoE block over one native layer's own router and experts (moved, not initialised)."""
+    with torch.device("meta"):  # placeholders only: every tensor is replaced below
+        experts = Experts(
+            num_experts=native.num_experts,
+            hidden_size=native.hidden_size,
+            ffn_size=native.ffn_size,
+            activation=native.activation,
+            gated=True,
+            bias=False,
+            dispatch=config.dispatch,
+        )
+        router = Router(native.hidden_size, config)
+    for attr, param in moved_experts(native).items():
+        setattr(experts, attr, param)
+    router.weight = native.router_weight  # the same Parameter: the router is the model's own
+    return MoEBlock(
+        router=router,
+        experts=experts,
+        config=config,
+        layer_name=name,
+        stack="decoder",
+        shared_expert=native.shared_expert,
+    )
+
+
+def _moeify_native(model: nn.Module, config: MoEConfig, spec: NativeMoESpec) -> nn.Module:
+    config, natives = _read_native(model, config, spec)
+    # One layer at a time, so the expert weights exist twice for at most one layer: each native block (and with
+    # it its fused tensors) is dropped as soon as its adamoe block stands in its place.
+    while natives:
+        layer, name, native = natives.pop(0)
+        block = _native_block(name, native, config)
+        block.train(layer.training)
+        spec.splice(layer, block)
+        del native
+    if getattr(model.config, "output_router_logits", False):
+        logger.warning(
+            "%s had output_router_logits=True: its router aux loss is replaced by adamoe.balance_loss(model), "
+            "so it is switched off.",
+            type(model).__name__,
+        )
+    if hasattr(model.config, "output_router_logits"):
+        model.config.output_router_logits = False
+    # transformers' save_pretrained writes a model "in its original format", undoing the renames it applies to
+    # the model's Hub checkpoints (Mixtral's `.mlp.` -> `.block_sparse_moe.`). A patched model's weights are
+    # adamoe's layout, never that format, so it is saved under the names it has; an empty list of conversions
+    # is what transformers keeps for a model it loaded without any.
+    model._weight_conversions = []
+    setattr(model.config, CONFIG_KEY, config.to_dict())
+    model.register_forward_pre_hook(_hand_token_masks, with_kwargs=True)
+    model.register_forward_pre_hook(_refuse_router_logits, with_kwargs=True)
+    return model
+
+
 def _read_ffns(model: nn.Module, config: MoEConfig) -> tuple[FFNSpec, list[tuple[nn.Module, str, DenseFFN]]]:
     """Check that `model` can be patched as `config` says and read the FFNs to replace; changes nothing.
 
     Returns the model's spec and `(layer, layer name, dense FFN)` for every layer to convert, in model order.
     """
-    hf_config = getattr(model, "config", None)
-    model_type = getattr(hf_config, "model_type", None)
-    spec = FFN_SPECS.get(model_type)
-    if spec is None:
-        raise UnsupportedArchitectureError(
-            f"adamoe cannot convert model_type {model_type!r} ({type(model).__name__}): supported are "
-            f"{', '.join(sorted(FFN_SPECS))}. To add an architecture, describe its FFN with "
-            "`adamoe.FFNSpec` and call `adamoe.register_ffn_spec(model_type, spec)`."
-        )
-    if is_moe_model(model):
-        raise ValueError(f"{type(model).__name__} already has MoE blocks; moeify it only once.")
+    _check_patchable(model)
+    model_type = _model_type(model)
+    spec = FFN_SPECS[model_type]
 
     layers = spec.find_layers(model)
     if not layers:
@@ -181,6 +337,12 @@ def upcycled_parameter_count(model: nn.Module, config: MoEConfig | None = None) 
         ```
     """
     config = config if config is not None else MoEConfig()
+    _check_patchable(model)
+    native = NATIVE_MOE_SPECS.get(_model_type(model))
+    if native is not None:
+        _read_native(model, config, native)
+        return sum(p.numel() for p in model.parameters())  # a native MoE keeps its experts: same count
+    config = config.resolve()
     spec, dense = _read_ffns(model, config)
     total = sum(p.numel() for p in model.parameters())
     for _, name, ffn in dense:
@@ -198,10 +360,14 @@ def moeify(model: nn.Module, config: MoEConfig | None = None, *, initialize: boo
     """Replace the FFNs of `model` with adaptive-gated MoE blocks, in place, and return it.
 
     Args:
-        model: a Hugging Face model of a supported `model_type` (see `adamoe.architectures.FFN_SPECS`).
-        config: how to build the blocks; `MoEConfig()` when None.
+        model: a Hugging Face model of a supported `model_type`: a dense one (`adamoe.architectures.FFN_SPECS`),
+            whose FFNs are upcycled into experts, or a native MoE (`adamoe.native.NATIVE_MOE_SPECS`: Mixtral,
+            Qwen2-MoE, Qwen3-MoE, OLMoE), whose router and experts are kept and whose routing becomes adaptive.
+        config: how to build the blocks; `MoEConfig()` when None. Its None fields come from the model (a native
+            MoE's expert count, top-k and renormalisation; else 16 experts, k_max 2, renormalised).
         initialize: initialise the experts as `config.expert_init` says; False leaves them at their
-            default init, for when a checkpoint's weights are loaded next.
+            default init, for when a checkpoint's weights are loaded next. A native MoE's weights are always
+            moved, never initialised.
 
     Returns:
         The same model object, patched; `model.config.adamoe` holds the MoE config.
@@ -217,6 +383,11 @@ def moeify(model: nn.Module, config: MoEConfig | None = None, *, initialize: boo
         ```
     """
     config = config if config is not None else MoEConfig()
+    _check_patchable(model)
+    native = NATIVE_MOE_SPECS.get(_model_type(model))
+    if native is not None:
+        return _moeify_native(model, config, native)
+    config = config.resolve()
     spec, dense = _read_ffns(model, config)
     init_std = _init_std(model)
     blocks = [

@@ -158,7 +158,8 @@ class Router(nn.Module):
 
     def __init__(self, hidden_size: int, config: MoEConfig) -> None:
         super().__init__()
-        self.config = config
+        # `moeify` hands a resolved config; one built by hand gets the dense defaults for its None fields.
+        self.config = config = config.resolve()
         self.weight = nn.Parameter(torch.empty(config.num_experts, hidden_size))
         nn.init.normal_(self.weight, std=config.router_init_std)
 

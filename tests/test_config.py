@@ -4,7 +4,8 @@ from adamoe import MoEConfig, MoEConfigError
 
 
 def test_defaults_follow_the_paper_and_the_toolkit_choice():
-    cfg = MoEConfig()
+    # num_experts, top_k and combine come from the model: a native MoE's own, the toolkit's on a dense model.
+    cfg = MoEConfig().resolve()
     assert (cfg.num_experts, cfg.gating, cfg.threshold, cfg.aux_loss_coef) == (16, "adaptive", 0.1, 0.01)
     assert (cfg.expert_init, cfg.combine, cfg.threshold_on) == ("upcycle", "normalized", "normalized")
 
@@ -71,14 +72,35 @@ def test_bad_top_k_fails_with_a_message_that_says_what_to_do(kwargs, message):
 
 
 def test_top_k_defaults_to_the_papers_two_and_is_a_routing_field():
-    assert MoEConfig().top_k == 2
+    assert MoEConfig().resolve().top_k == 2
     cfg = MoEConfig(num_experts=8, gating="topk", top_k=8)
     assert MoEConfig.from_dict(cfg.to_dict()) == cfg
     # A config saved before top_k existed reads as k_max = 2.
     old = {k: v for k, v in MoEConfig(num_experts=4).to_dict().items() if k != "top_k"}
-    assert MoEConfig.from_dict(old) == MoEConfig(num_experts=4, top_k=2)
+    assert MoEConfig.from_dict(old).resolve() == MoEConfig(num_experts=4, top_k=2).resolve()
     # It changes routing, not which parameters exist, so it can change on a trained model.
-    assert MoEConfig(num_experts=8).routing_differences(cfg) == {"gating": ("adaptive", "topk"), "top_k": (2, 8)}
+    assert MoEConfig(num_experts=8).resolve().routing_differences(cfg) == {
+        "gating": ("adaptive", "topk"),
+        "top_k": (2, 8),
+    }
     assert MoEConfig(num_experts=8).structural_differences(cfg) == {}
     # A single-expert block routes everything to its expert whatever top_k says.
-    assert MoEConfig(num_experts=1, gating="top1").top_k == 2
+    assert MoEConfig(num_experts=1, gating="top1").resolve().top_k == 2
+
+
+def test_fields_left_to_the_model_are_none_until_resolved():
+    cfg = MoEConfig(threshold=0.3)
+    assert (cfg.num_experts, cfg.top_k, cfg.combine) == (None, None, None)
+    # A native MoE's own values fill them; set fields stay as set, and the result is validated again.
+    native = cfg.resolve(num_experts=8, top_k=2, combine="gate")
+    assert (native.num_experts, native.top_k, native.combine, native.threshold) == (8, 2, "gate", 0.3)
+    assert MoEConfig(top_k=4).resolve(num_experts=8, top_k=2).top_k == 4
+    with pytest.raises(MoEConfigError, match="top_k=20 exceeds num_experts=16"):
+        MoEConfig(top_k=20).resolve()
+    # None agrees with any value: a request that leaves the expert count to the checkpoint is no conflict.
+    stored = MoEConfig(num_experts=8, top_k=2, combine="gate")
+    assert MoEConfig().structural_differences(stored) == {} and MoEConfig().routing_differences(stored) == {}
+    assert MoEConfig(threshold=0.5).filled_from(stored) == MoEConfig(
+        num_experts=8, top_k=2, combine="gate", threshold=0.5
+    )
+    assert MoEConfig.from_dict(cfg.to_dict()) == cfg

@@ -37,18 +37,26 @@ from transformers import (
     MBartForConditionalGeneration,
     MistralConfig,
     MistralForCausalLM,
+    MixtralConfig,
+    MixtralForCausalLM,
     ModernBertConfig,
     ModernBertForSequenceClassification,
     MT5Config,
     MT5ForConditionalGeneration,
+    OlmoeConfig,
+    OlmoeForCausalLM,
     PegasusConfig,
     PegasusForConditionalGeneration,
     Phi3Config,
     Phi3ForCausalLM,
     Qwen2Config,
     Qwen2ForCausalLM,
+    Qwen2MoeConfig,
+    Qwen2MoeForCausalLM,
     Qwen3Config,
     Qwen3ForCausalLM,
+    Qwen3MoeConfig,
+    Qwen3MoeForCausalLM,
     RobertaConfig,
     RobertaForSequenceClassification,
     T5Config,
@@ -288,6 +296,50 @@ ARCHITECTURES = [
 
 GENERATORS = [a for a in ARCHITECTURES if a.causal or a.seq2seq]
 
+# Native MoE decoders, which keep their own experts: a table of their own, since every row of ARCHITECTURES
+# is upcycled with a chosen expert count. Each covers one renormalisation convention or layout: Mixtral always
+# renormalises, Qwen2-MoE does not and adds a shared expert (and keeps a dense MLP in layer 0 here), Qwen3-MoE
+# renormalises with norm_topk_prob, OLMoE does not.
+_MOE_DECODER = {**_COMMON_DECODER, "intermediate_size": 48}
+NATIVE_MOES = [
+    Arch(
+        "mixtral",
+        MixtralForCausalLM,
+        MixtralConfig(**_MOE_DECODER, num_local_experts=8, num_experts_per_tok=2),
+        causal=True,
+    ),
+    Arch(
+        "qwen2_moe",
+        Qwen2MoeForCausalLM,
+        Qwen2MoeConfig(
+            **_MOE_DECODER,
+            num_experts=6,
+            num_experts_per_tok=4,
+            moe_intermediate_size=24,
+            shared_expert_intermediate_size=40,
+            norm_topk_prob=False,
+            mlp_only_layers=[0],
+        ),
+        causal=True,
+    ),
+    Arch(
+        "qwen3_moe",
+        Qwen3MoeForCausalLM,
+        Qwen3MoeConfig(
+            **_MOE_DECODER, num_experts=8, num_experts_per_tok=4, moe_intermediate_size=24, norm_topk_prob=True
+        ),
+        causal=True,
+    ),
+    Arch(
+        "olmoe",
+        OlmoeForCausalLM,
+        OlmoeConfig(
+            **{k: v for k, v in _MOE_DECODER.items() if k != "head_dim"}, num_experts=8, num_experts_per_tok=3
+        ),
+        causal=True,
+    ),
+]
+
 
 def arch_by_name(name: str) -> Arch:
-    return next(a for a in ARCHITECTURES if a.name == name)
+    return next(a for a in ARCHITECTURES + NATIVE_MOES if a.name == name)
