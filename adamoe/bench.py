@@ -1,6 +1,6 @@
 """Speed and memory benchmark: does a skipped expert become saved training time?
 
-Two sections, each written as a markdown table and a JSON file into the output folder:
+Three sections, each written as a markdown table and a JSON file into the output folder:
 
 - `layer`: one MoE layer (`Experts`, 16 experts by default), forward + backward, with forced routing: top-1,
   top-2, and adaptive with an exact forced share of two-expert tokens. Each is compared with the *floor*,
@@ -12,11 +12,15 @@ Two sections, each written as a markdown table and a JSON file into the output f
   Adaptive runs with `gating="adaptive"` and a forward hook on every router that forces an exact random
   share of two-expert tokens (default 20%) and recomputes the combine weights from the router's own
   probabilities, so gradients flow as in real training while the cost is pinned.
+- `native` (`adamoe.bench_native`): a Mixtral- and a Qwen3-MoE-shaped layer (k_max 2 and 8) with an exact
+  forced share of the optional expert slots skipped, against fixed top-k and the floor.
 
 Times are medians over repeats after warm-up; the cases of a section take turns in every round, so load
 from other processes hits them alike. Memory is the peak allocated during one more step, above what was
 allocated before it: `torch.cuda.max_memory_allocated` on CUDA; on CPU the running sum of the allocation
-and free events of `torch.profiler(profile_memory=True)` (the CPU allocator's own record).
+and free events of `torch.profiler(profile_memory=True)` (the CPU allocator's own record). Each repeat also
+records the process CPU time beside the wall clock (CPU time well below wall time: the process waited for a
+core), and the report the whole run's wall and CPU time and the load average before and after.
 
     python -m adamoe.bench --device cpu --out bench-results    # fp32, 2048 tokens, 2-layer models
     python -m adamoe.bench --device cuda --out bench-results   # bf16, 16k tokens, full depth
@@ -24,7 +28,7 @@ and free events of `torch.profiler(profile_memory=True)` (the CPU allocator's ow
 
 The CLI (`adamoe bench`) and Python callers use `run_benchmark(BenchConfig(...))`. docs/performance.md
 holds the measured figures. One file, longer than most here, because docs/design.md gives the benchmark
-one module: its config, the two sections and the report.
+one module: its config, the first two sections and the report; the native section has its own module.
 """
 
 from __future__ import annotations
@@ -32,6 +36,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import os
 import platform
 import statistics
 import subprocess
@@ -50,10 +55,10 @@ from .patching import moe_blocks, moeify
 from .router import combine_weights
 from .stats import balance_loss, routing_stats
 
-SECTIONS = ("layer", "train")
-# Targets of GitHub issue 4, checked against the results of the device they name.
+SECTIONS = ("layer", "train", "native")
+# Targets of GitHub issues 4 and 10 (native: the worst shape), checked against the results of the device they name.
 TARGETS = {
-    "cpu": {"layer top1/top2": 0.65, "layer adaptive20/top2": 0.72},
+    "cpu": {"layer top1/top2": 0.65, "layer adaptive20/top2": 0.72, "native skip50/topk": 0.65},
     "cuda": {
         "layer max adamoe/floor": 1.25,
         "layer top1/top2": 0.63,
@@ -100,12 +105,22 @@ class BenchConfig:
     train_tokens: int | None = field(default=None, metadata={"help": "Tokens per training step (16384 / 1024)."})
     repeats: int | None = field(default=None, metadata={"help": "Timed repeats per case (median reported)."})
     warmup: int | None = field(default=None, metadata={"help": "Untimed runs per case first."})
-    sections: tuple[str, ...] = field(default=SECTIONS, metadata={"help": "Any of 'layer', 'train'."})
+    sections: tuple[str, ...] = field(default=SECTIONS, metadata={"help": "Any of 'layer', 'train', 'native'."})
     shapes: tuple[str, ...] = field(default=tuple(SHAPES), metadata={"help": "Names in SHAPES."})
     num_experts: int = field(default=16, metadata={"help": "Experts per MoE layer."})
     fractions: tuple[float, ...] = field(
         default=(0.0, 0.1, 0.2, 0.25, 0.5, 1.0),
         metadata={"help": "Forced two-expert shares of the layer section; 0 (top-1) and 1 (top-2) always run."},
+    )
+    native_shapes: tuple[str, ...] = field(
+        default=("mixtral", "qwen3-moe"), metadata={"help": "Names in bench_native.NATIVE_SHAPES."}
+    )
+    skip_fractions: tuple[float, ...] = field(
+        default=(0.0, 0.25, 0.5, 0.75),
+        metadata={"help": "Forced shares of the optional (k_max - 1) slots skipped, native section; 0 always runs."},
+    )
+    native_divisor: int | None = field(
+        default=None, metadata={"help": "Divide native widths by this (CPU: Mixtral 4, Qwen3-MoE 2; CUDA: 1)."}
     )
     train_fraction: float = field(default=0.2, metadata={"help": "Forced two-expert share of the adaptive step."})
     train_layers: int | None = field(
@@ -142,11 +157,21 @@ class BenchConfig:
             if values[name] is None:
                 values[name] = value
         values["fractions"] = tuple(sorted({0.0, 1.0, *map(float, values["fractions"])}))
-        if not all(0 <= f <= 1 for f in values["fractions"]):
-            raise ValueError(f"fractions must lie in [0, 1], got {values['fractions']}.")
+        values["skip_fractions"] = tuple(sorted({0.0, *map(float, values["skip_fractions"])}))
+        for name in ("fractions", "skip_fractions"):
+            if not all(0 <= f <= 1 for f in values[name]):
+                raise ValueError(f"{name} must lie in [0, 1], got {values[name]}.")
+        from .bench_native import NATIVE_SHAPES  # imported here: bench_native builds on this module
+
         unknown = set(values["sections"]) - set(SECTIONS)
-        if unknown or not set(values["shapes"]) <= set(SHAPES):
-            raise ValueError(f"sections must be in {SECTIONS} and shapes in {tuple(SHAPES)}.")
+        if (
+            unknown
+            or not set(values["shapes"]) <= set(SHAPES)
+            or not set(values["native_shapes"]) <= set(NATIVE_SHAPES)
+        ):
+            raise ValueError(
+                f"sections must be in {SECTIONS}, shapes in {tuple(SHAPES)}, native shapes in {tuple(NATIVE_SHAPES)}."
+            )
         return BenchConfig(**values)
 
     def shape(self, name: str) -> Shape:
@@ -159,6 +184,22 @@ class Case:
 
     run: Callable[[], Any]
     reset: Callable[[], Any]
+
+
+def backward_case(
+    module: nn.Module, inputs: torch.Tensor, grad: torch.Tensor, forward: Callable[[], torch.Tensor]
+) -> Case:
+    """`forward().backward(grad)` as a case, with `module`'s and `inputs`' gradients dropped before each run."""
+
+    def reset():
+        module.zero_grad(set_to_none=True)
+        inputs.grad = None
+
+    def run():
+        reset()  # as `optimizer.zero_grad()` does: every step allocates its gradients
+        forward().backward(grad)
+
+    return Case(run, reset)
 
 
 def peak_memory_mib(case: Case, device: torch.device) -> float:
@@ -189,14 +230,14 @@ def peak_memory_mib(case: Case, device: torch.device) -> float:
 
 
 def measure(cases: dict[str, Case], config: BenchConfig, device: torch.device) -> dict[str, dict[str, Any]]:
-    """`{"times_ms": [...], "time_ms": median, "min_ms": ..., "peak_mib": ...}` per case.
+    """`{"times_ms": [...], "time_ms": median, "min_ms": ..., "cpu_ms": median, "peak_mib": ...}` per case.
 
     Every case is warmed up, then runs once more to measure memory (after all warm-ups, so that state
     created by a first step, such as AdamW's moments, counts for no case), then all are timed in rounds
     in which the cases take turns, so a burst of load from other processes hits them alike.
     """
     sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
-    out = {name: {"times_ms": [], "peak_mib": None} for name in cases}
+    out = {name: {"times_ms": [], "cpu_times_ms": [], "peak_mib": None} for name in cases}
     for case in cases.values():
         for _ in range(config.warmup):
             case.run()
@@ -206,12 +247,14 @@ def measure(cases: dict[str, Case], config: BenchConfig, device: torch.device) -
     for _ in range(config.repeats):
         for name, case in cases.items():
             sync()
-            start = time.perf_counter()
+            start, cpu_start = time.perf_counter(), time.process_time()
             case.run()
             sync()
             out[name]["times_ms"].append((time.perf_counter() - start) * 1e3)
+            out[name]["cpu_times_ms"].append((time.process_time() - cpu_start) * 1e3)  # all threads together
     for result in out.values():
         result["time_ms"] = statistics.median(result["times_ms"])
+        result["cpu_ms"] = statistics.median(result["cpu_times_ms"])
         result["min_ms"] = min(result["times_ms"])
     return out
 
@@ -271,17 +314,6 @@ def bench_layer(shape: Shape, config: BenchConfig, device: torch.device, dtype: 
     x = torch.randn(n, h, device=device, dtype=dtype, requires_grad=True)
     upstream = torch.randn(n, h, device=device, dtype=dtype)
 
-    def case(module: nn.Module, inputs: torch.Tensor, grad: torch.Tensor, forward: Callable[[], torch.Tensor]) -> Case:
-        def reset():
-            module.zero_grad(set_to_none=True)
-            inputs.grad = None
-
-        def run():
-            reset()  # as `optimizer.zero_grad()` does: every step allocates its gradients
-            forward().backward(grad)
-
-        return Case(run, reset)
-
     rows, cases = [], {}
     for fraction in config.fractions:
         name, gating = case_name(fraction)
@@ -290,16 +322,18 @@ def bench_layer(shape: Shape, config: BenchConfig, device: torch.device, dtype: 
         row = {"case": name, "method": "adamoe", "gating": gating, "forced_two_expert_fraction": fraction}
         row |= {"pairs": int(r["active"].sum()), "two_expert_fraction": float(r["active"][:, 1].float().mean())}
         rows.append(row)
-        cases[name] = case(experts, x, upstream, lambda r=r: experts(x, r["index"], r["weights"], r["active"]))
+        cases[name] = backward_case(
+            experts, x, upstream, lambda r=r: experts(x, r["index"], r["weights"], r["active"])
+        )
         if gating in config.mixtral_loop:
             rows.append(row | {"case": f"{gating} mixtral-loop", "method": "mixtral-loop"})
-            cases[f"{gating} mixtral-loop"] = case(
+            cases[f"{gating} mixtral-loop"] = backward_case(
                 experts, x, upstream, lambda r=r: mixtral_loop(experts, x, r["index"], r["weights"], r["active"])
             )
     for pairs in sorted({row["pairs"] for row in rows}):
         floor_x = torch.randn(pairs, h, device=device, dtype=dtype, requires_grad=True)
         floor_up = torch.randn(pairs, h, device=device, dtype=dtype)
-        cases[f"floor {pairs}"] = case(dense, floor_x, floor_up, lambda fx=floor_x: dense(fx))
+        cases[f"floor {pairs}"] = backward_case(dense, floor_x, floor_up, lambda fx=floor_x: dense(fx))
         rows.append({"case": f"floor {pairs}", "method": "floor", "gating": None, "pairs": pairs})
 
     measured = measure(cases, config, device)
@@ -388,7 +422,7 @@ def force_two_expert_fraction(model: nn.Module, fraction: float, seed: int) -> l
 def bench_train(shape: Shape, config: BenchConfig, device: torch.device, dtype: torch.dtype) -> list[dict]:
     """Training steps of the dense model and of one MoE model switched between top1, top2 and adaptive.
 
-    The three MoE variants share one model (the routers read the gating rule from their shared config at
+    The three MoE variants share one model (the routers read the gating rule from their config at
     every forward), so they have the same weights and take turns in the timing rounds like the layer cases.
     """
     layers = config.train_layers or shape.num_layers
@@ -404,14 +438,16 @@ def bench_train(shape: Shape, config: BenchConfig, device: torch.device, dtype: 
         inputs = {"input_ids": input_ids, "labels": labels}
         dense, moe = (_train_model(shape, layers, is_moe, config, device, dtype, inputs) for is_moe in (False, True))
         blocks = [block for _, block in moe_blocks(moe.model)]
-        moe_config = blocks[0].config  # shared by all blocks of the model
+        # Every block's and router's config: a router may hold its own (resolved) copy of the block's.
+        configs = {id(c): c for block in blocks for c in (block.config, block.router.config)}.values()
         force_two_expert_fraction(moe.model, config.train_fraction, config.seed)
         last_routing = {}
 
         def case(model: _TrainModel, gating: str | None) -> Case:
             def run():
                 if gating is not None:
-                    moe_config.gating = gating
+                    for moe_config in configs:
+                        moe_config.gating = gating
                 model.step()
                 if gating is not None:  # kept to compute this variant's routing statistics afterwards
                     last_routing[gating] = [block.last_routing for block in blocks]
@@ -496,6 +532,9 @@ def check_targets(rows: list[dict], device_type: str) -> dict[str, dict]:
             measured.setdefault("layer top1/top2", []).append(r["ratio_to_top2"])
         if r["gating"] == "adaptive" and abs(r["forced_two_expert_fraction"] - 0.2) < 1e-9:
             measured.setdefault("layer adaptive20/top2", []).append(r["ratio_to_top2"])
+    for r in rows:
+        if r["section"] == "native" and r["method"] == "adamoe" and r["skip_fraction"] == 0.5:
+            measured.setdefault("native skip50/topk", []).append(r["ratio_to_topk"])
     for r in train:
         if r["variant"] == "top1":
             measured.setdefault("train top1/dense", []).append(r["ratio_to_dense"])
@@ -562,6 +601,15 @@ def to_markdown(report: dict[str, Any]) -> str:
                 f"{_fmt(r['ratio_to_dense'])} | "
                 f"{_fmt(r['ratio_to_top2'])} | {_fmt(r['peak_mib'], '.0f')} |"
             )
+    native = [r for r in report["results"] if r["section"] == "native"]
+    if native:
+        from .bench_native import native_markdown  # imported here: bench_native builds on this module
+
+        lines += native_markdown(native, cfg)
+    run = report.get("run")
+    if run:
+        lines += ["", f"Whole run: {run['wall_s']:.0f} s wall clock, {run['process_cpu_s']:.0f} s process CPU time;"]
+        lines[-1] += f" load average {run['load_before'][0]:.2f} before, {run['load_after'][0]:.2f} after."
     if report["targets"]:
         lines += ["", "## Targets", "", "| target | limit | worst measured | met |", "|---|---|---|---|"]
         for name, t in report["targets"].items():
@@ -588,6 +636,7 @@ def run_benchmark(config: BenchConfig | None = None) -> dict[str, Any]:
     device = torch.device(config.device)
     dtype = getattr(torch, config.dtype)
     threads = torch.get_num_threads()
+    wall, cpu, load_before = time.perf_counter(), time.process_time(), os.getloadavg()
     if config.threads:
         torch.set_num_threads(config.threads)
     results = []
@@ -598,10 +647,16 @@ def run_benchmark(config: BenchConfig | None = None) -> dict[str, Any]:
                 results += [{"section": "layer"} | row for row in bench_layer(shape, config, device, dtype)]
             if "train" in config.sections:
                 results += [{"section": "train"} | row for row in bench_train(shape, config, device, dtype)]
+        if "native" in config.sections:
+            from .bench_native import bench_native  # imported here: bench_native builds on this module
+
+            results += [{"section": "native"} | row for row in bench_native(config, device, dtype)]
         env = environment(device)
     finally:
         torch.set_num_threads(threads)
-    report = {"config": dataclasses.asdict(config), "environment": env, "results": results}
+    run = {"wall_s": time.perf_counter() - wall, "process_cpu_s": time.process_time() - cpu}
+    run |= {"load_before": load_before, "load_after": os.getloadavg()}  # 1, 5 and 15 minute load averages
+    report = {"config": dataclasses.asdict(config), "environment": env, "run": run, "results": results}
     report["targets"] = check_targets(results, device.type) if not config.quick else {}
     if config.output_dir is not None:
         out = Path(config.output_dir)
@@ -615,6 +670,7 @@ def main(argv: list[str] | None = None) -> None:
     """`python -m adamoe.bench`: one flag per `BenchConfig` field."""
     parser = argparse.ArgumentParser(prog="python -m adamoe.bench", description=__doc__.split("\n\n")[0])
     lists = {"sections": str, "shapes": str, "mixtral_loop": str, "fractions": float}
+    lists |= {"native_shapes": str, "skip_fractions": float}
     for f in dataclasses.fields(BenchConfig):
         flags = ["--" + f.name.replace("_", "-")] + (["--out"] if f.name == "output_dir" else [])
         kwargs = {"default": f.default, "help": f.metadata.get("help"), "dest": f.name}

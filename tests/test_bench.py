@@ -12,6 +12,7 @@ from torch import nn
 
 import adamoe
 from adamoe.bench import BenchConfig, force_two_expert_fraction, forced_routing, main, mixtral_loop, run_benchmark
+from adamoe.bench_native import QUICK_NATIVE_SHAPES, forced_skips
 from adamoe.experts import Experts
 
 
@@ -94,6 +95,7 @@ def test_markdown_has_a_line_per_result(report):
     data, markdown = report
     table_rows = [line for line in markdown.splitlines() if line.startswith("| ") and "quick" in line]
     assert len(table_rows) == len(data["results"])
+    assert {r["section"] for r in data["results"]} == {"layer", "train", "native"}
     assert data["environment"]["torch"] == torch.__version__
 
 
@@ -102,3 +104,82 @@ def test_command_line_writes_both_files(tmp_path, capsys):
     data = json.loads((tmp_path / "bench.json").read_text())
     assert {r["method"] for r in data["results"]} == {"adamoe", "floor"}
     assert (tmp_path / "bench.md").read_text() in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("top_k", [2, 4, 8])
+@pytest.mark.parametrize("skip", [0.0, 0.25, 0.5, 0.75, 1.0])
+def test_forced_skips_are_exact_prefixes(top_k, skip):
+    decision = forced_skips(256, 16, top_k, skip, seed=0)
+    index, active = decision.expert_index, decision.active
+    assert torch.bincount(index[:, 0], minlength=16).tolist() == [16] * 16
+    assert all(len(set(row)) == top_k for row in index.tolist())
+    assert active[:, 0].all() and (active[:, 1:] <= active[:, :-1]).all()  # a prefix: the first always
+    assert int((~active).sum()) == round(skip * 256 * (top_k - 1))
+    assert int(decision.num_selected.sum()) == 256 + 256 * (top_k - 1) - round(skip * 256 * (top_k - 1))
+    # The chosen experts lead the probabilities, in order, as the router's top-k does.
+    assert torch.equal(decision.probs.topk(top_k, dim=-1).indices, index)
+    torch.testing.assert_close(decision.combine_weights.sum(-1), torch.ones(256))
+    assert (decision.combine_weights[~active] == 0).all()
+
+
+def test_native_rows_report_the_forced_skips(tmp_path):
+    fractions = (0.25, 0.5, 0.75)
+    config = BenchConfig(quick=True, sections=("native",), skip_fractions=fractions, output_dir=str(tmp_path))
+    data = json.loads(json.dumps(run_benchmark(config)))  # as bench.json holds it
+    assert data["config"]["skip_fractions"] == [0.0, 0.25, 0.5, 0.75]  # fixed top-k always runs
+    tokens = data["config"]["tokens"]
+    for shape in QUICK_NATIVE_SHAPES.values():
+        rows = [r for r in data["results"] if r["section"] == "native" and r["shape"] == shape.name]
+        moe = {r["skip_fraction"]: r for r in rows if r["method"] == "adamoe"}
+        assert sorted(moe) == data["config"]["skip_fractions"]
+        optional = tokens * (shape.top_k - 1)
+        for fraction, row in moe.items():
+            assert (row["experts"], row["top_k"], row["hidden"], row["ffn"]) == (
+                shape.num_experts,
+                shape.top_k,
+                shape.hidden_size,
+                shape.ffn_size,
+            )
+            assert row["skipped_fraction"] == round(fraction * optional) / optional == fraction
+            assert row["pairs"] == tokens + optional - round(fraction * optional)
+            assert len(row["times_ms"]) == len(row["cpu_times_ms"]) == data["config"]["repeats"]
+        assert moe[0.0]["case"] == f"top-{shape.top_k} (0% skipped)" and moe[0.0]["ratio_to_topk"] == 1.0
+        floors = {r["pairs"]: r for r in rows if r["method"] == "floor"}
+        assert sorted(floors) == sorted(r["pairs"] for r in moe.values())  # one floor over each case's pairs
+        assert all(r["ratio_to_floor"] == 1.0 and r["ratio_to_topk"] is None for r in floors.values())
+        for row in moe.values():
+            assert row["ratio_to_floor"] == row["time_ms"] / floors[row["pairs"]]["time_ms"]
+    assert data["targets"] == {}  # quick runs check no target
+    assert "qwen3-moe (quick): hidden 32, gated FFN 12, 128 experts, k_max 8" in (tmp_path / "bench.md").read_text()
+
+
+def test_native_target_is_checked_on_cpu_runs():
+    from adamoe.bench import check_targets
+
+    rows = [{"section": "native", "method": "adamoe", "skip_fraction": 0.5, "ratio_to_topk": r} for r in (0.6, 0.7)]
+    target = check_targets(rows, "cpu")["native skip50/topk"]
+    assert target == {"limit": 0.65, "worst": 0.7, "met": False}
+
+
+def test_command_line_native_flags(tmp_path):
+    main(
+        [
+            "--quick",
+            "--sections",
+            "native",
+            "--native-shapes",
+            "mixtral",
+            "--skip-fractions",
+            "0.5",
+            "--out",
+            str(tmp_path),
+        ]
+    )
+    data = json.loads((tmp_path / "bench.json").read_text())
+    assert [(r["case"], r["pairs"]) for r in data["results"]] == [
+        ("top-2 (0% skipped)", 512),
+        ("50% skipped", 384),
+        ("floor 384", 384),
+        ("floor 512", 512),
+    ]
+    assert data["run"]["process_cpu_s"] > 0 and len(data["run"]["load_before"]) == 3
