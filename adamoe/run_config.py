@@ -19,7 +19,6 @@ import yaml
 
 from .config import MoEConfig
 from .tasks import DataArgs, get_task
-from .trainer import AdaMoESeq2SeqTrainingArguments
 
 
 class RunConfigError(ValueError):
@@ -27,6 +26,8 @@ class RunConfigError(ValueError):
 
 
 def _training_fields() -> dict[str, dataclasses.Field]:
+    from .trainer import AdaMoESeq2SeqTrainingArguments  # torch: only when a run config is built
+
     return {f.name: f for f in dataclasses.fields(AdaMoESeq2SeqTrainingArguments)}
 
 

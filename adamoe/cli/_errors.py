@@ -9,29 +9,31 @@ from typing import Any
 
 import typer
 
-from ..config import MoEConfigError
-from ..modeling import CheckpointError
-from ..output_dir import OutputDirError
-from ..patching import UnsupportedArchitectureError
-from ..router import RouterNumericsError
-from ..run_config import RunConfigError
-from ..tasks import DataFormatError, HubUnreachableError
-from ..trainer.checkpointing import STAGING_DIR
-from ..trainer.trainer import NonFiniteWeightsError
 
-# Errors whose message already says what was wrong and what to do.
-USER_ERRORS = (
-    CheckpointError,
-    DataFormatError,
-    FileNotFoundError,
-    HubUnreachableError,
-    MoEConfigError,
-    NonFiniteWeightsError,
-    OutputDirError,
-    RouterNumericsError,
-    RunConfigError,
-    UnsupportedArchitectureError,
-)
+def user_errors() -> tuple[type[BaseException], ...]:
+    """The errors whose message already says what was wrong and what to do (imported when a command fails, so
+    that `--help` imports none of the modules that define them)."""
+    from ..config import MoEConfigError
+    from ..modeling import CheckpointError
+    from ..output_dir import OutputDirError
+    from ..patching import UnsupportedArchitectureError
+    from ..router import RouterNumericsError
+    from ..run_config import RunConfigError
+    from ..tasks import DataFormatError, HubUnreachableError
+    from ..trainer.trainer import NonFiniteWeightsError
+
+    return (
+        CheckpointError,
+        DataFormatError,
+        FileNotFoundError,
+        HubUnreachableError,
+        MoEConfigError,
+        NonFiniteWeightsError,
+        OutputDirError,
+        RouterNumericsError,
+        RunConfigError,
+        UnsupportedArchitectureError,
+    )
 
 
 def friendly_errors(command: Callable[..., Any]) -> Callable[..., Any]:
@@ -39,12 +41,14 @@ def friendly_errors(command: Callable[..., Any]) -> Callable[..., Any]:
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         try:
             return command(*args, **kwargs)
-        except USER_ERRORS as err:
-            _exit_with(str(err), err)
         except Exception as err:  # torch and safetensors report a full disk as RuntimeError / SafetensorError
+            if isinstance(err, user_errors()):
+                _exit_with(str(err), err)
             full = _disk_full(err)
             if full is None:
                 raise
+            from ..trainer.checkpointing import STAGING_DIR
+
             # A full disk is the user's to fix, and the run is not lost: checkpoints are written aside and moved
             # into place (adamoe/trainer/checkpointing.py), so the last complete one is still there.
             filename = getattr(full, "filename", None)

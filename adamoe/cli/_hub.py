@@ -18,7 +18,6 @@ from contextlib import contextmanager
 from typing import Any
 from urllib.parse import urlparse
 
-import datasets
 from huggingface_hub import constants
 
 logger = logging.getLogger(__name__)
@@ -48,6 +47,8 @@ def offline_when_hub_unreachable() -> Iterator[None]:
         f"The Hugging Face Hub ({constants.ENDPOINT}) cannot be reached: using local files and the cache only, "
         "as with HF_HUB_OFFLINE=1."
     )
+    import datasets  # the commands that reach here load data anyway
+
     saved = constants.HF_HUB_OFFLINE, datasets.config.HF_HUB_OFFLINE
     constants.HF_HUB_OFFLINE = datasets.config.HF_HUB_OFFLINE = True
     try:

@@ -6,12 +6,10 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import typer
-from accelerate import PartialState
 from rich.console import Console
 from rich.table import Table
 
-from .. import finetune as recipes
-from ..run_config import FinetuneConfig, RunConfigError
+from ..run_config import RunConfigError
 from ..tasks import TASKS, get_task
 from ._errors import friendly_errors
 from ._hub import uses_hub
@@ -111,6 +109,11 @@ def finetune_command(
     ] = False,
 ) -> None:
     """Fine-tune a model with adaptive-gated MoE FFNs on one task; writes OUTPUT_DIR/results.json."""
+    from accelerate import PartialState
+
+    from .. import finetune as recipes
+    from ..run_config import FinetuneConfig
+
     values: dict[str, Any] = {}
     if config is not None:
         values = FinetuneConfig.from_yaml(config).to_dict()
@@ -231,6 +234,10 @@ def evaluate_command(
 
     Example: adamoe evaluate --task sst2 --checkpoint runs/sst2-minilm --validation-file dev.tsv
     """
+    from accelerate import PartialState
+
+    from .. import finetune as recipes
+
     training = {"per_device_eval_batch_size": batch_size} if batch_size else {}
     out = output_dir if output_dir is not None else checkpoint / "eval"
     metrics = recipes.evaluate_checkpoint(
@@ -266,6 +273,8 @@ def convert_command(
     ] = False,
 ) -> None:
     """Patch a model's FFNs into MoE blocks and save it, without training."""
+    from .. import finetune as recipes
+
     if gating is Gating.dense:
         raise RunConfigError("convert makes an MoE checkpoint; --gating dense would leave it unchanged.")
     moe = moe_config(

@@ -23,25 +23,33 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from ..trainer.console import LOG_NAME
 from ..trainer.timing import LossSmoother
 
 CurvePoint = dict[str, float]  # {"step", "time_s", "task_loss"}
 
 
 def loss_curve(run_dir: str | Path, train_time_s: float | None = None) -> tuple[list[CurvePoint], str]:
-    """The logged training losses of the run in `run_dir`, read from its last checkpoint's `trainer_state.json`.
+    """The logged training losses of the run in `run_dir`, read from its `trainer_log.jsonl` (or, for a run
+    written before that log existed, its last checkpoint's `trainer_state.json`).
 
     Returns:
         `(points, clock)`: one point per training log event, and "train_runtime" when the times are the
         trainer's wall clock at each event, "step_interpolated" when they are `train_time_s * step / last_step`,
         or "none" when the run left no log history.
     """
+    log = Path(run_dir) / LOG_NAME
     states = sorted(
         Path(run_dir).glob("checkpoint-*/trainer_state.json"), key=lambda p: int(p.parent.name.split("-")[1])
     )
-    if not states:
+    if log.is_file():
+        records = [json.loads(line) for line in log.read_text().splitlines() if line.strip()]
+        # A resumed run logs the steps after its checkpoint again: the later record of a step is the one kept.
+        history = list({(r.get("step"), "loss" in r or "task_loss" in r): r for r in records}.values())
+    elif states:
+        history = json.loads(states[-1].read_text()).get("log_history", [])
+    else:
         return [], "none"
-    history = json.loads(states[-1].read_text()).get("log_history", [])
     events = [e for e in history if "task_loss" in e or ("loss" in e and "eval_loss" not in e)]
     if not events:
         return [], "none"

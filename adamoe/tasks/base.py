@@ -25,22 +25,35 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal, Protocol
-
-import datasets
-import torch
-from datasets import Dataset, DatasetDict
-from huggingface_hub.errors import LocalEntryNotFoundError
-from transformers import EvalPrediction, PretrainedConfig, PreTrainedTokenizerBase
+from typing import TYPE_CHECKING, Any, Literal, Protocol
 
 from .io import HubUnreachableError
+
+if TYPE_CHECKING:
+    import torch
+    from datasets import Dataset, DatasetDict
+    from transformers import EvalPrediction, PretrainedConfig, PreTrainedTokenizerBase
 
 TaskKind = Literal["classification", "qa", "seq2seq", "causal_lm"]
 DIRECTIONS = ("de-en", "en-de")
 SPLITS = ("train", "validation")
 
-MetricsFn = Callable[[EvalPrediction], dict[str, float]]
-LogitsReducer = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+
+def lazy_import(module: str, name: str) -> Any:
+    """A class attribute that imports `module.name` when first read, so that listing the tasks (`adamoe tasks`,
+    `--help`) needs neither torch nor transformers."""
+
+    class LazyAttribute:
+        def __get__(self, instance: object, owner: type) -> Any:
+            import importlib
+
+            return getattr(importlib.import_module(module), name)
+
+    return LazyAttribute()
+
+
+MetricsFn = Callable[["EvalPrediction"], dict[str, float]]
+LogitsReducer = Callable[["torch.Tensor", "torch.Tensor"], "torch.Tensor"]
 
 
 @dataclass
@@ -231,6 +244,10 @@ def load_splits(
     Raises:
         HubUnreachableError: The Hub could not be reached and no local file was given.
     """
+    import datasets
+    from datasets import DatasetDict
+    from huggingface_hub.errors import LocalEntryNotFoundError
+
     files = {"train": data.train_file, "validation": data.validation_file}
     if any(files.values()):
         splits = {split: read_file(Path(path)) for split, path in files.items() if path}

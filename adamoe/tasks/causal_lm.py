@@ -9,12 +9,14 @@ loss a trainer adds. So these tasks reduce the logits of every batch to `[summed
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-from transformers import DataCollatorForSeq2Seq, EvalPrediction, PreTrainedTokenizerBase
 
 from .metrics import perplexity_from_losses
+
+if TYPE_CHECKING:
+    from transformers import DataCollatorForSeq2Seq, EvalPrediction, PreTrainedTokenizerBase
 
 
 def ensure_pad_token(tokenizer: PreTrainedTokenizerBase) -> PreTrainedTokenizerBase:
@@ -34,6 +36,8 @@ def padding_lm_collator(tokenizer: PreTrainedTokenizerBase, model: Any = None) -
     `DataCollatorForSeq2Seq` does exactly that padding; `model` is not passed on because a decoder-only model
     has no `decoder_input_ids` to build.
     """
+    from transformers import DataCollatorForSeq2Seq
+
     return DataCollatorForSeq2Seq(ensure_pad_token(tokenizer), model=None, label_pad_token_id=-100)
 
 

@@ -10,12 +10,9 @@ Local files: the Hub schema (`article`, `highlights`, optional `id`) as JSON/JSO
 from __future__ import annotations
 
 from functools import partial
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from datasets import DatasetDict
-from transformers import AutoModelForSeq2SeqLM, EvalPrediction, PretrainedConfig, PreTrainedTokenizerBase
-
-from .base import DataArgs, MetricsFn, PreparedData, TaskKind, load_splits
+from .base import DataArgs, MetricsFn, PreparedData, TaskKind, lazy_import, load_splits
 from .io import Schema, read_rows
 from .metrics import ROUGE_TYPES, rouge_scores
 from .seq2seq import (
@@ -26,6 +23,10 @@ from .seq2seq import (
     seq2seq_collator,
     source_prefix,
 )
+
+if TYPE_CHECKING:
+    from datasets import DatasetDict
+    from transformers import EvalPrediction, PretrainedConfig, PreTrainedTokenizerBase
 
 SCHEMA = Schema(
     columns=("article", "highlights"),
@@ -48,7 +49,7 @@ class CNNDailyMailTask:
     metric_names = (*ROUGE_TYPES, "gen_len")
     main_metric = "rouge1"
     greater_is_better = True
-    model_class = AutoModelForSeq2SeqLM
+    model_class = lazy_import("transformers", "AutoModelForSeq2SeqLM")
     model_kwargs: dict[str, Any] = {}
     preprocess_logits_for_metrics = None
 

@@ -14,9 +14,10 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from itertools import islice
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from datasets import Dataset
+if TYPE_CHECKING:
+    from datasets import Dataset
 
 
 class DataFormatError(ValueError):
@@ -47,9 +48,17 @@ class Schema:
         return f"columns {list(self.columns)}{note}, e.g. {json.dumps(self.example, ensure_ascii=False)}"
 
 
+def _datasets() -> Any:
+    import datasets  # imported by the readers, not at import time: `adamoe --help` needs no datasets
+
+    return datasets
+
+
 def _read_text(path: Path) -> Dataset:
     # Keep the line breaks and turn blank lines into "" exactly as the Hub's wikitext builder does, so a local
     # `wiki.*.tokens` file tokenizes to the same ids (and the same perplexity) as the Hub split.
+    from datasets import Dataset
+
     lines = Dataset.from_text(str(path), keep_linebreaks=True)
     return lines.map(lambda batch: {"text": [line if line.strip() else "" for line in batch["text"]]}, batched=True)
 
@@ -58,6 +67,8 @@ def _read_delimited(path: Path, sep: str) -> Dataset:
     # TSV is read with QUOTE_NONE because GLUE TSVs hold bare quote characters inside sentences; CSV keeps
     # standard quoting, which is how commas inside a field are written. keep_default_na=False: sentences such
     # as "NA" or "null" must stay text, not become missing values.
+    from datasets import Dataset
+
     quoting = csv.QUOTE_NONE if sep == "\t" else csv.QUOTE_MINIMAL
     with path.open(encoding="utf-8") as f:
         lines = [line for line in islice(f, 2) if line.strip()]
@@ -69,9 +80,9 @@ def _read_delimited(path: Path, sep: str) -> Dataset:
 # Suffix -> reader. Nested schemas (SQuAD answers, WMT translation pairs) cannot live in CSV/TSV: a task that
 # needs them leaves those suffixes out of its `formats` or reads flat columns instead (wmt19).
 READERS: dict[str, Callable[[Path], Dataset]] = {
-    ".json": lambda path: Dataset.from_json(str(path)),
-    ".jsonl": lambda path: Dataset.from_json(str(path)),
-    ".parquet": lambda path: Dataset.from_parquet(str(path)),
+    ".json": lambda path: _datasets().Dataset.from_json(str(path)),
+    ".jsonl": lambda path: _datasets().Dataset.from_json(str(path)),
+    ".parquet": lambda path: _datasets().Dataset.from_parquet(str(path)),
     ".csv": lambda path: _read_delimited(path, ","),
     ".tsv": lambda path: _read_delimited(path, "\t"),
     ".txt": _read_text,

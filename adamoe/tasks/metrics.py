@@ -12,12 +12,12 @@ import re
 import string
 from collections import Counter
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 import numpy as np
-import sacrebleu
-import torch
-import torch.nn.functional as F
-from rouge_score import rouge_scorer
+
+if TYPE_CHECKING:
+    import torch
 
 ROUGE_TYPES = ("rouge1", "rouge2", "rougeL", "rougeLsum")
 
@@ -105,6 +105,8 @@ def sacrebleu_score(predictions: Sequence[str], references: Sequence[str] | Sequ
     per_segment = [[ref] if isinstance(ref, str) else list(ref) for ref in references]
     # sacrebleu wants reference *streams*: stream k holds the k-th reference of every segment.
     streams = [list(stream) for stream in zip(*per_segment, strict=True)]
+    import sacrebleu
+
     return sacrebleu.corpus_bleu(list(predictions), streams).score
 
 
@@ -129,6 +131,8 @@ def rouge_scores(
     """
     if len(predictions) != len(references) or not predictions:
         raise ValueError(f"Need equal, non-empty lists; got {len(predictions)} and {len(references)}.")
+    from rouge_score import rouge_scorer
+
     scorer = rouge_scorer.RougeScorer(list(rouge_types), use_stemmer=True)
     totals = dict.fromkeys(rouge_types, 0.0)
     for prediction, reference in zip(predictions, references, strict=True):
@@ -178,6 +182,9 @@ def token_nll(logits: torch.Tensor | tuple[torch.Tensor, ...], labels: torch.Ten
     if isinstance(logits, tuple):  # models that also return e.g. hidden states put the logits first
         logits = logits[0]
     shift_logits, shift_labels = logits[:, :-1], labels[:, 1:]  # (batch, seq - 1, vocab), (batch, seq - 1)
+    import torch
+    import torch.nn.functional as F
+
     nll = F.cross_entropy(
         shift_logits.float().transpose(1, 2), shift_labels, ignore_index=-100, reduction="none"
     )  # (batch, seq - 1)

@@ -6,13 +6,15 @@ collator, and decoding generated ids for scoring.
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-from datasets import DatasetDict
-from transformers import DataCollatorForSeq2Seq, EvalPrediction, PretrainedConfig, PreTrainedTokenizerBase
 
 from .base import DataArgs, PreparedData, prepare_splits
+
+if TYPE_CHECKING:
+    from datasets import DatasetDict
+    from transformers import DataCollatorForSeq2Seq, EvalPrediction, PretrainedConfig, PreTrainedTokenizerBase
 
 # model_type -> task family -> source prefix. T5 was pretrained on a multi-task mixture that names the task
 # in a text prefix; other models take none. Adding a model family = one row here.
@@ -91,6 +93,8 @@ def prepare_pairs(
 
 def seq2seq_collator(tokenizer: PreTrainedTokenizerBase, model: Any = None) -> DataCollatorForSeq2Seq:
     """Pads inputs with the pad token and labels with -100; with `model`, also builds `decoder_input_ids`."""
+    from transformers import DataCollatorForSeq2Seq
+
     return DataCollatorForSeq2Seq(tokenizer, model=model, label_pad_token_id=-100)
 
 

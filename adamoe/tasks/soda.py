@@ -14,15 +14,16 @@ from __future__ import annotations
 
 from functools import partial
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from datasets import Dataset, DatasetDict
-from transformers import AutoModelForCausalLM, EvalPrediction, PretrainedConfig, PreTrainedTokenizerBase
-
-from .base import DataArgs, MetricsFn, PreparedData, TaskKind, load_splits, prepare_splits
+from .base import DataArgs, MetricsFn, PreparedData, TaskKind, lazy_import, load_splits, prepare_splits
 from .causal_lm import padding_lm_collator, perplexity_metrics
 from .io import DataFormatError, Schema, read_rows
 from .metrics import token_nll
+
+if TYPE_CHECKING:
+    from datasets import Dataset, DatasetDict
+    from transformers import EvalPrediction, PretrainedConfig, PreTrainedTokenizerBase
 
 SCHEMA = Schema(
     columns=("dialogue",),
@@ -82,7 +83,7 @@ class SodaTask:
     metric_names = ("perplexity", "nll")
     main_metric = "perplexity"
     greater_is_better = False
-    model_class = AutoModelForCausalLM
+    model_class = lazy_import("transformers", "AutoModelForCausalLM")
     model_kwargs: dict[str, Any] = {}
     preprocess_logits_for_metrics = staticmethod(token_nll)
 

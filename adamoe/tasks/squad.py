@@ -18,21 +18,22 @@ import logging
 from collections import defaultdict
 from functools import partial
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-from datasets import Dataset, DatasetDict
-from transformers import (
-    AutoModelForQuestionAnswering,
-    DataCollatorWithPadding,
-    EvalPrediction,
-    PretrainedConfig,
-    PreTrainedTokenizerBase,
-)
 
-from .base import DataArgs, MetricsFn, PreparedData, TaskKind, load_splits, tokenize_split
+from .base import DataArgs, MetricsFn, PreparedData, TaskKind, lazy_import, load_splits, tokenize_split
 from .io import DataFormatError, Schema, check_columns, check_file, read_rows
 from .metrics import squad_metrics
+
+if TYPE_CHECKING:
+    from datasets import Dataset, DatasetDict
+    from transformers import (
+        DataCollatorWithPadding,
+        EvalPrediction,
+        PretrainedConfig,
+        PreTrainedTokenizerBase,
+    )
 
 SCHEMA = Schema(
     columns=("id", "context", "question", "answers"),
@@ -123,6 +124,8 @@ def read_squad_file(path: Path) -> Dataset:
                     f"{path}: nested SQuAD JSON without the field {err} (expected data > paragraphs > context, "
                     "qas > id, question, answers > text, answer_start)."
                 ) from err
+            from datasets import Dataset
+
             return check_columns(Dataset.from_list(rows), path, SCHEMA)
     return read_rows(path, SCHEMA, FORMATS)
 
@@ -242,7 +245,7 @@ class SquadTask:
     metric_names = ("exact_match", "f1")
     main_metric = "f1"
     greater_is_better = True
-    model_class = AutoModelForQuestionAnswering
+    model_class = lazy_import("transformers", "AutoModelForQuestionAnswering")
     model_kwargs: dict[str, Any] = {}
     preprocess_logits_for_metrics = None
 
@@ -254,6 +257,8 @@ class SquadTask:
             read_file=read_squad_file,
             offline_example=("train-v1.1.json", "dev-v1.1.json"),
         )
+        from datasets import DatasetDict
+
         sources = {"train": data.train_file, "validation": data.validation_file}
         return DatasetDict(
             {
@@ -287,6 +292,8 @@ class SquadTask:
         )
 
     def data_collator(self, tokenizer: PreTrainedTokenizerBase, model: Any = None) -> DataCollatorWithPadding:
+        from transformers import DataCollatorWithPadding
+
         return DataCollatorWithPadding(tokenizer)
 
     def compute_metrics(self, prepared: PreparedData, tokenizer: PreTrainedTokenizerBase, data: DataArgs) -> MetricsFn:

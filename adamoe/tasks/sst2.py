@@ -8,21 +8,22 @@ JSONL/Parquet.
 from __future__ import annotations
 
 from functools import partial
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-from datasets import Dataset, DatasetDict
-from transformers import (
-    AutoModelForSequenceClassification,
-    DataCollatorWithPadding,
-    EvalPrediction,
-    PretrainedConfig,
-    PreTrainedTokenizerBase,
-)
 
-from .base import DataArgs, MetricsFn, PreparedData, TaskKind, load_splits, prepare_splits
+from .base import DataArgs, MetricsFn, PreparedData, TaskKind, lazy_import, load_splits, prepare_splits
 from .io import DataFormatError, Schema, read_rows
 from .metrics import accuracy
+
+if TYPE_CHECKING:
+    from datasets import Dataset, DatasetDict
+    from transformers import (
+        DataCollatorWithPadding,
+        EvalPrediction,
+        PretrainedConfig,
+        PreTrainedTokenizerBase,
+    )
 
 SCHEMA = Schema(
     columns=("sentence", "label"),
@@ -59,7 +60,7 @@ class SST2Task:
     metric_names = ("accuracy",)
     main_metric = "accuracy"
     greater_is_better = True
-    model_class = AutoModelForSequenceClassification
+    model_class = lazy_import("transformers", "AutoModelForSequenceClassification")
     model_kwargs: dict[str, Any] = {
         "num_labels": 2,
         "id2label": LABELS,
@@ -75,6 +76,8 @@ class SST2Task:
             read_file=partial(read_rows, schema=SCHEMA, formats=FORMATS),
             offline_example=("train.tsv", "dev.tsv"),
         )
+        from datasets import DatasetDict
+
         sources = {"train": data.train_file, "validation": data.validation_file}
         return DatasetDict(
             {split: check_labels(rows, sources[split] or f"{split} split") for split, rows in raw.items()}
@@ -97,6 +100,8 @@ class SST2Task:
         return prepare_splits(raw, tokenize, data)
 
     def data_collator(self, tokenizer: PreTrainedTokenizerBase, model: Any = None) -> DataCollatorWithPadding:
+        from transformers import DataCollatorWithPadding
+
         return DataCollatorWithPadding(tokenizer)
 
     def compute_metrics(self, prepared: PreparedData, tokenizer: PreTrainedTokenizerBase, data: DataArgs) -> MetricsFn:

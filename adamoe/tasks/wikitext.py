@@ -13,21 +13,20 @@ from __future__ import annotations
 
 from functools import partial
 from itertools import chain
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from datasets import DatasetDict
-from transformers import (
-    AutoModelForCausalLM,
-    EvalPrediction,
-    PretrainedConfig,
-    PreTrainedTokenizerBase,
-    default_data_collator,
-)
-
-from .base import DataArgs, MetricsFn, PreparedData, TaskKind, load_splits, prepare_splits, tokenize_split
+from .base import DataArgs, MetricsFn, PreparedData, TaskKind, lazy_import, load_splits, prepare_splits, tokenize_split
 from .causal_lm import perplexity_metrics
 from .io import Schema, read_rows
 from .metrics import token_nll
+
+if TYPE_CHECKING:
+    from datasets import DatasetDict
+    from transformers import (
+        EvalPrediction,
+        PretrainedConfig,
+        PreTrainedTokenizerBase,
+    )
 
 SCHEMA = Schema(
     columns=("text",),
@@ -62,7 +61,7 @@ class WikiTextTask:
     metric_names = ("perplexity", "nll")
     main_metric = "perplexity"
     greater_is_better = False
-    model_class = AutoModelForCausalLM
+    model_class = lazy_import("transformers", "AutoModelForCausalLM")
     model_kwargs: dict[str, Any] = {}
     preprocess_logits_for_metrics = staticmethod(token_nll)
 
@@ -83,6 +82,8 @@ class WikiTextTask:
         model_config: PretrainedConfig | None = None,
     ) -> PreparedData:
         block_size = data.block_size or min(MAX_BLOCK_SIZE, tokenizer.model_max_length)
+        from datasets import DatasetDict
+
         tokenized = DatasetDict(
             {split: tokenize_split(raw, split, lambda batch: tokenizer(batch["text"]), data) for split in raw}
         )
@@ -94,6 +95,8 @@ class WikiTextTask:
 
     def data_collator(self, tokenizer: PreTrainedTokenizerBase, model: Any = None) -> Any:
         # Every block has exactly block_size tokens, so nothing needs padding.
+        from transformers import default_data_collator
+
         return default_data_collator
 
     def compute_metrics(self, prepared: PreparedData, tokenizer: PreTrainedTokenizerBase, data: DataArgs) -> MetricsFn:

@@ -13,12 +13,9 @@ and `en` columns as CSV/TSV.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from datasets import Dataset, DatasetDict
-from transformers import AutoModelForSeq2SeqLM, EvalPrediction, PretrainedConfig, PreTrainedTokenizerBase
-
-from .base import DataArgs, MetricsFn, PreparedData, TaskKind, load_splits
+from .base import DataArgs, MetricsFn, PreparedData, TaskKind, lazy_import, load_splits
 from .io import DataFormatError, Schema, read_rows
 from .metrics import sacrebleu_score
 from .seq2seq import (
@@ -30,6 +27,10 @@ from .seq2seq import (
     seq2seq_collator,
     source_prefix,
 )
+
+if TYPE_CHECKING:
+    from datasets import Dataset, DatasetDict
+    from transformers import EvalPrediction, PretrainedConfig, PreTrainedTokenizerBase
 
 SCHEMA = Schema(
     columns=("translation",),
@@ -76,7 +77,7 @@ class WMT19Task:
     main_metric = "bleu"
     greater_is_better = True
     # FSMT is in the seq2seq auto mapping (transformers >= 5), so one class covers FSMT, T5, BART, Marian.
-    model_class = AutoModelForSeq2SeqLM
+    model_class = lazy_import("transformers", "AutoModelForSeq2SeqLM")
     model_kwargs: dict[str, Any] = {}
     preprocess_logits_for_metrics = None
 

@@ -1,5 +1,8 @@
 """CLI parsing: flags override the run config, and reach the Python API unchanged."""
 
+import subprocess
+import sys
+
 import pytest
 from typer.testing import CliRunner
 
@@ -165,3 +168,19 @@ def test_a_dense_config_stays_dense_unless_moe_flags_ask_otherwise(captured, tmp
     assert result.exit_code == 0, result.output
     (run,) = captured
     assert (run.moe is None) if threshold is None else (run.moe.threshold == threshold)
+
+
+@pytest.mark.parametrize("args", [["--help"], ["finetune", "--help"], ["evaluate", "--help"], ["tasks"]])
+def test_help_and_tasks_import_neither_torch_nor_transformers(args):
+    """`adamoe --help` answers in a fraction of a second because the commands import what they use when they run
+    (figures: scripts/startup_time.py)."""
+    code = (
+        "import sys\n"
+        "from typer.testing import CliRunner\n"
+        "from adamoe.cli import app\n"
+        f"result = CliRunner().invoke(app, {args!r})\n"
+        "assert result.exit_code == 0, result.output\n"
+        "heavy = [m for m in ('torch', 'transformers', 'datasets', 'accelerate') if m in sys.modules]\n"
+        "assert not heavy, heavy\n"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True)

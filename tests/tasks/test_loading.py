@@ -6,11 +6,11 @@ import csv
 import json
 from pathlib import Path
 
+import datasets
 import pytest
 from datasets import Dataset, DatasetDict
 
 from adamoe.tasks import TASKS, DataArgs, DataFormatError, HubUnreachableError
-from adamoe.tasks import base as tasks_base
 
 SST2_ROWS = [
     {"sentence": 'a "gripping" film', "label": 1},
@@ -220,7 +220,7 @@ def test_hub_path_loads_train_and_validation(monkeypatch, name):
         calls.append((path, config))
         return DatasetDict({"train": split, "validation": split, "test": split})
 
-    monkeypatch.setattr(tasks_base.datasets, "load_dataset", fake_load_dataset)
+    monkeypatch.setattr(datasets, "load_dataset", fake_load_dataset)
     raw = TASKS[name].load_raw(DataArgs(max_train_samples=1))
     assert calls == [HUB_IDS[name]]
     assert set(raw) == {"train", "validation"} and len(raw["train"]) == 1
@@ -229,7 +229,7 @@ def test_hub_path_loads_train_and_validation(monkeypatch, name):
 def test_hub_overrides(monkeypatch):
     calls = []
     monkeypatch.setattr(
-        tasks_base.datasets, "load_dataset", lambda path, config=None: calls.append((path, config)) or DatasetDict()
+        datasets, "load_dataset", lambda path, config=None: calls.append((path, config)) or DatasetDict()
     )
     TASKS["wikitext"].load_raw(DataArgs(dataset_config="wikitext-2-raw-v1"))
     TASKS["sst2"].load_raw(DataArgs(dataset_name="glue", dataset_config="sst2"))
@@ -240,7 +240,7 @@ def test_hub_unreachable_fails_fast_with_the_offline_command(monkeypatch):
     def offline(*args, **kwargs):
         raise ConnectionError("Couldn't reach 'nyu-mll/glue' on the Hub (LocalEntryNotFoundError)")
 
-    monkeypatch.setattr(tasks_base.datasets, "load_dataset", offline)
+    monkeypatch.setattr(datasets, "load_dataset", offline)
     with pytest.raises(HubUnreachableError) as err:
         TASKS["sst2"].load_raw(DataArgs())
     assert "adamoe finetune --task sst2 --model PATH --train-file train.tsv --validation-file dev.tsv" in str(

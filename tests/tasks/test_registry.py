@@ -19,7 +19,7 @@ PAPER = {
     "wikitext": ("gpt2-medium", "perplexity", "causal_lm"),
     "soda": ("microsoft/DialoGPT-medium", "perplexity", "causal_lm"),
 }
-PROTOCOL_MEMBERS = [name for name in typing.get_type_hints(Task)] + [
+PROTOCOL_MEMBERS = list(inspect.get_annotations(Task)) + [
     name for name, member in vars(Task).items() if inspect.isfunction(member) and not name.startswith("_")
 ]
 

@@ -12,7 +12,7 @@ from transformers import TrainerCallback
 
 import adamoe
 from adamoe import MoEConfig
-from adamoe.cli._errors import USER_ERRORS
+from adamoe.cli._errors import user_errors
 from adamoe.router import Router, RouterNumericsError
 from adamoe.trainer import AdaMoETrainer, AdaMoETrainingArguments
 
@@ -67,4 +67,4 @@ def test_nan_router_logits_stop_training_naming_layer_and_step(train_kwargs: dic
         and "epoch 0.50" in message
     )
     assert trainer.state.global_step == 3  # no optimizer step was taken on the garbage
-    assert isinstance(raised.value, USER_ERRORS)  # the CLI prints it as "Error: ..." with exit code 2
+    assert isinstance(raised.value, user_errors())  # the CLI prints it as "Error: ..." with exit code 2
