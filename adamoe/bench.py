@@ -33,7 +33,6 @@ one module: its config, the first two sections and the report; the native sectio
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import json
 import os
@@ -42,140 +41,19 @@ import statistics
 import subprocess
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
 
+from .bench_config import TARGETS, BenchConfig, Shape
 from .config import MoEConfig
 from .experts import Experts
 from .patching import moe_blocks, moeify
 from .router import combine_weights
 from .stats import balance_loss, routing_stats
-
-SECTIONS = ("layer", "train", "native")
-# Targets of GitHub issues 4 and 10 (native: the worst shape), checked against the results of the device they name.
-TARGETS = {
-    "cpu": {"layer top1/top2": 0.65, "layer adaptive20/top2": 0.72, "native skip50/topk": 0.65},
-    "cuda": {
-        "layer max adamoe/floor": 1.25,
-        "layer top1/top2": 0.63,
-        "layer adaptive20/top2": 0.70,
-        "train top1/dense": 1.15,
-        "train adaptive/top2": 0.80,
-    },
-}
-
-
-@dataclass(frozen=True)
-class Shape:
-    """A model shape: the FFN of one layer and the model it sits in for the training-step section."""
-
-    name: str
-    model_type: str  # a key of MODEL_BUILDERS: "bert" (sequence classification, as SST-2) or "gpt2" (causal LM)
-    causal_lm: bool  # the training step predicts the next token (labels = inputs) rather than a class
-    hidden_size: int
-    ffn_size: int
-    num_layers: int
-    num_heads: int
-    vocab_size: int
-    seq_len: int
-
-
-SHAPES = {
-    "bert-base": Shape("bert-base", "bert", False, 768, 3072, 12, 12, 30522, 128),
-    "gpt2-medium": Shape("gpt2-medium", "gpt2", True, 1024, 4096, 24, 16, 50257, 512),
-}
-# `--quick`: the same code paths at toy size, for CI.
-QUICK_SHAPES = {
-    "bert-base": Shape("bert-base (quick)", "bert", False, 32, 64, 2, 2, 128, 16),
-    "gpt2-medium": Shape("gpt2-medium (quick)", "gpt2", True, 32, 64, 2, 2, 128, 32),
-}
-
-
-@dataclass
-class BenchConfig:
-    """What `run_benchmark` measures. `None` fields take a per-device default (see `resolved`)."""
-
-    device: str = field(default="cpu", metadata={"help": "'cpu' or 'cuda' (or 'cuda:N')."})
-    dtype: str | None = field(default=None, metadata={"help": "float32/bfloat16/float16; bf16 on CUDA, fp32 on CPU."})
-    tokens: int | None = field(default=None, metadata={"help": "Tokens per layer call (16384 on CUDA, 2048 CPU)."})
-    train_tokens: int | None = field(default=None, metadata={"help": "Tokens per training step (16384 / 1024)."})
-    repeats: int | None = field(default=None, metadata={"help": "Timed repeats per case (median reported)."})
-    warmup: int | None = field(default=None, metadata={"help": "Untimed runs per case first."})
-    sections: tuple[str, ...] = field(default=SECTIONS, metadata={"help": "Any of 'layer', 'train', 'native'."})
-    shapes: tuple[str, ...] = field(default=tuple(SHAPES), metadata={"help": "Names in SHAPES."})
-    num_experts: int = field(default=16, metadata={"help": "Experts per MoE layer."})
-    fractions: tuple[float, ...] = field(
-        default=(0.0, 0.1, 0.2, 0.25, 0.5, 1.0),
-        metadata={"help": "Forced two-expert shares of the layer section; 0 (top-1) and 1 (top-2) always run."},
-    )
-    native_shapes: tuple[str, ...] = field(
-        default=("mixtral", "qwen3-moe"), metadata={"help": "Names in bench_native.NATIVE_SHAPES."}
-    )
-    skip_fractions: tuple[float, ...] = field(
-        default=(0.0, 0.25, 0.5, 0.75),
-        metadata={"help": "Forced shares of the optional (k_max - 1) slots skipped, native section; 0 always runs."},
-    )
-    native_divisor: int | None = field(
-        default=None, metadata={"help": "Divide native widths by this (CPU: Mixtral 4, Qwen3-MoE 2; CUDA: 1)."}
-    )
-    train_fraction: float = field(default=0.2, metadata={"help": "Forced two-expert share of the adaptive step."})
-    train_layers: int | None = field(
-        default=None, metadata={"help": "Layers of the training-step models; full depth on CUDA, 2 on CPU."}
-    )
-    mixtral_loop: tuple[str, ...] | None = field(
-        default=None, metadata={"help": "Routings also run as Mixtral's loop (top1 top2 on CUDA, top2 on CPU)."}
-    )
-    threads: int | None = field(default=None, metadata={"help": "torch CPU threads (default: torch's choice)."})
-    dispatch: str = field(default="auto", metadata={"help": "MoEConfig.dispatch: auto, grouped_mm or loop."})
-    memory: bool = field(default=True, metadata={"help": "Also measure peak memory (one more run per case)."})
-    quick: bool = field(default=False, metadata={"help": "Toy shapes, few tokens, one repeat: a smoke test."})
-    seed: int = field(default=0, metadata={"help": "Seed of the weights, inputs and forced routings."})
-    output_dir: str | None = field(default="bench-results", metadata={"help": "Where bench.json/bench.md go."})
-
-    def resolved(self) -> BenchConfig:
-        """A copy with every per-device default filled in."""
-        cuda = torch.device(self.device).type == "cuda"
-        values = dataclasses.asdict(self)
-        defaults = {
-            "dtype": "bfloat16" if cuda else "float32",
-            "repeats": 10 if cuda else 3,
-            "warmup": 3 if cuda else 1,
-        }
-        defaults |= {"tokens": 16384, "train_tokens": 16384} if cuda else {"tokens": 2048, "train_tokens": 1024}
-        defaults |= {"train_layers": None if cuda else 2}  # None: the shape's full depth
-        defaults |= {"mixtral_loop": ("top1", "top2") if cuda else ("top2",)}  # it takes seconds on CPU
-        if self.quick:
-            # One thread: toy GEMMs gain nothing from two, and on a loaded machine every parallel region
-            # can wait a scheduler slice for its second thread.
-            defaults |= {"tokens": 256, "train_tokens": 256, "train_layers": 2, "threads": 1}
-            defaults |= {"repeats": 1, "warmup": 1}
-        for name, value in defaults.items():
-            if values[name] is None:
-                values[name] = value
-        values["fractions"] = tuple(sorted({0.0, 1.0, *map(float, values["fractions"])}))
-        values["skip_fractions"] = tuple(sorted({0.0, *map(float, values["skip_fractions"])}))
-        for name in ("fractions", "skip_fractions"):
-            if not all(0 <= f <= 1 for f in values[name]):
-                raise ValueError(f"{name} must lie in [0, 1], got {values[name]}.")
-        from .bench_native import NATIVE_SHAPES  # imported here: bench_native builds on this module
-
-        unknown = set(values["sections"]) - set(SECTIONS)
-        if (
-            unknown
-            or not set(values["shapes"]) <= set(SHAPES)
-            or not set(values["native_shapes"]) <= set(NATIVE_SHAPES)
-        ):
-            raise ValueError(
-                f"sections must be in {SECTIONS}, shapes in {tuple(SHAPES)}, native shapes in {tuple(NATIVE_SHAPES)}."
-            )
-        return BenchConfig(**values)
-
-    def shape(self, name: str) -> Shape:
-        return (QUICK_SHAPES if self.quick else SHAPES)[name]
 
 
 @dataclass
@@ -667,25 +545,15 @@ def run_benchmark(config: BenchConfig | None = None) -> dict[str, Any]:
 
 
 def main(argv: list[str] | None = None) -> None:
-    """`python -m adamoe.bench`: one flag per `BenchConfig` field."""
-    parser = argparse.ArgumentParser(prog="python -m adamoe.bench", description=__doc__.split("\n\n")[0])
-    lists = {"sections": str, "shapes": str, "mixtral_loop": str, "fractions": float}
-    lists |= {"native_shapes": str, "skip_fractions": float}
-    for f in dataclasses.fields(BenchConfig):
-        flags = ["--" + f.name.replace("_", "-")] + (["--out"] if f.name == "output_dir" else [])
-        kwargs = {"default": f.default, "help": f.metadata.get("help"), "dest": f.name}
-        if f.type == "bool":
-            parser.add_argument(*flags, action=argparse.BooleanOptionalAction, **kwargs)
-        elif f.name in lists:
-            parser.add_argument(*flags, nargs="*", type=lists[f.name], **kwargs)
-        else:
-            kind = next((t for t in (int, float) if t.__name__ in str(f.type)), str)
-            parser.add_argument(*flags, type=kind, **kwargs)
-    args = vars(parser.parse_args(argv))
-    for name in lists:
-        args[name] = tuple(args[name]) if args[name] is not None else None
-    report = run_benchmark(BenchConfig(**args))
-    print(to_markdown(report))
+    """`python -m adamoe.bench`: the same command as `adamoe bench` (one flag per `BenchConfig` field)."""
+    import typer
+
+    from .cli.bench import bench_command
+
+    app = typer.Typer(add_completion=False, rich_markup_mode=None)
+    app.command()(bench_command)
+    command = typer.main.get_command(app)
+    command.main(args=argv, prog_name="python -m adamoe.bench", standalone_mode=argv is None)
 
 
 if __name__ == "__main__":

@@ -23,7 +23,7 @@ import json
 import logging
 import math
 import shutil
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -413,12 +413,14 @@ def convert(
     *,
     model_class: type | None = None,
     overwrite: bool = False,
+    before_writing: Callable[[PreTrainedModel], None] | None = None,
     **hf_kwargs: Any,
 ) -> PreTrainedModel:
     """Patch a dense checkpoint and save it (with its tokenizer, when it has one) without training.
 
     `output_dir` is never the input itself, and a folder that holds a model or a run is replaced (its own files
     only) only with `overwrite`: a run's `results.json` would otherwise describe weights it no longer holds.
+    `before_writing` sees the patched model before anything is written (the CLI prints its size there).
     """
     source = Path(name_or_path).expanduser()
     out = check_output_dir(output_dir, overwrite=overwrite, resume=False, what="model")
@@ -427,6 +429,8 @@ def convert(
             f"--output-dir {output_dir} is the model being converted; write the MoE checkpoint to a new folder."
         )
     model = from_pretrained(name_or_path, moe=moe, model_class=model_class, **hf_kwargs)
+    if before_writing is not None:
+        before_writing(model)
     with RunLock(out):
         check_output_dir(out, overwrite=overwrite, resume=False, what="model")
         clear_run_files(out)

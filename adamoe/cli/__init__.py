@@ -6,7 +6,7 @@ import logging
 
 import typer
 
-from . import reproduce, run
+from . import bench, reproduce, run
 
 app = typer.Typer(
     name="adamoe",
@@ -14,6 +14,9 @@ app = typer.Typer(
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
+    # click's plain help: option names never cut at 80 columns, switches shown as --flag / --no-flag.
+    rich_markup_mode=None,
+    context_settings={"max_content_width": 100, "show_default": True},
 )
 app.command("finetune")(run.finetune_command)
 app.command("evaluate")(run.evaluate_command)
@@ -21,18 +24,7 @@ app.command("convert")(run.convert_command)
 app.command("tasks")(run.tasks_command)
 app.command("reproduce")(reproduce.reproduce_command)
 app.command("analyze")(reproduce.analyze_command)
-
-
-@app.command(
-    "bench",
-    context_settings={"allow_extra_args": True, "ignore_unknown_options": True, "help_option_names": []},
-    add_help_option=False,
-)
-def bench_command(ctx: typer.Context) -> None:
-    """Speed and memory benchmark of MoE layers and training steps (`adamoe bench --help` lists its flags)."""
-    from ..bench import main as bench_main  # flags are generated from BenchConfig there: one definition
-
-    bench_main(ctx.args)
+app.command("bench")(bench.bench_command)
 
 
 def main() -> None:

@@ -18,6 +18,7 @@ class Gating(str, Enum):
     adaptive = "adaptive"
     top1 = "top1"
     top2 = "top2"
+    topk = "topk"
     dense = "dense"
 
 
@@ -37,15 +38,32 @@ class ExpertInit(str, Enum):
 
 
 TaskOpt = Annotated[TaskName, typer.Option("--task", "-t", help="Which task (see `adamoe tasks`).")]
-ModelOpt = Annotated[str | None, typer.Option("--model", "-m", help="Hub id or local model folder.")]
+ModelOpt = Annotated[
+    str | None,
+    typer.Option("--model", "-m", help="Hub id or local model folder. [default: the task's, see `adamoe tasks`]"),
+]
 GatingOpt = Annotated[
     Gating | None,
-    typer.Option(help="adaptive: top-1, plus top-2 when unsure; top1/top2: fixed; dense: no MoE (baseline)."),
+    typer.Option(
+        help="adaptive: top-1, plus experts up to --top-k while unsure; top1/top2/topk: fixed; dense: no MoE "
+        "(baseline). [default: adaptive]"
+    ),
+]
+TopKOpt = Annotated[
+    int | None,
+    typer.Option(
+        "--top-k",
+        help="k_max, the most experts a token may use. [default: a native MoE's own, else 2]",
+        show_default=False,
+    ),
 ]
 ThresholdOpt = Annotated[
-    float | None, typer.Option(help="Adaptive-gating threshold T in [0, 1] on the gap between the top-2 gate probs.")
+    float | None,
+    typer.Option(help="Adaptive-gating threshold T in [0, 1] on the gate-probability gap. [default: 0.1]"),
 ]
-NumExpertsOpt = Annotated[int | None, typer.Option("--num-experts", help="Experts per MoE layer.")]
+NumExpertsOpt = Annotated[
+    int | None, typer.Option("--num-experts", help="Experts per MoE layer. [default: a native MoE's own, else 16]")
+]
 ThresholdOnOpt = Annotated[ThresholdOn | None, typer.Option(help="Compare T with the normalised or the raw gap.")]
 CombineOpt = Annotated[Combine | None, typer.Option(help="gate: weight by gate prob (paper); normalized: sum to 1.")]
 ExpertInitOpt = Annotated[ExpertInit | None, typer.Option(help="upcycle: copy the FFN into every expert; random.")]
@@ -54,8 +72,12 @@ EveryNOpt = Annotated[int | None, typer.Option("--every-n-layers", help="Convert
 TrainFileOpt = Annotated[Path | None, typer.Option("--train-file", help="Local training file (offline).")]
 ValidationFileOpt = Annotated[Path | None, typer.Option("--validation-file", help="Local validation file.")]
 MaxEvalOpt = Annotated[int | None, typer.Option("--max-eval-samples", help="Use the first N validation rows.")]
-BatchSizeOpt = Annotated[int | None, typer.Option("--batch-size", help="Per-device batch size.")]
-OutputDirOpt = Annotated[Path | None, typer.Option("--output-dir", "-o", help="Where checkpoints and results go.")]
+BatchSizeOpt = Annotated[
+    int | None, typer.Option("--batch-size", help="Per-device batch size. [default: the config's, else 8]")
+]
+OutputDirOpt = Annotated[
+    Path | None, typer.Option("--output-dir", "-o", help="Where the run goes. [default: outputs/TASK-GATING]")
+]
 
 
 def moe_overrides(
@@ -68,12 +90,14 @@ def moe_overrides(
     expert_init: ExpertInit | None = None,
     aux_loss_coef: float | None = None,
     every_n_layers: int | None = None,
+    top_k: int | None = None,
 ) -> dict[str, Any]:
     """The MoE fields the user set on the command line (unset flags are None and left out)."""
     given = {
         "gating": gating.value if gating is not None and gating is not Gating.dense else None,
         "threshold": threshold,
         "num_experts": num_experts,
+        "top_k": top_k,
         "threshold_on": threshold_on.value if threshold_on else None,
         "combine": combine.value if combine else None,
         "expert_init": expert_init.value if expert_init else None,

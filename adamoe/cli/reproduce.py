@@ -44,7 +44,10 @@ def reproduce_command(
         Path, typer.Option("--output-dir", "-o", help="Results root; cells and tables go under OUTPUT_DIR/SCALE/.")
     ] = Path("results"),
 ) -> None:
-    """Run a paper table's missing cells (finished ones are skipped) and write it as markdown, CSV and PNG."""
+    """Run a paper table's missing cells (finished ones are skipped) and write it as markdown, CSV and PNG.
+
+    Example: adamoe reproduce --table 3 --scale smoke
+    """
     from ..reproduce import reproduce
 
     report = reproduce(
@@ -76,6 +79,8 @@ def analyze_command(
     """Routing analysis of a checkpoint on validation data: gate confidence, per-layer two-expert share, top words.
 
     Data settings (lengths, the validation file) default to those the checkpoint was trained with.
+
+    Example: adamoe analyze --task sst2 --checkpoint runs/sst2
     """
     from ..analysis import analyze, checkpoint_data
 

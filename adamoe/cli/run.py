@@ -28,6 +28,7 @@ from ._options import (
     TaskName,
     ThresholdOnOpt,
     ThresholdOpt,
+    TopKOpt,
     TrainFileOpt,
     ValidationFileOpt,
     moe_config,
@@ -45,10 +46,14 @@ def _set(section: dict[str, Any], **values: Any) -> None:
 @friendly_errors
 @uses_hub
 def finetune_command(
-    task: Annotated[TaskName | None, typer.Option("--task", "-t", help="Which task (see `adamoe tasks`).")] = None,
+    task: Annotated[
+        TaskName | None,
+        typer.Option("--task", "-t", help="Which task (see `adamoe tasks`). [required unless --config names it]"),
+    ] = None,
     threshold: ThresholdOpt = None,
     gating: GatingOpt = None,
     num_experts: NumExpertsOpt = None,
+    top_k: TopKOpt = None,
     model: ModelOpt = None,
     train_file: TrainFileOpt = None,
     validation_file: ValidationFileOpt = None,
@@ -56,16 +61,18 @@ def finetune_command(
         Path | None, typer.Option("--config", "-c", help="Run-config YAML (see configs/); flags override it.")
     ] = None,
     output_dir: OutputDirOpt = None,
-    epochs: Annotated[float | None, typer.Option(help="Training epochs.")] = None,
+    epochs: Annotated[float | None, typer.Option(help="Training epochs. [default: the config's, else 3]")] = None,
     max_steps: Annotated[int | None, typer.Option(help="Optimizer steps; overrides --epochs.")] = None,
     batch_size: BatchSizeOpt = None,
     max_tokens: Annotated[
         int | None,
         typer.Option(help="Batch training by tokens (fairseq's --max-tokens), as the paper does for FSMT and BART."),
     ] = None,
-    lr: Annotated[float | None, typer.Option("--lr", help="Peak learning rate.")] = None,
+    lr: Annotated[
+        float | None, typer.Option("--lr", help="Peak learning rate. [default: the config's, else 5e-05]")
+    ] = None,
     bf16: Annotated[bool | None, typer.Option("--bf16/--no-bf16", help="bf16 mixed precision.")] = None,
-    seed: Annotated[int | None, typer.Option(help="Random seed.")] = None,
+    seed: Annotated[int | None, typer.Option(help="Random seed. [default: 42]")] = None,
     max_train_samples: Annotated[int | None, typer.Option(help="Use the first N training rows.")] = None,
     max_eval_samples: MaxEvalOpt = None,
     curriculum: Annotated[
@@ -108,7 +115,13 @@ def finetune_command(
         typer.Option("--analyze", help="Then write the routing analysis (plots, word report) to OUTPUT_DIR/analysis."),
     ] = False,
 ) -> None:
-    """Fine-tune a model with adaptive-gated MoE FFNs on one task; writes OUTPUT_DIR/results.json."""
+    """Fine-tune a model with adaptive-gated MoE FFNs on one task.
+
+    Leaves the model, results.json, run_config.json, a model card (README.md), the logs and the predictions in
+    OUTPUT_DIR (the checkpoint-* folders only with --keep-checkpoints).
+
+    Example: adamoe finetune --task sst2 --model bert-base-uncased --threshold 0.1 -o runs/sst2
+    """
     from accelerate import PartialState
 
     from .. import finetune as recipes
@@ -124,7 +137,8 @@ def finetune_command(
     if model is not None or "model" not in values:
         values["model"] = model
     flags = moe_overrides(
-        gating=gating, threshold=threshold, num_experts=num_experts, threshold_on=threshold_on, combine=combine,
+        gating=gating, threshold=threshold, num_experts=num_experts, top_k=top_k, threshold_on=threshold_on,
+        combine=combine,
         expert_init=expert_init, aux_loss_coef=aux_loss_coef, every_n_layers=every_n_layers,
     )  # fmt: skip
     if gating is Gating.dense:
@@ -263,6 +277,7 @@ def convert_command(
     gating: GatingOpt = None,
     threshold: ThresholdOpt = None,
     num_experts: NumExpertsOpt = None,
+    top_k: TopKOpt = None,
     threshold_on: ThresholdOnOpt = None,
     combine: CombineOpt = None,
     expert_init: ExpertInitOpt = None,
@@ -272,7 +287,11 @@ def convert_command(
         bool, typer.Option("--overwrite", help="Replace the model or run in --output-dir (its own files only).")
     ] = False,
 ) -> None:
-    """Patch a model's FFNs into MoE blocks and save it, without training."""
+    """Patch a model's FFNs into MoE blocks and save it, without training. Upcycling multiplies the FFN parameters
+    by the number of experts: the size is printed before anything is written.
+
+    Example: adamoe convert --model bert-base-uncased --task sst2 --num-experts 8 -o bert-moe
+    """
     from .. import finetune as recipes
 
     if gating is Gating.dense:
@@ -283,6 +302,7 @@ def convert_command(
             gating=gating,
             threshold=threshold,
             num_experts=num_experts,
+            top_k=top_k,
             threshold_on=threshold_on,
             combine=combine,
             expert_init=expert_init,
@@ -293,12 +313,26 @@ def convert_command(
     head = (
         {} if task is None else {"model_class": get_task(task.value).model_class, **get_task(task.value).model_kwargs}
     )
-    recipes.convert(model, str(output_dir), moe, overwrite=overwrite, **head)
-    console.print(f"Saved an MoE checkpoint ({moe.num_experts} experts, {moe.gating}) to {output_dir}")
+
+    def report(patched: Any) -> None:
+        from ..modeling import moe_config_of
+
+        count = sum(p.numel() for p in patched.parameters())
+        stored = moe_config_of(patched.config)
+        console.print(
+            f"MoE model: {count / 1e6:,.1f} M parameters ({stored.num_experts} experts, top-{stored.top_k}, "
+            f"{stored.gating}), {_human_size(2 * count)} in bf16; writing {output_dir}"
+        )
+
+    recipes.convert(model, str(output_dir), moe, overwrite=overwrite, before_writing=report, **head)
+    console.print(f"Saved the MoE checkpoint to {output_dir}")
 
 
 def tasks_command() -> None:
-    """List the tasks with their default data, model and metric."""
+    """List the tasks with their default data, model and metric.
+
+    Example: adamoe tasks
+    """
     table = Table(title="adamoe tasks (paper Table 2)")
     for column in ("task", "default data", "default model", "metric", "kind"):
         table.add_column(column)

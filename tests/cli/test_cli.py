@@ -170,7 +170,9 @@ def test_a_dense_config_stays_dense_unless_moe_flags_ask_otherwise(captured, tmp
     assert (run.moe is None) if threshold is None else (run.moe.threshold == threshold)
 
 
-@pytest.mark.parametrize("args", [["--help"], ["finetune", "--help"], ["evaluate", "--help"], ["tasks"]])
+@pytest.mark.parametrize(
+    "args", [["--help"], ["finetune", "--help"], ["evaluate", "--help"], ["bench", "--help"], ["tasks"]]
+)
 def test_help_and_tasks_import_neither_torch_nor_transformers(args):
     """`adamoe --help` answers in a fraction of a second because the commands import what they use when they run
     (figures: scripts/startup_time.py)."""
