@@ -78,3 +78,25 @@ def write_sst2(path: Path, n: int, seed: int = 0, *, header: str = "sentence\tla
     lines = [header] + [f"{sentence}\t{label}" for sentence, label in sst2_rows(n, seed)]
     path.write_text("\n".join(lines) + "\n", encoding="utf-8")
     return path
+
+
+DECODER = {"hidden_size": 32, "num_hidden_layers": 2, "num_attention_heads": 4, "num_key_value_heads": 2}
+
+
+def write_decoder_folder(family: str, tokenizer_dir: Path, folder: Path) -> Path:
+    """A tiny Llama (dense) or Mixtral (8 experts, top-2) around the tokenizer saved in `tokenizer_dir`."""
+    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM, MixtralConfig, MixtralForCausalLM
+
+    tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir)
+    ids = {"vocab_size": len(tokenizer), "max_position_embeddings": 64, "eos_token_id": tokenizer.eos_token_id}
+    ids |= {"bos_token_id": tokenizer.bos_token_id, "pad_token_id": tokenizer.pad_token_id}
+    if family == "llama":
+        model = LlamaForCausalLM(LlamaConfig(**DECODER, **ids, intermediate_size=64))
+    elif family == "mixtral":
+        config = MixtralConfig(**DECODER, **ids, intermediate_size=32, num_local_experts=8, num_experts_per_tok=2)
+        model = MixtralForCausalLM(config)
+    else:
+        raise ValueError(family)
+    model.save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    return folder
