@@ -40,6 +40,7 @@ _EXPORTS = {
     "register_ffn_spec": "architectures",
     "register_native_moe_spec": "native",
     "routing_stats": "stats",
+    "set_routing": "patching",
     "upcycled_parameter_count": "patching",
 }
 
@@ -72,6 +73,7 @@ __all__ = [
     "register_ffn_spec",
     "register_native_moe_spec",
     "routing_stats",
+    "set_routing",
     "upcycled_parameter_count",
 ]
 
@@ -81,7 +83,14 @@ if TYPE_CHECKING:
     from .layer import MoEBlock
     from .modeling import CheckpointError, check_patched_consistently, from_pretrained, moe_config_of
     from .native import NATIVE_MOE_SPECS, NativeMoE, NativeMoESpec, register_native_moe_spec
-    from .patching import UnsupportedArchitectureError, is_moe_model, moe_blocks, moeify, upcycled_parameter_count
+    from .patching import (
+        UnsupportedArchitectureError,
+        is_moe_model,
+        moe_blocks,
+        moeify,
+        set_routing,
+        upcycled_parameter_count,
+    )
     from .router import RouterNumericsError, RoutingDecision
     from .stats import (
         LayerRoutingStats,

@@ -51,7 +51,7 @@ from torch import nn
 from .bench_config import TARGETS, BenchConfig, Shape
 from .config import MoEConfig
 from .experts import Experts
-from .patching import moe_blocks, moeify
+from .patching import moe_blocks, moeify, set_routing
 from .router import combine_weights
 from .stats import balance_loss, routing_stats
 
@@ -316,16 +316,13 @@ def bench_train(shape: Shape, config: BenchConfig, device: torch.device, dtype: 
         inputs = {"input_ids": input_ids, "labels": labels}
         dense, moe = (_train_model(shape, layers, is_moe, config, device, dtype, inputs) for is_moe in (False, True))
         blocks = [block for _, block in moe_blocks(moe.model)]
-        # Every block's and router's config: a router may hold its own (resolved) copy of the block's.
-        configs = {id(c): c for block in blocks for c in (block.config, block.router.config)}.values()
         force_two_expert_fraction(moe.model, config.train_fraction, config.seed)
         last_routing = {}
 
         def case(model: _TrainModel, gating: str | None) -> Case:
             def run():
                 if gating is not None:
-                    for moe_config in configs:
-                        moe_config.gating = gating
+                    set_routing(moe.model, gating=gating)
                 model.step()
                 if gating is not None:  # kept to compute this variant's routing statistics afterwards
                     last_routing[gating] = [block.last_routing for block in blocks]

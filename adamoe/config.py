@@ -34,11 +34,15 @@ DENSE_DEFAULTS = {"num_experts": 16, "top_k": 2, "combine": "normalized"}
 FROM_MODEL_FIELDS = tuple(DENSE_DEFAULTS)
 
 
+# The key under which a checkpoint's `adamoe` entry records the adamoe version that wrote it.
+VERSION_KEY = "adamoe_version"
+
+
 class MoEConfigError(ValueError):
     """A `MoEConfig` value is out of range or inconsistent."""
 
 
-@dataclass
+@dataclass(frozen=True)
 class MoEConfig:
     """Configuration of the mixture-of-experts blocks that `adamoe.moeify` puts in place of FFNs.
 
@@ -176,12 +180,12 @@ class MoEConfig:
                 f"threshold must be in [0, 1], got {self.threshold!r}: the gap between two gate probabilities "
                 "lies in [0, 1], so T = 1 already sends every token to top_k experts."
             )
-        self.threshold = threshold
+        object.__setattr__(self, "threshold", threshold)  # frozen: normalised once, here
         for name in ("upcycle_noise", "router_init_std", "aux_loss_coef"):
             value = float(getattr(self, name))
             if not math.isfinite(value) or value < 0:
                 raise MoEConfigError(f"{name} must be a finite number >= 0, got {getattr(self, name)!r}.")
-            setattr(self, name, value)
+            object.__setattr__(self, name, value)
         if isinstance(self.layers, str):
             if self.layers != "all":
                 raise MoEConfigError(f"layers must be 'all' or a list of layer indices, got {self.layers!r}.")
@@ -189,7 +193,7 @@ class MoEConfig:
             layers = list(self.layers)
             if not layers or any(isinstance(i, bool) or not isinstance(i, int) or i < 0 for i in layers):
                 raise MoEConfigError(f"layers must be a non-empty list of layer indices >= 0, got {self.layers!r}.")
-            self.layers = sorted(set(layers))
+            object.__setattr__(self, "layers", sorted(set(layers)))
         if (
             isinstance(self.every_n_layers, bool)
             or not isinstance(self.every_n_layers, int)
@@ -240,6 +244,7 @@ class MoEConfig:
 
     @classmethod
     def from_dict(cls, values: dict[str, Any]) -> MoEConfig:
+        values = {k: v for k, v in values.items() if k != VERSION_KEY}  # provenance, not a setting
         known = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(values) - known)
         if unknown:

@@ -43,7 +43,7 @@ from .output_dir import (
     clear_run_files,
     honour_umask,
 )
-from .patching import is_moe_model
+from .patching import is_moe_model, set_routing
 from .provenance import provenance, write_json_atomically, write_text_atomically
 from .run_config import FinetuneConfig, RunConfigError
 from .tasks import DataArgs, get_task
@@ -369,13 +369,15 @@ def evaluate_checkpoint(
     data: DataArgs | None = None,
     training: dict[str, Any] | None = None,
     output_dir: str | None = None,
+    routing: dict[str, Any] | None = None,
 ) -> dict[str, float]:
     """The task's metrics for a saved model (adamoe or dense) on the validation split.
 
     Without `data`, the data settings of the run that wrote the checkpoint (its `run_config.json`: sequence
     lengths, SQuAD windows, generation lengths) are used, so the figures match the ones it reported;
     `validation_file` and `max_eval_samples` override them. The prediction files (`Task.prediction_files`) go to
-    `output_dir`, by default `<checkpoint>/eval`.
+    `output_dir`, by default `<checkpoint>/eval`. `routing` evaluates the same weights with other routing
+    settings (`{"gating": "top2"}`, `{"threshold": 0.2}`: see `adamoe.set_routing`).
     """
     task = get_task(task_name)
     out = Path(output_dir) if output_dir is not None else Path(checkpoint) / "eval"
@@ -398,6 +400,10 @@ def evaluate_checkpoint(
         output_dir=str(out),
     )
     model = load_model(task, checkpoint, None)
+    if routing:
+        if not is_moe_model(model):
+            raise RunConfigError(f"{checkpoint} is a dense model: routing settings need an adamoe checkpoint.")
+        set_routing(model, **routing)
     tokenizer = load_tokenizer(checkpoint)
     trainer = build_trainer(config, task, model, tokenizer, train=False)
     metrics = _task_metrics(task, evaluate_and_write_predictions(trainer, task, data, out))

@@ -11,6 +11,7 @@ experts, and only its routing rule and dispatch are replaced (`adamoe.native`).
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from typing import Any
 
@@ -18,7 +19,7 @@ import torch
 from torch import nn
 
 from .architectures import FFN_SPECS, DenseFFN, FFNSpec, stack_of
-from .config import MoEConfig, MoEConfigError
+from .config import STRUCTURAL_FIELDS, VERSION_KEY, MoEConfig, MoEConfigError
 from .experts import Experts
 from .layer import MoEBlock
 from .native import NATIVE_MOE_SPECS, UNREPRODUCIBLE_ROUTING, NativeMoE, NativeMoESpec, looks_like_moe, moved_experts
@@ -31,6 +32,51 @@ CONFIG_KEY = "adamoe"
 
 class UnsupportedArchitectureError(ValueError):
     """`moeify` has no FFN spec for the model's `model_type`."""
+
+
+def stored_config(config: MoEConfig) -> dict[str, Any]:
+    """What `config.json` holds under `adamoe`: the config, and the adamoe version that wrote it."""
+    from . import __version__
+
+    return {**config.to_dict(), VERSION_KEY: __version__}
+
+
+def set_routing(model: nn.Module, **changes: Any) -> MoEConfig:
+    """Change how a patched model routes (`gating`, `threshold`, `threshold_on`, `top_k`, `combine`, ...) in every
+    MoE block and in `model.config` together, validated first; returns the new config.
+
+    `MoEConfig` is frozen, so this is the one way to change routing after `moeify`: the blocks and the config
+    saved with the model never disagree. Fields that decide which parameters exist (`num_experts`, `layers`,
+    `every_n_layers`) cannot change on a patched model; `top_k` may not exceed the experts there are.
+
+    Example:
+        ```python
+        >>> adamoe.set_routing(model, gating="top2")          # evaluate the same weights as fixed top-2
+        >>> adamoe.set_routing(model, gating="adaptive", threshold=0.2)
+        ```
+    """
+    from .modeling import moe_config_of
+
+    blocks = moe_blocks(model)
+    stored = moe_config_of(model)
+    if not blocks or stored is None:
+        raise ValueError(f"{type(model).__name__} has no MoE blocks: call adamoe.moeify or adamoe.from_pretrained.")
+    known = {f.name for f in dataclasses.fields(MoEConfig)}
+    unknown = sorted(set(changes) - known)
+    if unknown:
+        raise MoEConfigError(f"Unknown MoEConfig field(s) {unknown}; known fields are {sorted(known)}.")
+    structural = sorted(set(changes) & set(STRUCTURAL_FIELDS))
+    if structural:
+        raise MoEConfigError(
+            f"{structural} decide which parameters exist and cannot change on a patched model; convert the dense "
+            "model again (adamoe.moeify) with the structure you want."
+        )
+    new = dataclasses.replace(stored, **changes)  # validated by MoEConfig.__post_init__
+    for _, block in blocks:
+        block.config = dataclasses.replace(block.config, **changes)
+        block.router.config = dataclasses.replace(block.router.config, **changes)
+    setattr(model.config, CONFIG_KEY, stored_config(new))
+    return new
 
 
 def moe_blocks(model: nn.Module) -> list[tuple[str, MoEBlock]]:
@@ -272,7 +318,7 @@ def _moeify_native(model: nn.Module, config: MoEConfig, spec: NativeMoESpec) -> 
     # adamoe's layout, never that format, so it is saved under the names it has; an empty list of conversions
     # is what transformers keeps for a model it loaded without any.
     model._weight_conversions = []
-    setattr(model.config, CONFIG_KEY, config.to_dict())
+    setattr(model.config, CONFIG_KEY, stored_config(config))
     model.register_forward_pre_hook(_hand_token_masks, with_kwargs=True)
     model.register_forward_pre_hook(_refuse_router_logits, with_kwargs=True)
     return model
@@ -398,6 +444,6 @@ def moeify(model: nn.Module, config: MoEConfig | None = None, *, initialize: boo
     for layer, block in blocks:
         block.train(layer.training)  # new modules start in training mode; follow the model's
         spec.splice(layer, block)
-    setattr(model.config, CONFIG_KEY, config.to_dict())
+    setattr(model.config, CONFIG_KEY, stored_config(config))
     model.register_forward_pre_hook(_hand_token_masks, with_kwargs=True)
     return model

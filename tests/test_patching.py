@@ -221,3 +221,35 @@ def test_training_under_bf16_autocast():
     with torch.autocast("cpu", dtype=torch.bfloat16):
         bf16 = model(**inputs).logits
     assert (bf16.float() - fp32).abs().mean() < 0.05 * fp32.abs().mean() + 1e-3
+
+
+def test_moe_config_is_frozen_and_set_routing_changes_blocks_and_config_together(tmp_path):
+    import dataclasses
+
+    arch = arch_by_name("bert")
+    inputs = arch.inputs()
+    config = MoEConfig(num_experts=4, gating="adaptive", threshold=0.05, router_init_std=1.0, expert_init="random")
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        config.gating = "top2"
+    model = adamoe.moeify(arch.build(), config)
+    # Reference: the same weights patched from the start with fixed top-2 routing.
+    reference = adamoe.moeify(arch.build(), dataclasses.replace(config, gating="top2"))
+    reference.load_state_dict(model.state_dict())
+
+    new = adamoe.set_routing(model, gating="top2")
+    assert new.gating == "top2" and adamoe.moe_config_of(model) == new
+    assert all(b.config.gating == b.router.config.gating == "top2" for _, b in adamoe.moe_blocks(model))
+    torch.testing.assert_close(model(**inputs).logits, reference(**inputs).logits)
+    assert adamoe.routing_stats(model).two_expert_fraction == 1.0
+
+    before = adamoe.moe_config_of(model)
+    with pytest.raises(adamoe.MoEConfigError, match="threshold must be in"):
+        adamoe.set_routing(model, threshold=2.0)
+    with pytest.raises(adamoe.MoEConfigError, match="cannot change on a patched model"):
+        adamoe.set_routing(model, num_experts=8)
+    assert adamoe.moe_config_of(model) == before  # nothing changed by a refused call
+
+    model.save_pretrained(tmp_path / "moe")
+    saved = (tmp_path / "moe" / "config.json").read_text()
+    assert f'"adamoe_version": "{adamoe.__version__}"' in saved
+    assert adamoe.moe_config_of(adamoe.from_pretrained(str(tmp_path / "moe"))) == new

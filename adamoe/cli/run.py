@@ -238,13 +238,19 @@ def evaluate_command(
     validation_file: ValidationFileOpt = None,
     max_eval_samples: MaxEvalOpt = None,
     batch_size: BatchSizeOpt = None,
+    gating: GatingOpt = None,
+    threshold: ThresholdOpt = None,
+    top_k: TopKOpt = None,
     output_dir: Annotated[
         Path | None,
-        typer.Option("--output-dir", "-o", help="Where the prediction files go. [default: CHECKPOINT/eval]"),
+        typer.Option(
+            "--output-dir", "-o", help="Where the predictions and eval_results.json go. [default: CHECKPOINT/eval]"
+        ),
     ] = None,
 ) -> None:
     """Compute a task's metrics for a saved checkpoint on its validation data (the run's own data settings),
-    and write the predictions in the format official scorers read.
+    and write the predictions in the format official scorers read. --gating, --threshold and --top-k evaluate the
+    same weights with other routing (the checkpoint's own by default).
 
     Example: adamoe evaluate --task sst2 --checkpoint runs/sst2-minilm --validation-file dev.tsv
     """
@@ -261,10 +267,12 @@ def evaluate_command(
         max_eval_samples=max_eval_samples,
         training=training,
         output_dir=str(out),
+        routing=moe_overrides(gating=gating, threshold=threshold, num_experts=None, top_k=top_k),
     )
     if not PartialState().is_main_process:
         return
-    _print_results({"task": task.value, "gating": recipes.gating_of(str(checkpoint)), "metrics": metrics})
+    gating_shown = gating.value if gating is not None else recipes.gating_of(str(checkpoint))
+    _print_results({"task": task.value, "gating": gating_shown, "metrics": metrics})
     console.print(f"Predictions: {out}")
 
 
