@@ -18,15 +18,10 @@ from typing import Any
 from datasets import Dataset
 from transformers import BatchEncoding, PretrainedConfig, PreTrainedTokenizerBase
 
-from ..tasks import DataArgs
-from ..tasks.seq2seq import LANGUAGE_NAMES, source_prefix
+from ..tasks import DataArgs, get_task
 from ..tasks.soda import build_example, turn_pairs
-from ..tasks.wikitext import MAX_BLOCK_SIZE
-from ..tasks.wmt19 import MAX_SOURCE_LENGTH as WMT_SOURCE
-from ..tasks.wmt19 import MAX_TARGET_LENGTH as WMT_TARGET
 
 # The defaults the task modules apply when DataArgs leaves a length unset.
-SST2_LENGTH, SQUAD_LENGTH, SODA_LENGTH, CNN_SOURCE, CNN_TARGET = 128, 384, 256, 1024, 128
 
 
 @dataclass
@@ -104,9 +99,9 @@ def _decoder_positions(
     return [first, *label_positions[:-1]]
 
 
-def classification_view(rows: Dataset, tokenizer: PreTrainedTokenizerBase, data: DataArgs) -> list[Example]:
+def classification_view(rows: Dataset, tokenizer: PreTrainedTokenizerBase, max_length: int) -> list[Example]:
     sentences = list(rows["sentence"])
-    encoding = tokenizer(sentences, max_length=data.max_seq_length or SST2_LENGTH, truncation=True)
+    encoding = tokenizer(sentences, max_length=max_length, truncation=True)
     examples = []
     for i, sentence in enumerate(sentences):
         features = {k: encoding[k][i] for k in encoding.keys()}
@@ -118,7 +113,7 @@ def classification_view(rows: Dataset, tokenizer: PreTrainedTokenizerBase, data:
     return examples
 
 
-def qa_view(rows: Dataset, tokenizer: PreTrainedTokenizerBase, data: DataArgs) -> list[Example]:
+def qa_view(rows: Dataset, tokenizer: PreTrainedTokenizerBase, max_length: int, stride: int) -> list[Example]:
     # As `squad.tokenize_windows`: question first (right padding), only the context is cut into windows.
     questions = [q.lstrip() for q in rows["question"]]
     contexts = list(rows["context"])
@@ -126,8 +121,8 @@ def qa_view(rows: Dataset, tokenizer: PreTrainedTokenizerBase, data: DataArgs) -
         questions,
         contexts,
         truncation="only_second",
-        max_length=data.max_seq_length or SQUAD_LENGTH,
-        stride=data.doc_stride,
+        max_length=max_length,
+        stride=stride,
         return_overflowing_tokens=True,
     )
     samples = encoding["overflow_to_sample_mapping"]
@@ -170,14 +165,13 @@ def seq2seq_view(
     return examples
 
 
-def wikitext_view(rows: Dataset, tokenizer: PreTrainedTokenizerBase, data: DataArgs) -> list[Example]:
+def wikitext_view(rows: Dataset, tokenizer: PreTrainedTokenizerBase, block: int) -> list[Example]:
     """As `wikitext.group_texts`: all lines concatenated, cut into blocks of `block_size`, the tail dropped.
 
     The task concatenates per `map` batch of 1,000 lines, dropping each batch's tail; this view concatenates the
     whole split, so beyond 1,000 lines the blocks shift slightly (the routing statistics do not depend on it).
     """
     lines = list(rows["text"])
-    block = data.block_size or min(MAX_BLOCK_SIZE, tokenizer.model_max_length)
     encoding = tokenizer(lines)
     words = Words()
     stream_ids: list[int] = []
@@ -196,9 +190,8 @@ def wikitext_view(rows: Dataset, tokenizer: PreTrainedTokenizerBase, data: DataA
     return examples
 
 
-def dialogue_view(rows: Dataset, tokenizer: PreTrainedTokenizerBase, data: DataArgs) -> list[Example]:
+def dialogue_view(rows: Dataset, tokenizer: PreTrainedTokenizerBase, max_length: int) -> list[Example]:
     contexts, responses = turn_pairs({"dialogue": list(rows["dialogue"])})
-    max_length = data.max_seq_length or SODA_LENGTH
     context_enc = tokenizer(contexts, add_special_tokens=False)
     response_enc = tokenizer(responses, add_special_tokens=False)
     eos = tokenizer.eos_token_id
@@ -232,31 +225,7 @@ def build_view(
             f"adamoe analyze maps sub-word pieces back to words with a fast tokenizer's word_ids(); "
             f"{type(tokenizer).__name__} is a slow tokenizer (e.g. FSMT's)."
         )
-    if task == "sst2":
-        return classification_view(rows, tokenizer, data)
-    if task == "squad":
-        return qa_view(rows, tokenizer, data)
-    if task == "wmt19":
-        source, target = data.direction.split("-")
-        prefix = source_prefix(
-            data, model_config, "translation", source=LANGUAGE_NAMES[source], target=LANGUAGE_NAMES[target]
-        )
-        pairs = list(rows["translation"])
-        return seq2seq_view(
-            [p[source] for p in pairs], [p[target] for p in pairs], tokenizer, model_config, prefix,
-            data.max_source_length or WMT_SOURCE, data.max_target_length or WMT_TARGET,
-        )  # fmt: skip
-    if task == "cnn_dailymail":
-        return seq2seq_view(
-            list(rows["article"]), list(rows["highlights"]), tokenizer, model_config,
-            source_prefix(data, model_config, "summarization"),
-            data.max_source_length or CNN_SOURCE, data.max_target_length or CNN_TARGET,
-        )  # fmt: skip
-    if task == "wikitext":
-        return wikitext_view(rows, tokenizer, data)
-    if task == "soda":
-        return dialogue_view(rows, tokenizer, data)
-    raise KeyError(f"No analysis view for task {task!r}.")
+    return get_task(task).analysis_view(rows, tokenizer, data, model_config)
 
 
 def _padded(values: list[list[int]], pad: int) -> list[list[int]]:

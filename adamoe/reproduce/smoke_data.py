@@ -207,22 +207,19 @@ GENERATORS: dict[str, tuple[Callable[[random.Random, int], list], Callable[[Path
 }
 
 
+# task -> the strings of one generated row that its tokenizer sees
+CORPUS: dict[str, Callable[[Any], list[str]]] = {
+    "sst2": lambda row: [row["sentence"]],
+    "squad": lambda row: [row["question"], row["context"]],
+    "wmt19": lambda row: ["translate German to English: " + row["translation"]["de"], row["translation"]["en"]],
+    "cnn_dailymail": lambda row: [row["article"]],
+    "wikitext": lambda row: [row],
+    "soda": lambda row: list(row["dialogue"]),
+}
+
+
 def corpus(task: str, rows: list) -> Iterator[str]:
     """Every string of `rows` that the task's tokenizer will see, for training that tokenizer."""
+    texts = CORPUS[task]
     for row in rows:
-        if task == "sst2":
-            yield row["sentence"]
-        elif task == "squad":
-            yield row["question"]
-            yield row["context"]
-        elif task == "wmt19":
-            yield "translate German to English: " + row["translation"]["de"]  # the T5 source prefix
-            yield row["translation"]["en"]
-        elif task == "cnn_dailymail":
-            yield row["article"]
-        elif task == "wikitext":
-            yield row
-        elif task == "soda":
-            yield from row["dialogue"]
-        else:
-            raise KeyError(f"No smoke data for task {task!r}.")
+        yield from texts(row)

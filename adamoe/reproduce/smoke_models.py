@@ -29,10 +29,6 @@ from pathlib import Path
 import torch
 from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, trainers
 from transformers import (
-    AutoModelForCausalLM,
-    AutoModelForQuestionAnswering,
-    AutoModelForSeq2SeqLM,
-    AutoModelForSequenceClassification,
     BartConfig,
     BartTokenizerFast,
     BertConfig,
@@ -44,6 +40,8 @@ from transformers import (
     T5Config,
     T5TokenizerFast,
 )
+
+from ..tasks import get_task
 
 HIDDEN, FFN, LAYERS, HEADS, POSITIONS = 64, 128, 2, 2, 128
 BERT_SPECIALS = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
@@ -175,14 +173,14 @@ def gpt2_config(tokenizer: PreTrainedTokenizerBase) -> PretrainedConfig:
 TokenizerFactory = Callable[[Iterable[str]], PreTrainedTokenizerBase]
 ConfigFactory = Callable[[PreTrainedTokenizerBase], PretrainedConfig]
 
-# task -> (tokenizer, model config, auto class with the task's head, head kwargs)
-FAMILIES: dict[str, tuple[TokenizerFactory, ConfigFactory, type, dict]] = {
-    "sst2": (wordpiece_tokenizer, bert_config, AutoModelForSequenceClassification, {"num_labels": 2}),
-    "squad": (wordpiece_tokenizer, bert_config, AutoModelForQuestionAnswering, {}),
-    "wmt19": (t5_tokenizer, t5_config, AutoModelForSeq2SeqLM, {}),
-    "cnn_dailymail": (bart_tokenizer, bart_config, AutoModelForSeq2SeqLM, {}),
-    "wikitext": (gpt2_tokenizer, gpt2_config, AutoModelForCausalLM, {}),
-    "soda": (gpt2_tokenizer, gpt2_config, AutoModelForCausalLM, {}),
+# task -> (tokenizer, model config); the head is the task's own (`Task.model_class`, `Task.model_kwargs`)
+FAMILIES: dict[str, tuple[TokenizerFactory, ConfigFactory]] = {
+    "sst2": (wordpiece_tokenizer, bert_config),
+    "squad": (wordpiece_tokenizer, bert_config),
+    "wmt19": (t5_tokenizer, t5_config),
+    "cnn_dailymail": (bart_tokenizer, bart_config),
+    "wikitext": (gpt2_tokenizer, gpt2_config),
+    "soda": (gpt2_tokenizer, gpt2_config),
 }
 
 
@@ -192,13 +190,14 @@ def write_tiny_model(task: str, texts: Iterable[str], folder: Path, seed: int = 
     Returns:
         `folder`, which `AutoTokenizer.from_pretrained` and the task's `model_class.from_pretrained` load.
     """
-    make_tokenizer, make_config, auto_class, head_kwargs = FAMILIES[task]
+    make_tokenizer, make_config = FAMILIES[task]
     tokenizer = make_tokenizer(texts)
     config = make_config(tokenizer)
-    for key, value in head_kwargs.items():
+    head = get_task(task)
+    for key, value in head.model_kwargs.items():
         setattr(config, key, value)
     torch.manual_seed(seed)
-    model = auto_class.from_config(config)
+    model = head.model_class.from_config(config)
     folder.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(folder)
     tokenizer.save_pretrained(folder)

@@ -49,6 +49,7 @@ SCHEMA = Schema(
 )
 FORMATS = (".json", ".jsonl", ".parquet")
 logger = logging.getLogger(__name__)
+MAX_SEQ_LENGTH = 384  # run_qa.py's window (with doc_stride 128)
 MODEL_INPUTS = ("input_ids", "token_type_ids", "attention_mask", "start_positions", "end_positions")
 
 
@@ -276,7 +277,7 @@ class SquadTask:
     ) -> PreparedData:
         if not tokenizer.is_fast:
             raise ValueError("squad needs a fast (Rust-backed) tokenizer: windows map back through offset mappings.")
-        max_length = data.max_seq_length or 384
+        max_length = data.max_seq_length or MAX_SEQ_LENGTH
         if data.doc_stride >= max_length:
             raise ValueError(f"doc_stride ({data.doc_stride}) must be smaller than max_seq_length ({max_length}).")
         windows = partial(tokenize_windows, tokenizer=tokenizer, max_length=max_length, stride=data.doc_stride)
@@ -330,6 +331,14 @@ class SquadTask:
         """`eval_predictions.json`: `{question id: answer text}`, what the official v1.1 `evaluate-v1.1.py` reads."""
         answers = self._answers(predictions, prepared, data)
         return {"eval_predictions.json": json.dumps(answers, indent=2, ensure_ascii=False) + "\n"}
+
+    def analysis_view(
+        self, rows: Dataset, tokenizer: PreTrainedTokenizerBase, data: DataArgs, model_config: PretrainedConfig
+    ) -> list:
+        """The validation rows as the model sees them, with words (`adamoe.analysis.views`)."""
+        from ..analysis.views import qa_view
+
+        return qa_view(rows, tokenizer, data.max_seq_length or MAX_SEQ_LENGTH, data.doc_stride)
 
     def training_overrides(self, data: DataArgs) -> dict[str, Any]:
         # Named explicitly because a wrapped model's forward signature may not show the span label names.

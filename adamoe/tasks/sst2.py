@@ -33,6 +33,7 @@ SCHEMA = Schema(
 )
 FORMATS = (".tsv", ".csv", ".json", ".jsonl", ".parquet")
 LABELS = {0: "negative", 1: "positive"}
+MAX_SEQ_LENGTH = 128  # run_glue.py's default; SST-2 sentences are far shorter
 
 
 def check_labels(rows: Dataset, source: str) -> Dataset:
@@ -90,7 +91,7 @@ class SST2Task:
         data: DataArgs,
         model_config: PretrainedConfig | None = None,
     ) -> PreparedData:
-        max_length = data.max_seq_length or 128
+        max_length = data.max_seq_length or MAX_SEQ_LENGTH
 
         def tokenize(batch: dict[str, list]) -> dict[str, list]:
             features = tokenizer(batch["sentence"], max_length=max_length, truncation=True)
@@ -119,6 +120,14 @@ class SST2Task:
         labels = np.argmax(logits, axis=-1)
         rows = "".join(f"{i}\t{int(label)}\n" for i, label in enumerate(labels))
         return {"eval_predictions.tsv": "index\tprediction\n" + rows}
+
+    def analysis_view(
+        self, rows: Dataset, tokenizer: PreTrainedTokenizerBase, data: DataArgs, model_config: PretrainedConfig
+    ) -> list:
+        """The validation rows as the model sees them, with words (`adamoe.analysis.views`)."""
+        from ..analysis.views import classification_view
+
+        return classification_view(rows, tokenizer, data.max_seq_length or MAX_SEQ_LENGTH)
 
     def training_overrides(self, data: DataArgs) -> dict[str, Any]:
         return {"metric_for_best_model": self.main_metric, "greater_is_better": self.greater_is_better}
