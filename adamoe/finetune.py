@@ -33,7 +33,7 @@ from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, get_last_checkpoin
 
 from .config import MoEConfig
 from .model_card import write_model_card
-from .modeling import CheckpointError, from_pretrained, moe_config_of
+from .modeling import CheckpointError, from_pretrained, load_pretrained_quietly, moe_config_of
 from .output_dir import (
     RESULTS_NAME,
     RUN_CONFIG_NAME,
@@ -135,7 +135,7 @@ def load_model(task: Task, name_or_path: str, moe: MoEConfig | None) -> PreTrain
         )
     if stored is not None or moe is not None:
         return from_pretrained(name_or_path, moe=moe, model_class=task.model_class, **task.model_kwargs)
-    return task.model_class.from_pretrained(name_or_path, **task.model_kwargs)
+    return load_pretrained_quietly(task.model_class, name_or_path, **task.model_kwargs)
 
 
 def load_tokenizer(name_or_path: str) -> Any:

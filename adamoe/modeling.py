@@ -41,6 +41,31 @@ def moe_config_of(model_or_config: Any) -> MoEConfig | None:
     return None if stored is None else MoEConfig.from_dict(dict(stored))
 
 
+def load_pretrained_quietly(model_class: Any, name_or_path: str, **kwargs: Any) -> nn.Module:
+    """`model_class.from_pretrained`, with transformers' multi-line load report turned into one line.
+
+    A task head on a base model (`classifier.*`, `qa_outputs.*`) is missing from the checkpoint by design, and
+    the report's table says so at length on every run. Here missing keys alone are one info line; unexpected or
+    mismatched ones are one warning line naming them.
+    """
+    verbosity = transformers.logging.get_verbosity()
+    transformers.logging.set_verbosity_error()
+    try:
+        model, info = model_class.from_pretrained(name_or_path, output_loading_info=True, **kwargs)
+    finally:
+        transformers.logging.set_verbosity(verbosity)
+    missing, unexpected = sorted(info.get("missing_keys", [])), sorted(info.get("unexpected_keys", []))
+    mismatched = [str(k[0] if isinstance(k, tuple) else k) for k in info.get("mismatched_keys", [])]
+    name = type(model).__name__
+    if unexpected or mismatched:
+        logger.warning(
+            f"{name_or_path} -> {name}: missing {missing}, unexpected {unexpected}, mismatched {mismatched}."
+        )
+    elif missing:
+        logger.info(f"{name_or_path} -> {name}: new, randomly initialised {', '.join(missing)} (the task head).")
+    return model
+
+
 def check_patched_consistently(model: nn.Module) -> None:
     """Raise if `model`'s config says it is an adamoe checkpoint but it has no MoE blocks.
 
@@ -207,7 +232,7 @@ def from_pretrained(
                 f"{name_or_path} is a dense checkpoint (no '{CONFIG_KEY}' entry in its config.json): pass "
                 "moe=adamoe.MoEConfig(...) to patch it."
             )
-        model = cls.from_pretrained(name_or_path, config=config, dtype=dtype, **hub_kwargs)
+        model = load_pretrained_quietly(cls, name_or_path, config=config, dtype=dtype, **hub_kwargs)
         return moeify(model, moe)
 
     if moe is not None:

@@ -168,3 +168,19 @@ def test_a_top_k_checkpoint_round_trips(tmp_path):
     loaded = adamoe.from_pretrained(str(tmp_path))
     assert adamoe.moe_config_of(loaded) == cfg.resolve()  # stored with its "from the model" fields filled
     torch.testing.assert_close(loaded(**inputs).logits, model(**inputs).logits, rtol=0, atol=0)
+
+
+def test_the_load_report_of_a_new_task_head_is_one_line(tmp_path, caplog):
+    import logging
+
+    from transformers import BertConfig, BertForSequenceClassification, BertModel
+
+    from adamoe.modeling import load_pretrained_quietly
+
+    BertModel(BertConfig(vocab_size=50, hidden_size=16, num_hidden_layers=1, num_attention_heads=2,
+                         intermediate_size=32)).save_pretrained(tmp_path / "base")  # fmt: skip
+    with caplog.at_level(logging.INFO):
+        model = load_pretrained_quietly(BertForSequenceClassification, str(tmp_path / "base"), num_labels=2)
+    assert isinstance(model, BertForSequenceClassification)
+    lines = [r.getMessage() for r in caplog.records]
+    assert len(lines) == 1 and "classifier.bias, classifier.weight (the task head)" in lines[0], lines
