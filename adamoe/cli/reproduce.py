@@ -24,6 +24,7 @@ class Table(str, Enum):
 
 class Scale(str, Enum):
     smoke = "smoke"
+    cpu = "cpu"
     full = "full"
 
 
@@ -38,11 +39,23 @@ def reproduce_command(
     ] = None,
     scale: Annotated[
         Scale,
-        typer.Option(help="smoke: tiny models on generated data, CPU, minutes; full: the paper configs (Hub, GPU)."),
+        typer.Option(
+            help="smoke: tiny models on generated data, CPU, minutes; cpu: the pretrained MiniLM on the real SST-2 "
+            "and SQuAD samples (sst2, squad), 3 seeds, CPU, hours; full: the paper configs (Hub, GPU)."
+        ),
     ] = Scale.smoke,
     output_dir: Annotated[
         Path, typer.Option("--output-dir", "-o", help="Results root; cells and tables go under OUTPUT_DIR/SCALE/.")
     ] = Path("results"),
+    data_root: Annotated[
+        Path | None,
+        typer.Option(
+            "--data-root",
+            envvar="ADAMOE_DATA",
+            help="--scale cpu: folder with sst2/train.tsv, sst2/validation.tsv and squad/squad_v1.1_sample.json; "
+            "default ../shared/data beside the repository.",
+        ),
+    ] = None,
 ) -> None:
     """Run a paper table's missing cells (finished ones are skipped) and write it as markdown, CSV and PNG.
 
@@ -50,12 +63,13 @@ def reproduce_command(
     """
     from ..reproduce import reproduce
 
-    report = reproduce(
-        int(table.value),
-        tasks=[t.value for t in tasks] if tasks else None,
-        scale=scale.value,
-        output_dir=output_dir,
-    )
+    task_names = [t.value for t in tasks] if tasks else None
+    cpu = None
+    if scale is Scale.cpu:
+        from ..reproduce.cpu_scale import CPU_TASKS, CpuScale
+
+        cpu = CpuScale.locate(data_root, tasks=task_names or CPU_TASKS)
+    report = reproduce(int(table.value), tasks=task_names, scale=scale.value, output_dir=output_dir, cpu=cpu)
     console.print(
         f"Table {report.table} ({report.scale}): ran {len(report.ran)}, skipped {len(report.skipped)} finished, "
         f"reused {len(report.reused)} identical cell(s)."

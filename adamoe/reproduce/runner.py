@@ -11,6 +11,13 @@ Layout under `output_dir/<scale>/`: `cells/<cell id>.json` (one result per exper
 `results.json` with its versions, git commit, hardware and seed, plus the experiment, the resolved run config
 and the training-loss curve), `runs/<cell id>/` (the run's checkpoint), and `table<N>.md|csv|png`.
 
+Scales: "smoke" (the kit, one seed), "full" (the paper configs as they are, one seed) and "cpu" (the pretrained
+MiniLM on the real SST-2 and SQuAD samples, `cpu_scale.py`): there every cell runs once per seed, as
+`cells/<cell id>-seed<seed>.json` and `runs/<cell id>-seed<seed>/`, and the tables show mean ± standard deviation.
+Every cell records its process CPU time (`time.process_time()`, all threads of the process) beside the wall
+clock of the same span (loading, training and evaluation), the 1-minute load average before and after, and the
+number of torch threads; smoke and cpu cells run on one torch thread.
+
 Resumable: a cell whose JSON exists is skipped; a run folder without one (an interrupted run) is run again from
 scratch. A cell whose resolved run config equals a finished cell's (Table 5's T = 0.1 is Table 3's adaptive
 cell) reuses that result instead of training twice. Each table also runs the cells it normalises to (Table 5
@@ -22,6 +29,8 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
+import os
+import time
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -30,12 +39,14 @@ from typing import Any
 from ..finetune import finetune
 from ..provenance import write_json_atomically
 from ..run_config import FinetuneConfig
+from .cpu_scale import CPU_TASKS, SEEDS, CpuScale, CpuTask
 from .experiments import EXPERIMENTS_DIR, SCALES, TABLES, Experiment, load_experiments
 from .normalise import loss_curve
 from .smoke import SmokeTask, one_thread, write_smoke_kit
 from .tables import write_table
 
 logger = logging.getLogger(__name__)
+Kit = dict[str, SmokeTask] | dict[str, CpuTask]
 
 
 @dataclass
@@ -44,7 +55,7 @@ class ReproduceReport:
 
     Attributes:
         table: 3, 5 or 6.
-        scale: "smoke" or "full".
+        scale: "smoke", "cpu" or "full".
         root: `output_dir/<scale>`.
         ran: ids of the cells trained by this call.
         skipped: ids of the cells whose results already existed.
@@ -79,20 +90,40 @@ def cell_set(table: int, tasks: list[str] | None, experiments_dir: Path = EXPERI
 
 
 @contextlib.contextmanager
-def scale_context(scale: str, root: Path, tasks: list[str]) -> Iterator[dict[str, SmokeTask] | None]:
-    """Smoke: the kit under `root/smoke_kit`, on one torch thread. Full: the paper configs as they are."""
+def scale_context(scale: str, root: Path, tasks: list[str], cpu: CpuScale | None = None) -> Iterator[Kit | None]:
+    """Smoke: the kit under `root/smoke_kit`, on one torch thread. Cpu: MiniLM and the real samples (`cpu`, by
+    default `CpuScale.locate()`), on one torch thread. Full: the paper configs as they are."""
     if scale not in SCALES:
         raise ValueError(f"scale must be one of {SCALES}, got {scale!r}.")
     if scale == "full":
         yield None
         return
+    if scale == "cpu":
+        cpu = cpu or CpuScale.locate(tasks=tasks)
+        with one_thread():
+            yield cpu.prepare(root, tasks)
+        return
     with one_thread():
         yield write_smoke_kit(root / "smoke_kit", tasks=tasks)
 
 
-def resolve(experiment: Experiment, kit: dict[str, SmokeTask] | None, run_dir: Path) -> dict[str, Any]:
-    """The cell's run config at its scale, with what every reproduction run records on top."""
+def scale_seeds(scale: str, cpu: CpuScale | None = None) -> tuple[int | None, ...]:
+    """The seeds every cell runs with: the cpu scale's, else one run with the config's own seed (None)."""
+    if scale != "cpu":
+        return (None,)
+    return cpu.seeds if cpu is not None else SEEDS
+
+
+def cell_name(experiment: Experiment, seed: int | None = None) -> str:
+    """The result file's stem: the cell id, with `-seed<seed>` when the scale runs several seeds."""
+    return experiment.id if seed is None else f"{experiment.id}-seed{seed}"
+
+
+def resolve(experiment: Experiment, kit: Kit | None, run_dir: Path, seed: int | None = None) -> dict[str, Any]:
+    """The cell's run config at its scale (and seed), with what every reproduction run records on top."""
     config = experiment.run_config(kit[experiment.task].overlay() if kit is not None else None)
+    if seed is not None:
+        config["training"]["seed"] = seed
     # Stamp each training log with the wall clock since training began ("train_runtime"), so the time to the
     # common target loss is measured, not interpolated (see normalise.py).
     config["training"]["include_num_input_tokens_seen"] = "non_padding"
@@ -109,25 +140,34 @@ def _finished(cells_dir: Path) -> Iterator[tuple[str, dict[str, Any]]]:
         yield path.stem, json.loads(path.read_text())
 
 
-def run_cell(experiment: Experiment, root: Path, kit: dict[str, SmokeTask] | None, scale: str) -> str:
-    """Train one cell unless its result exists; returns "skipped", "reused" or "ran"."""
+def run_cell(experiment: Experiment, root: Path, kit: Kit | None, scale: str, seed: int | None = None) -> str:
+    """Train one cell (at one seed) unless its result exists; returns "skipped", "reused" or "ran"."""
     cells_dir = root / "cells"
-    result_path = cells_dir / f"{experiment.id}.json"
+    name = cell_name(experiment, seed)
+    result_path = cells_dir / f"{name}.json"
     if result_path.exists():
         return "skipped"
-    config = resolve(experiment, kit, root / "runs" / experiment.id)
+    config = resolve(experiment, kit, root / "runs" / name, seed)
     key = _config_key(config)
     for other_id, other in _finished(cells_dir):
         if other.get("run_config_key") == key:
             write_json_atomically(result_path, {**other, "experiment": asdict(experiment), "reused_from": other_id})
             return "reused"
-    logger.info("reproduce: running %s", experiment.id)
+    logger.info("reproduce: running %s", name)
+    load_before = os.getloadavg()[0]
+    wall, cpu = time.perf_counter(), time.process_time()
     # overwrite: a run folder without a result JSON is an interrupted run, which is restarted from scratch.
     results = finetune(FinetuneConfig.from_dict(config, overwrite=True))
+    wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
     curve, clock = loss_curve(config["output_dir"], results.get("train_time_s"))
     cell = {
         "experiment": asdict(experiment),
         "scale": scale,
+        # The whole finetune call (load, train, evaluate): the process's CPU seconds beside the wall clock.
+        "process_cpu_s": cpu,
+        "wall_s": wall,
+        "torch_threads": _torch_threads(),
+        "load_average_1min": {"before": load_before, "after": os.getloadavg()[0]},
         "run_config": {k: v for k, v in config.items() if k != "output_dir"},
         "run_config_key": key,
         "target_loss_smoothing": float(config["training"].get("target_loss_smoothing", 0.9)),
@@ -139,6 +179,12 @@ def run_cell(experiment: Experiment, root: Path, kit: dict[str, SmokeTask] | Non
     return "ran"
 
 
+def _torch_threads() -> int:
+    import torch
+
+    return torch.get_num_threads()
+
+
 def reproduce(
     table: int,
     *,
@@ -146,22 +192,35 @@ def reproduce(
     scale: str = "smoke",
     output_dir: str | Path = "results",
     experiments_dir: Path = EXPERIMENTS_DIR,
+    cpu: CpuScale | None = None,
 ) -> ReproduceReport:
     """Run the missing cells of a paper table and write the table (markdown, CSV, PNG) from all its results.
 
     Args:
         table: 3 (schemes), 5 (thresholds) or 6 (curriculum).
         tasks: a subset of the six tasks; None runs all of them.
-        scale: "smoke" (tiny models on the smoke kit, CPU, minutes) or "full" (the paper configs: Hub and GPU).
+        scale: "smoke" (tiny models on the smoke kit, CPU, minutes), "cpu" (pretrained MiniLM on the real SST-2
+            and SQuAD samples, three seeds, CPU, hours; `cpu_scale.py`) or "full" (the paper configs: Hub and GPU).
         output_dir: results root; results go under `output_dir/<scale>/`.
         experiments_dir: where the experiment files are (the packaged ones by default).
+        cpu: the cpu scale's model, data and seeds; None: `CpuScale.locate()` (cpu scale only).
     """
     root = Path(output_dir) / scale
+    if scale == "cpu" and not tasks:
+        tasks = list(CPU_TASKS)
     cells = cell_set(table, tasks, experiments_dir)
     report = ReproduceReport(table=table, scale=scale, root=root)
-    with scale_context(scale, root, sorted({e.task for e in cells})) as kit:
-        for experiment in cells:
-            outcome = run_cell(experiment, root, kit, scale)
-            {"ran": report.ran, "skipped": report.skipped, "reused": report.reused}[outcome].append(experiment.id)
-    report.outputs = write_table(table, root, cells)
+    task_names = sorted({e.task for e in cells})
+    if scale == "cpu" and cpu is None:
+        cpu = CpuScale.locate(tasks=task_names)  # before anything is written: a missing model or file fails first
+    seeds = scale_seeds(scale, cpu)
+    with scale_context(scale, root, task_names, cpu) as kit:
+        # Seed-major: each seed's cells of a task run back to back, so a slow spell of the machine hits one seed's
+        # comparison rather than one scheme in every seed.
+        for seed in seeds:
+            for experiment in cells:
+                outcome = run_cell(experiment, root, kit, scale, seed)
+                bucket = {"ran": report.ran, "skipped": report.skipped, "reused": report.reused}[outcome]
+                bucket.append(cell_name(experiment, seed))
+    report.outputs = write_table(table, root, cells, seeds=None if seeds == (None,) else seeds)
     return report

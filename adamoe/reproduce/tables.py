@@ -4,6 +4,10 @@
 normalised training times (`normalise.py`), and writes `root/table<N>.md`, `.csv` and `.png`. The paper's
 numbers come from `adamoe/data/paper_results.json` (with their source); a ratio the paper does not print
 (e.g. FLOPs relative to top-2) is computed here from its printed values.
+
+With `seeds` (the cpu scale), each seed's rows are computed on its own (`cells/<id>-seed<seed>.json`: every
+seed's cells normalised to the same seed's reference), then each figure is the mean ± standard deviation over
+the seeds, and the table gains a normalised CPU-time column and a per-cell timing appendix (`cpu_table.py`).
 """
 
 from __future__ import annotations
@@ -16,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from ..tasks import get_task
+from .cpu_table import aggregate_rows, cpu_columns, cpu_scale_note, time_note, timing_appendix
 from .experiments import PAPER_THRESHOLD, SCHEME_LABELS, TASKS, Experiment, expected_experiments
 from .normalise import normalised_times
 from .plots import plot_metric_vs_time
@@ -32,11 +37,12 @@ def paper_results() -> dict[str, Any]:
     return json.loads(PAPER_RESULTS.read_text())
 
 
-def load_cells(root: Path, cells: Sequence[Experiment]) -> dict[str, dict[str, Any] | None]:
-    """Each experiment's result JSON under `root/cells`, or None for a cell that has not run."""
+def load_cells(root: Path, cells: Sequence[Experiment], seed: int | None = None) -> dict[str, dict[str, Any] | None]:
+    """Each experiment's result JSON under `root/cells` (at `seed`, when given), or None for a cell not run."""
     out = {}
     for experiment in cells:
-        path = root / "cells" / f"{experiment.id}.json"
+        name = experiment.id if seed is None else f"{experiment.id}-seed{seed}"
+        path = root / "cells" / f"{name}.json"
         out[experiment.id] = json.loads(path.read_text()) if path.exists() else None
     return out
 
@@ -46,10 +52,29 @@ def _metric(cell: dict[str, Any] | None, task: str) -> float | None:
 
 
 def _timing(results: dict[str, dict[str, Any] | None], ids: Sequence[str], reference: str) -> dict[str, Any]:
-    """Normalised times of the cells `ids` of one task against `reference`, over the curves that exist."""
+    """Normalised times of the cells `ids` of one task against `reference`, over the curves that exist.
+
+    Also `normalised_cpu`: the same over CPU time to the target, estimated as each cell's wall clock to the
+    target times the cell's process CPU / wall share (the trainer stamps only the wall clock on each logging
+    event); a cell without `process_cpu_s` has None there.
+    """
     curves = {i: results[i]["loss_curve"] for i in ids if results.get(i) and results[i].get("loss_curve")}
     smoothing = next((results[i]["target_loss_smoothing"] for i in ids if results.get(i)), 0.9)
-    return normalised_times(curves, reference, smoothing)
+    timing = normalised_times(curves, reference, smoothing)
+    shares = {i: _cpu_share(results[i]) for i in curves}
+    cpu_times = {
+        i: None if t is None or shares[i] is None else t * shares[i] for i, t in timing["time_to_target_s"].items()
+    }
+    reference_cpu = cpu_times.get(reference)
+    timing["normalised_cpu"] = {
+        i: (t / reference_cpu if t is not None and reference_cpu else None) for i, t in cpu_times.items()
+    }
+    return timing
+
+
+def _cpu_share(cell: dict[str, Any]) -> float | None:
+    cpu, wall = cell.get("process_cpu_s"), cell.get("wall_s")
+    return cpu / wall if cpu is not None and wall else None
 
 
 def _paper_row(table: str, **match: Any) -> dict[str, Any]:
@@ -75,6 +100,7 @@ def table3_rows(cells: Sequence[Experiment], results: dict[str, dict[str, Any] |
                     "metric": _metric(cell, task),
                     "paper_metric": paper.get("metric"),
                     "norm_time": timing["normalised"].get(e.id),
+                    "norm_cpu_time": timing["normalised_cpu"].get(e.id),
                     "paper_norm_time": paper.get("norm_training_time"),
                     "flops_vs_top2": DENSE_FLOPS_VS_TOP2 if cell is not None and e.scheme == "dense" else flops,
                     "paper_flops_vs_top2": (
@@ -112,6 +138,7 @@ def table5_rows(cells: Sequence[Experiment], results: dict[str, dict[str, Any] |
                     "metric": _metric(cell, task),
                     "paper_metric": paper.get("metric"),
                     "norm_time": timing["normalised"].get(e.id),
+                    "norm_cpu_time": timing["normalised_cpu"].get(e.id),
                     "paper_norm_time": paper.get("norm_training_time"),
                     "flops_vs_top2": None if cell is None else cell.get("flops_vs_top2"),
                     "two_expert_fraction": None if cell is None else cell.get("two_expert_fraction"),
@@ -128,7 +155,7 @@ def table6_rows(cells: Sequence[Experiment], results: dict[str, dict[str, Any] |
         with_id, without_id = by_curriculum[True].id, by_curriculum[False].id
         timing = _timing(results, [with_id, without_id], with_id)
         with_metric, without_metric = _metric(results.get(with_id), task), _metric(results.get(without_id), task)
-        ratio = timing["normalised"].get(without_id)
+        ratio, cpu_ratio = timing["normalised"].get(without_id), timing["normalised_cpu"].get(without_id)
         paper = _paper_row("table6", task=task)
         rows.append(
             {
@@ -140,6 +167,7 @@ def table6_rows(cells: Sequence[Experiment], results: dict[str, dict[str, Any] |
                 "metric_delta": None if None in (with_metric, without_metric) else without_metric - with_metric,
                 "paper_metric_delta": paper.get("metric_delta"),
                 "time_inflation": None if ratio is None else ratio - 1.0,
+                "cpu_time_inflation": None if cpu_ratio is None else cpu_ratio - 1.0,
                 "paper_time_inflation": paper.get("time_inflation"),
                 "target_loss": timing["target_loss"],
             }
@@ -184,7 +212,24 @@ COLUMNS: dict[int, list[tuple[str, str, str]]] = {
 ROWS = {3: table3_rows, 5: table5_rows, 6: table6_rows}
 
 
-def _format(value: Any, kind: str, row: Row) -> str:
+def _format(value: Any, kind: str, row: Row, key: str | None = None) -> str:
+    """`value` as the column `kind` shows it; with a standard deviation in the row (`<key>_sd`), "mean ± sd"."""
+    sd = row.get(f"{key}_sd") if key is not None else None
+    text = _format_one(value, kind, row)
+    if sd is not None and value is not None:
+        if kind == "x":
+            text = f"{value:.2f}x ± {sd:.2f}"
+        elif kind == "pct":
+            text = f"{100 * value:.1f}% ± {100 * sd:.1f}"
+        else:
+            text = f"{text} ± {_format_one(sd, kind, row).lstrip('+')}"
+    n = row.get(f"{key}_n")
+    if n is not None and 0 < n < row.get("seeds", n):
+        text += f" (n={n})"
+    return text
+
+
+def _format_one(value: Any, kind: str, row: Row) -> str:
     if kind == "task":
         return f"{row['task']} ({row['metric_name']})"
     if value is None:
@@ -217,15 +262,25 @@ def _provenance_lines(results: dict[str, dict[str, Any] | None]) -> list[str]:
     ]
 
 
-def render_markdown(table: int, rows: list[Row], scale: str, results: dict[str, dict[str, Any] | None]) -> str:
-    columns = COLUMNS[table]
-    scale_note = (
-        "**Smoke scale**: tiny randomly initialised models on the generated smoke kit, a few dozen CPU steps per "
-        "cell. These numbers test the pipeline; they are NOT paper-scale results and say nothing about the paper's "
-        "claims."
-        if scale == "smoke"
-        else "**Full scale**: the paper's models, data and hyper-parameters (`adamoe/configs/*.yaml`)."
-    )
+def render_markdown(
+    table: int,
+    rows: list[Row],
+    scale: str,
+    results: dict[str, dict[str, Any] | None],
+    results_by_seed: dict[int, dict[str, dict[str, Any] | None]] | None = None,
+) -> str:
+    """The table as markdown; `results_by_seed` (several seeds) adds the ± columns' notes and the timing appendix."""
+    columns = COLUMNS[table] if results_by_seed is None else cpu_columns(table, COLUMNS[table])
+    if results_by_seed is not None:
+        scale_note = cpu_scale_note(list(results_by_seed))
+    elif scale == "smoke":
+        scale_note = (
+            "**Smoke scale**: tiny randomly initialised models on the generated smoke kit, a few dozen CPU steps per "
+            "cell. These numbers test the pipeline; they are NOT paper-scale results and say nothing about the "
+            "paper's claims."
+        )
+    else:
+        scale_note = "**Full scale**: the paper's models, data and hyper-parameters (`adamoe/configs/*.yaml`)."
     lines = [
         f"# Paper Table {table}, reproduced ({scale} scale)",
         "",
@@ -239,15 +294,21 @@ def render_markdown(table: int, rows: list[Row], scale: str, results: dict[str, 
         "|" + "|".join("---" for _ in columns) + "|",
     ]
     for row in rows:
-        lines.append("| " + " | ".join(_format(row.get(key), kind, row) for key, _, kind in columns) + " |")
+        lines.append("| " + " | ".join(_format(row.get(key), kind, row, key) for key, _, kind in columns) + " |")
     targets = {row["task"]: row.get("target_loss") for row in rows}
     reference = "the task's Top-2 cell" if table in (3, 5) else "the with-curriculum cell"
+    time_text = (
+        f"Time: wall clock to reach the task's target training loss over {reference}'s (Table 6: that ratio minus 1)."
+        if results_by_seed is None
+        else time_note(table)
+    )
     lines += [
         "",
-        f"Time: wall clock to reach the task's target training loss over {reference}'s (Table 6: that ratio minus "
-        "1). The target is the worst final smoothed training loss among the task's cells in this table, so every "
-        "cell reaches it (`adamoe/reproduce/normalise.py`); a cell shared with another table can show another "
-        "ratio there. Targets: "
+        time_text + " The target is the worst final smoothed training loss among the task's cells in this table, "
+        "so every cell reaches it (`adamoe/reproduce/normalise.py`); a cell shared with another table can show "
+        "another ratio there. Targets"
+        + (" (mean over the seeds)" if results_by_seed is not None else "")
+        + ": "
         + ", ".join(f"{task} {value:.4f}" if value is not None else f"{task} —" for task, value in targets.items())
         + ".",
         "",
@@ -265,6 +326,8 @@ def render_markdown(table: int, rows: list[Row], scale: str, results: dict[str, 
         f"Paper values: {paper_results()['source']['citation']} (arXiv {paper_results()['source']['arxiv']}), "
         "from `adamoe/data/paper_results.json`; '—' where the paper prints none.",
     ]
+    if results_by_seed is not None:
+        lines += ["", *timing_appendix(results_by_seed)]
     return "\n".join(lines) + "\n"
 
 
@@ -287,7 +350,7 @@ def plot_series(table: int, rows: list[Row]) -> list[dict[str, Any]]:
             # Both points relative to the with-curriculum cell; the paper's full adaptive metric is Table 3's.
             base = _paper_row("table3", task=row["task"], scheme="adaptive").get("metric")
             entry["ours"] += [("curriculum", 1.0, row["metric_with_curriculum"])]
-            inflation = row["time_inflation"]
+            inflation = row.get("cpu_time_inflation") if "cpu_time_inflation_n" in row else row["time_inflation"]
             entry["ours"] += [
                 ("no curriculum", None if inflation is None else 1.0 + inflation, row["metric_without_curriculum"])
             ]
@@ -297,7 +360,9 @@ def plot_series(table: int, rows: list[Row]) -> list[dict[str, Any]]:
                     ("no curriculum", 1.0 + row["paper_time_inflation"], base + row["paper_metric_delta"])
                 ]
         else:
-            entry["ours"].append((row["short_label"], row["norm_time"], row["metric"]))
+            # The CPU-time ratio where there is one (several seeds: the cpu scale), else the wall-clock one.
+            x = row.get("norm_cpu_time") if "norm_cpu_time_n" in row else row["norm_time"]
+            entry["ours"].append((row["short_label"], x, row["metric"]))
             entry["paper"].append((row["short_label"], row["paper_norm_time"], row["paper_metric"]))
     for entry in series.values():
         for key in ("ours", "paper"):
@@ -305,12 +370,23 @@ def plot_series(table: int, rows: list[Row]) -> list[dict[str, Any]]:
     return list(series.values())
 
 
-def write_table(table: int, root: Path, cells: Sequence[Experiment]) -> dict[str, Path]:
-    """Write `root/table<N>.md`, `.csv` and `.png` from the results of `cells`; returns the three paths."""
+def write_table(
+    table: int, root: Path, cells: Sequence[Experiment], seeds: Sequence[int] | None = None
+) -> dict[str, Path]:
+    """Write `root/table<N>.md`, `.csv` and `.png` from the results of `cells`; returns the three paths.
+
+    With `seeds`, the results are `cells/<id>-seed<seed>.json` and every figure is the mean ± sd over the seeds.
+    """
     order = {e.id: i for i, e in enumerate(expected_experiments())}
     cells = sorted(cells, key=lambda e: order.get(e.id, len(order)))  # the paper's row order, not the run order
-    results = load_cells(root, cells)
-    rows = ROWS[table](cells, results)
+    results_by_seed = None
+    if seeds is None:
+        results = load_cells(root, cells)
+        rows = ROWS[table](cells, results)
+    else:
+        results_by_seed = {seed: load_cells(root, cells, seed) for seed in seeds}
+        rows = aggregate_rows([ROWS[table](cells, by_id) for by_id in results_by_seed.values()])
+        results = {f"{i}-seed{seed}": r for seed, by_id in results_by_seed.items() for i, r in by_id.items()}
     scale = next((r["scale"] for r in results.values() if r), root.name)
     outputs = {
         "markdown": root / f"table{table}.md",
@@ -318,7 +394,7 @@ def write_table(table: int, root: Path, cells: Sequence[Experiment]) -> dict[str
         "plot": root / f"table{table}.png",
     }
     root.mkdir(parents=True, exist_ok=True)
-    outputs["markdown"].write_text(render_markdown(table, rows, scale, results))
+    outputs["markdown"].write_text(render_markdown(table, rows, scale, results, results_by_seed))
     write_csv(outputs["csv"], rows)
     plot_metric_vs_time(
         plot_series(table, rows),
