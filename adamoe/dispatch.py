@@ -36,6 +36,9 @@ class PairLayout:
         offsets: `(num_experts,)` int32 end offset of each expert's rows, as `torch._grouped_mm` wants.
         split_sizes: `counts` as a Python list, read from the device once (the loop backend slices by it).
         check_passed: the caller's `check` tensor as read back with the counts (True when none was given).
+        slot_index: `(num_pairs,)` each sorted pair's position in the flattened `(num_tokens, k)` routing, so
+            `token_index * k + slot`; ordering the pairs by it lists each token's pairs in slot order.
+        pairs_per_token: `(num_tokens,)` active pairs of each token.
     """
 
     token_index: torch.Tensor
@@ -45,6 +48,8 @@ class PairLayout:
     offsets: torch.Tensor
     split_sizes: list[int] = field(default_factory=list)
     check_passed: bool = True
+    slot_index: torch.Tensor | None = None
+    pairs_per_token: torch.Tensor | None = None
 
     @property
     def num_pairs(self) -> int:
@@ -91,6 +96,8 @@ def sort_pairs(
         offsets=ends[:num_experts].to(torch.int32),
         split_sizes=[end - start for start, end in zip([0, *host_ends[:-2]], host_ends[:-1], strict=True)],
         check_passed=bool(check_passed),
+        slot_index=flat_pairs,
+        pairs_per_token=active.sum(dim=1),
     )
 
 
@@ -228,12 +235,25 @@ def grouped_linear(
     return _LoopLinear.apply(rows.contiguous(), weight, bias, split_sizes)
 
 
-def combine_pairs(pair_outputs: torch.Tensor, layout: PairLayout, num_tokens: int) -> torch.Tensor:
+def combine_pairs(
+    pair_outputs: torch.Tensor, layout: PairLayout, num_tokens: int, *, fixed_order: bool | None = None
+) -> torch.Tensor:
     """Weighted sum of each token's pair outputs: `(num_pairs, hidden)` -> `(num_tokens, hidden)`.
 
     Accumulates in float32 so a two-expert token under bf16 does not lose the smaller contribution.
+
+    On CPU `index_add_` adds the pairs in order. On CUDA it adds with atomics, in whatever order the threads
+    arrive, so two runs with the same seed could differ in the last bits; there (`fixed_order`, the default on
+    CUDA) the pairs are put in token-then-slot order and each token's at most k_max rows are summed as one
+    segment, in a fixed order. Both cost in proportion to the active pairs.
     """
-    weighted = pair_outputs.float() * layout.weights.float().unsqueeze(-1)
+    weighted = pair_outputs.float() * layout.weights.float().unsqueeze(-1)  # (num_pairs, hidden)
+    if fixed_order is None:
+        fixed_order = pair_outputs.is_cuda
+    if fixed_order and layout.slot_index is not None and layout.pairs_per_token is not None:
+        by_token = layout.slot_index.argsort()  # (num_pairs,) token-major, slots in gate-probability order
+        summed = torch.segment_reduce(weighted[by_token], "sum", lengths=layout.pairs_per_token, axis=0)
+        return summed.to(pair_outputs.dtype)  # (num_tokens, hidden)
     out = torch.zeros(num_tokens, pair_outputs.shape[-1], dtype=torch.float32, device=pair_outputs.device)
     return out.index_add_(0, layout.token_index, weighted).to(pair_outputs.dtype)
 

@@ -284,3 +284,30 @@ def test_no_tokens_by_k_max_by_hidden_buffer(backend):
     num_pairs = int(used.sum())
     assert mode.largest <= max(num_pairs * 24, num_experts * 16 * 24)
     assert mode.largest < num_tokens * top_k * 16
+
+
+@pytest.mark.parametrize("top_k", [2, 4, 8])
+def test_the_fixed_order_combine_equals_the_float64_reference(top_k, monkeypatch):
+    """The combine CUDA uses (pairs summed per token in slot order, no atomics), run here on CPU."""
+    import functools
+
+    import adamoe.experts
+    from adamoe.dispatch import combine_pairs
+
+    monkeypatch.setattr(adamoe.experts, "combine_pairs", functools.partial(combine_pairs, fixed_order=True))
+    experts = make_experts(True, True, "loop", num_experts=10)
+    index, weights, active = routing_k(48, 10, top_k)
+    x = torch.randn(48, 16, requires_grad=True)
+    w = weights.clone().requires_grad_()
+    out = experts(x, index, w, active)
+    upstream = torch.randn_like(out)
+    grads = torch.autograd.grad(out, [x, w, *experts.parameters()], upstream)
+
+    x64 = x.detach().double().requires_grad_()
+    w64 = weights.double().requires_grad_()
+    ref_experts = make_experts(True, True, "loop", num_experts=10).double()
+    ref = ref_experts.reference_forward(x64, index, w64, active)
+    ref_grads = torch.autograd.grad(ref, [x64, w64, *ref_experts.parameters()], upstream.double())
+    torch.testing.assert_close(out.double(), ref, rtol=1e-5, atol=1e-5)
+    for got, want in zip(grads, ref_grads, strict=True):
+        torch.testing.assert_close(got.double(), want, rtol=1e-4, atol=1e-5)
