@@ -397,7 +397,7 @@ def _train_model(shape, layers, moe, config, device, dtype, inputs) -> _TrainMod
 
 
 def check_targets(rows: list[dict], device_type: str) -> dict[str, dict]:
-    """The issue's targets for this device type, with the measured value where the results hold it."""
+    """The speed targets for this device type, with the measured value where the results hold it."""
     layer = [r for r in rows if r["section"] == "layer" and r["method"] == "adamoe"]
     train = [r for r in rows if r["section"] == "train"]
     measured: dict[str, list[float]] = {}
@@ -498,7 +498,7 @@ def run_benchmark(config: BenchConfig | None = None) -> dict[str, Any]:
 
     Returns:
         The report: `config` (resolved), `environment`, `results` (one dict per row, with `section`) and
-        `targets` (the issue's limits for this device type, the worst measured ratio, and whether it is met).
+        `targets` (the limits for this device type, the worst measured ratio, and whether it is met).
 
     Example:
         ```python

@@ -10,7 +10,7 @@ import dataclasses
 from dataclasses import dataclass, field
 
 SECTIONS = ("layer", "train", "native")
-# Targets of GitHub issues 4 and 10 (native: the worst shape), checked against the results of the device they name.
+# The speed targets (native: the worst shape), checked against the results of the device they name.
 TARGETS = {
     "cpu": {"layer top1/top2": 0.65, "layer adaptive20/top2": 0.72, "native skip50/topk": 0.65},
     "cuda": {

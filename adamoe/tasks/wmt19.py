@@ -1,7 +1,8 @@
 """Translation: WMT19 German-English, facebook/wmt19-de-en (FSMT), sacreBLEU (paper Table 3, "FSMT / WMT19 / BLEU").
 
 As in HF `run_translation.py`: source and target sentences are tokenized separately (the target as
-`text_target`, which FSMT maps through its target vocabulary), evaluation generates with
+`text_target`; FSMT's tokenizer has no target mode, so its targets go through the target vocabulary by
+`seq2seq.fsmt_target_ids`), evaluation generates with
 `predict_with_generate`, and BLEU is `sacrebleu.corpus_bleu` on the detokenized output. `direction` picks
 de-en (default) or en-de; en-de needs an en-de model (facebook/wmt19-en-de). T5 models get the
 "translate German to English: " prefix.

@@ -240,7 +240,7 @@ class TimingCallback(TrainerCallback):
 
     def _apply_state(self, state: dict[str, Any]) -> None:
         self._elapsed_before_s = float(state["elapsed_s"])
-        # Checkpoints from before the bias correction carry only the smoothed value: continue from it as settled.
+        # A state with only the smoothed value (no bias-correction terms): continue from it as settled.
         settled = state["smoothed_loss"]
         self._smoother = LossSmoother(
             self.smoothing,
