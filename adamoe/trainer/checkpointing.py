@@ -107,8 +107,11 @@ def is_finite_checkpoint(folder: str | os.PathLike) -> bool:
                 tensor = f.get_tensor(key)
                 if tensor.is_floating_point() and not torch.isfinite(tensor).all():
                     return False
-    optimizer = folder / "optimizer.pt"
-    if optimizer.is_file():
+    # optimizer.pt from the stock save; optimizer.bin from FSDP's full (FULL_STATE_DICT) optimizer state dict,
+    # keyed by parameter name instead of index but shaped the same.
+    for optimizer in (folder / "optimizer.pt", folder / "optimizer.bin"):
+        if not optimizer.is_file():
+            continue
         state = torch.load(optimizer, map_location="cpu", weights_only=True)
         for per_param in state.get("state", {}).values():
             for value in per_param.values():

@@ -103,6 +103,12 @@ class AdaMoETrainerMixin:
         super().__init__(*args, **kwargs)
         self._is_moe = False
         self._check_model(self.model)
+        if self.args.fsdp and not (self.is_fsdp_enabled or getattr(self, "is_fsdp_xla_enabled", False)):
+            # accelerate turns FSDP on only for accelerator devices; on CPU the stock Trainer says nothing.
+            logger.warning(
+                "fsdp is set, but accelerate did not enable FSDP (it does only on GPUs and other accelerators, not "
+                "on CPU): every process holds the whole model, as in plain data-parallel training."
+            )
         if self.model_accepts_loss_kwargs and not _normalises_by_num_items(self.accelerator.unwrap_model(self.model)):
             # transformers takes a `**kwargs` in `forward` to mean "my loss is already normalised by
             # num_items_in_batch", but most task heads (BERT/RoBERTa classification and QA, T5, BART, FSMT) take
@@ -334,10 +340,14 @@ class AdaMoETrainerMixin:
         return self._loss_sum_before + float(local)
 
     def run_training_loss(self, train_output: TrainOutput) -> float:
-        """The mean training loss per optimizer step over the whole run: the stock `training_loss` covers only
-        the steps of the last `train()` call, so a resumed run would report its tail only."""
+        """The mean training loss per optimizer step over the whole run, and over all ranks (a collective: call on
+        every rank).
+
+        The stock `training_loss` covers only the steps of the last `train()` call, so a resumed run would report
+        its tail only; and under several processes it adds the steps since the last log as this rank's own loss,
+        not the mean over ranks that the logged steps hold, so it differs from rank to rank."""
         total = self._loss_sum_so_far()
-        if self.resumed_global_step == 0:
+        if self.resumed_global_step == 0 and self.accelerator.num_processes == 1:
             return train_output.training_loss
         return total / max(train_output.global_step, 1)
 
@@ -492,7 +502,9 @@ class AdaMoETrainerMixin:
                 tensors += [v for v in state.values() if torch.is_tensor(v) and v.is_floating_point()]
         bad = torch.zeros((), device=self.args.device)
         for tensor in tensors:
-            if not torch.isfinite(tensor).all():
+            # Under FSDP parameters and their optimizer state are DTensors: each rank checks the shard it holds
+            # (a DTensor's own `isfinite(...).all()` would be a collective per tensor); the sum below covers all.
+            if not torch.isfinite(_local_shard(tensor)).all():
                 bad += 1
                 break
         if self.accelerator.num_processes > 1:
@@ -550,6 +562,16 @@ class AdaMoETrainerMixin:
         self.accelerator.wait_for_everyone()
         if self.args.push_to_hub:  # what the stock `save_model` does when called by the user
             self.push_to_hub(commit_message="Model save", revision=self.args.hub_revision)
+
+
+def _local_shard(tensor: torch.Tensor) -> torch.Tensor:
+    """The part of `tensor` this rank holds: a DTensor's local shard (FSDP2), any other tensor itself."""
+    if torch.distributed.is_available():  # torch built without distributed support has no DTensor
+        from torch.distributed.tensor import DTensor
+
+        if isinstance(tensor, DTensor):
+            return tensor.to_local()
+    return tensor
 
 
 def _normalises_by_num_items(model: nn.Module) -> bool:
