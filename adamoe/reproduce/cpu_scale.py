@@ -38,9 +38,10 @@ epoch); a SQuAD step (16 windows, about 4,300 padded tokens against SST-2's 1,10
 - **SST-2: batch 32, lr 2e-4 (10% warm-up, linear decay), the first 1,000 of the 3,000 training sentences, 1
   epoch** (32 steps) for Tables 3 and 5; Table 6's cells keep the paper config's 3 epochs (96 steps; the
   curriculum reorders from epoch 2 on), and all 500 validation sentences evaluate. Per seed that is 10 runs
-  (Table 5's T = 0.1 is Table 3's adaptive cell, its top-2 reference Table 3's), 448 steps, about 20 minutes:
-  **about an hour for all three SST-2 tables over 3 seeds**. lr 2e-4 because a 32-step run at the README's
-  1e-4 (94 steps, accuracy 0.84) or the paper's 3e-5 (3 epochs on 67k sentences) would hardly leave the start.
+  (Table 5's T = 0.1 is Table 3's adaptive cell, its top-2 reference Table 3's), 448 steps, about 25 minutes:
+  **about 75 minutes for all three SST-2 tables over 3 seeds** (Table 3 ~22, Table 5 ~22, Table 6 ~30). lr
+  2e-4 because a 32-step run at the README's 1e-4 (94 steps, accuracy 0.84) or the paper's 3e-5 (3 epochs on
+  67k sentences) would hardly leave the start.
 - **SQuAD: batch 16, lr 2e-4 (10% warm-up), max_seq_length 384, doc_stride 128 (the paper's windows; 1,193
   training windows, 75 steps an epoch), 0.4 epoch** (30 steps) for Tables 3 and 5; Table 6 keeps 2 epochs
   (150 steps). **Table 3 over 3 seeds takes about 80 minutes, not the half hour first hoped for**: at about
