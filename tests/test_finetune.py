@@ -93,14 +93,14 @@ def test_resume_needs_a_checkpoint_and_the_same_settings(tmp_path):
 
 
 def test_an_unreachable_hub_model_points_at_the_offline_form(monkeypatch):
-    import adamoe.finetune as recipes
+    import adamoe.modeling as modeling
     from adamoe.tasks import get_task
 
     def offline(name):
         raise OSError("We couldn't connect to 'https://huggingface.co' to load the files")
 
-    monkeypatch.setattr(recipes, "stored_moe_config", offline)
+    monkeypatch.setattr(modeling, "stored_moe_config", offline)
     with pytest.raises(FileNotFoundError) as err:
-        recipes.load_model(get_task("squad"), "bert-base-uncased", None)
+        modeling.load_model(get_task("squad"), "bert-base-uncased", None)
     suggestion = "adamoe finetune --task squad --model PATH --train-file TRAIN --validation-file VALIDATION"
     assert suggestion in str(err.value)

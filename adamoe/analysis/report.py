@@ -17,16 +17,15 @@ with versions, git commit and hardware).
 from __future__ import annotations
 
 import dataclasses
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from transformers import AutoTokenizer
 
-from ..finetune import RUN_CONFIG_NAME, load_model
-from ..modeling import moe_config_of
+from ..modeling import load_model, moe_config_of
 from ..provenance import provenance, write_json_atomically
+from ..run_config import run_data_args
 from ..tasks import DataArgs, get_task
 from .collect import RoutingCollection, collect_routing
 from .plots import plot_gate_confidence, plot_layer_fractions, plot_top_words
@@ -61,12 +60,9 @@ class AnalysisReport:
 
 
 def checkpoint_data(checkpoint: str | Path, **overrides: Any) -> DataArgs:
-    """The data settings `checkpoint` was trained with (its `run_config.json`, written by `adamoe finetune`),
-    without the training file, with the non-None `overrides` on top; plain `DataArgs` when there is none."""
-    path = Path(checkpoint) / RUN_CONFIG_NAME
-    values = json.loads(path.read_text()).get("data", {}) if path.exists() else {}
-    values = {**values, "train_file": None, **{k: v for k, v in overrides.items() if v is not None}}
-    return DataArgs(**values)
+    """The data settings `checkpoint` was trained with (`adamoe.run_config.run_data_args`), the training file
+    left out, with the non-None `overrides` on top."""
+    return run_data_args(checkpoint, train_file=None, **overrides)
 
 
 def analyze(

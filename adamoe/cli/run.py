@@ -125,6 +125,7 @@ def finetune_command(
     from accelerate import PartialState
 
     from .. import finetune as recipes
+    from ..modeling import default_moe_config
     from ..run_config import FinetuneConfig
 
     values: dict[str, Any] = {}
@@ -148,7 +149,7 @@ def finetune_command(
         if values.get("moe") is not None or flags:
             values["moe"] = moe_config(values.get("moe"), flags)
     else:  # an adamoe checkpoint keeps its own structure unless flags change it
-        values["moe"] = recipes.default_moe_config(values["model"], flags)
+        values["moe"] = default_moe_config(values["model"], flags)
     data = values.setdefault("data", {})
     _set(
         data,
@@ -257,6 +258,7 @@ def evaluate_command(
     from accelerate import PartialState
 
     from .. import finetune as recipes
+    from ..modeling import gating_of
 
     training = {"per_device_eval_batch_size": batch_size} if batch_size else {}
     out = output_dir if output_dir is not None else checkpoint / "eval"
@@ -271,7 +273,7 @@ def evaluate_command(
     )
     if not PartialState().is_main_process:
         return
-    gating_shown = gating.value if gating is not None else recipes.gating_of(str(checkpoint))
+    gating_shown = gating.value if gating is not None else gating_of(str(checkpoint))
     _print_results({"task": task.value, "gating": gating_shown, "metrics": metrics})
     console.print(f"Predictions: {out}")
 
