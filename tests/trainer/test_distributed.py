@@ -10,15 +10,12 @@ state, which resuming needs). Also: the example accelerate configs parse as acce
 from __future__ import annotations
 
 import json
-import os
-import signal
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import torch
 from accelerate.commands.config.config_args import ClusterConfig
+from launch import torchrun
 from tiny_run import sst2_rows, write_model_folder, write_sst2
 from transformers import AutoTokenizer
 
@@ -75,28 +72,7 @@ def _launch(tmp_path: Path, **training: object) -> dict[int, dict]:
         "keep_checkpoints": True,  # the tests read the curriculum state the checkpoints hold
     }
     (tmp_path / "run.json").write_text(json.dumps(config))
-    command = [
-        sys.executable,
-        "-m",
-        "torch.distributed.run",
-        "--standalone",
-        f"--nproc_per_node={WORLD}",
-        str(WORKER),
-        str(tmp_path / "run.json"),
-        str(tmp_path),
-    ]
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": os.pathsep.join(sys.path)}
-    # A session of its own, so a hang is ended by killing the launcher and both ranks together.
-    launcher = subprocess.Popen(
-        command, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True
-    )
-    try:
-        output, _ = launcher.communicate(timeout=180)
-    except subprocess.TimeoutExpired:
-        os.killpg(launcher.pid, signal.SIGKILL)
-        output, _ = launcher.communicate()
-        pytest.fail(f"torchrun did not finish in 180 s (a hang in a collective?):\n{output[-4000:]}")
-    assert launcher.returncode == 0, output[-4000:]
+    torchrun(WORKER, tmp_path / "run.json", tmp_path, world=WORLD)
     return {rank: json.loads((tmp_path / f"rank{rank}.json").read_text()) for rank in range(WORLD)}
 
 
