@@ -1,9 +1,12 @@
 PYTHON ?= python3
 
-.PHONY: help install test lint format
+# The oldest transformers the project claims (pyproject: transformers>=5.17, the GPU image's version).
+OLDEST_TRANSFORMERS ?= 5.17.0
+
+.PHONY: help install test test-oldest lint format
 
 help:  ## list the targets
-	@grep -E '^[a-z]+:.*## ' Makefile | sed -E 's/:.*## /\t/'
+	@grep -E '^[a-z-]+:.*## ' Makefile | sed -E 's/:.*## /\t/'
 
 # torch first, pinned to the CPU build this project is tested with, unless a torch in the project's range is
 # already installed (e.g. a CUDA build on a GPU machine): an unpinned torch would pull a multi-GB CUDA wheel.
@@ -13,6 +16,12 @@ install:  ## install torch (CPU, unless one in range is there) and adamoe with i
 
 test:  ## run the test suite
 	$(PYTHON) -m pytest -q
+
+test-oldest:  ## the trainer and modeling tests against the oldest transformers claimed, in .venv-oldest
+	rm -rf .venv-oldest && $(PYTHON) -m venv .venv-oldest
+	.venv-oldest/bin/python -m pip install --quiet "torch==2.13.0"
+	.venv-oldest/bin/python -m pip install --quiet -e ".[dev]" "transformers==$(OLDEST_TRANSFORMERS)"
+	.venv-oldest/bin/python -m pytest -q tests/trainer tests/test_modeling.py tests/test_patching.py tests/test_native_moe.py
 
 lint:  ## ruff check and format check
 	$(PYTHON) -m ruff check . && $(PYTHON) -m ruff format --check .

@@ -296,7 +296,9 @@ class AdaMoETrainerMixin:
         # step; a per-batch mean is divided by the number of micro-batches afterwards. The balance loss is always a
         # per-batch mean, so it is divided here in the first case, and the sums below are per-optimizer-step values
         # that add up, like the Trainer's logged "loss", to task + balance.
-        if self.loss_is_scaled_for_ga is not None:
+        # `loss_is_scaled_for_ga` (an explicit override) is newer than transformers 5.17, which has only the rule
+        # below.
+        if getattr(self, "loss_is_scaled_for_ga", None) is not None:
             scaled_for_ga = self.loss_is_scaled_for_ga
         else:
             scaled_for_ga = (

