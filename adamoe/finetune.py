@@ -184,6 +184,7 @@ def evaluate_and_write_predictions(
         trainer.prepared,
         trainer.processing_class,
         data,
+        model=trainer.accelerator.unwrap_model(trainer.model),
     )
     if trainer.is_world_process_zero():
         for name, text in files.items():

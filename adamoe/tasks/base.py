@@ -222,10 +222,16 @@ class Task(Protocol):
         ...
 
     def prediction_files(
-        self, predictions: EvalPrediction, prepared: PreparedData, tokenizer: PreTrainedTokenizerBase, data: DataArgs
+        self,
+        predictions: EvalPrediction,
+        prepared: PreparedData,
+        tokenizer: PreTrainedTokenizerBase,
+        data: DataArgs,
+        model: Any = None,
     ) -> dict[str, str]:
         """`{file name: text}` of the validation predictions in the format official scorers read (as the
-        transformers example scripts write them); `{}` for a task scored from its loss alone."""
+        transformers example scripts write them). `model` is there for a task that must generate them (dialogue:
+        its metric is the perplexity of the reference responses); the others read `predictions`."""
         ...
 
 

@@ -86,7 +86,12 @@ class CNNDailyMailTask:
         return generation_metrics(rouge_scores, tokenizer)
 
     def prediction_files(
-        self, predictions: EvalPrediction, prepared: PreparedData, tokenizer: PreTrainedTokenizerBase, data: DataArgs
+        self,
+        predictions: EvalPrediction,
+        prepared: PreparedData,
+        tokenizer: PreTrainedTokenizerBase,
+        data: DataArgs,
+        model: Any = None,
     ) -> dict[str, str]:
         return generated_prediction_files(predictions, tokenizer)
 

@@ -31,6 +31,7 @@ SCHEMA = Schema(
 )
 FORMATS = (".jsonl", ".json", ".parquet")
 MAX_SEQ_LENGTH = 256  # a SODA turn pair is ~40 tokens; 256 leaves room for long turns
+MAX_RESPONSE_TOKENS = 32  # a SODA turn is ~20 tokens; generated predictions stop there or at EOS
 
 
 def read_dialogue_file(path: Path) -> Dataset:
@@ -58,6 +59,41 @@ def build_example(context: list[int], response: list[int], eos: int, max_length:
     input_ids = [*context, eos, *response, eos]
     labels = [-100] * (len(context) + 1) + [*response, eos]
     return {"input_ids": input_ids, "attention_mask": [1] * len(input_ids), "labels": labels}
+
+
+def greedy_responses(
+    model: Any, tokenizer: PreTrainedTokenizerBase, features: Dataset, max_new_tokens: int, batch_size: int = 16
+) -> list[str]:
+    """The greedy continuation of each feature's context (its tokens up to the first label), up to EOS."""
+    import torch
+
+    eos = tokenizer.eos_token_id
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else eos
+    prompts = []
+    for input_ids, labels in zip(features["input_ids"], features["labels"], strict=True):
+        context_length = next((i for i, label in enumerate(labels) if label != -100), len(labels))
+        prompts.append(input_ids[:context_length])  # context<eos>: what the response is predicted from
+    device = next(model.parameters()).device
+    was_training, texts = model.training, []
+    model.eval()
+    try:
+        for start in range(0, len(prompts), batch_size):
+            batch = prompts[start : start + batch_size]
+            width = max(len(p) for p in batch)
+            # Left padding, so every prompt ends where generation starts.
+            ids = torch.tensor([[pad] * (width - len(p)) + p for p in batch], device=device)
+            mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in batch], device=device)
+            with torch.no_grad():
+                out = model.generate(
+                    input_ids=ids, attention_mask=mask, max_new_tokens=max_new_tokens, do_sample=False,
+                    pad_token_id=pad, eos_token_id=eos,
+                )  # fmt: skip
+            for row in out[:, width:].tolist():
+                response = row[: row.index(eos)] if eos in row else row
+                texts.append(tokenizer.decode(response, skip_special_tokens=True).strip())
+    finally:
+        model.train(was_training)
+    return texts
 
 
 def tokenize_dialogues(
@@ -117,9 +153,20 @@ class SodaTask:
         return perplexity_metrics
 
     def prediction_files(
-        self, predictions: EvalPrediction, prepared: PreparedData, tokenizer: PreTrainedTokenizerBase, data: DataArgs
+        self,
+        predictions: EvalPrediction,
+        prepared: PreparedData,
+        tokenizer: PreTrainedTokenizerBase,
+        data: DataArgs,
+        model: Any = None,
     ) -> dict[str, str]:
-        return {}  # scored by perplexity: there is no predicted text to re-score
+        """`generated_predictions.txt`: the model's greedy response to each validation context, one line per
+        (context, response) pair in dataset order, as `run_summarization.py` writes its generations."""
+        if model is None or prepared.eval is None:
+            return {}
+        return {"generated_predictions.txt": "".join(" ".join(t.split()) + "\n" for t in greedy_responses(
+            model, tokenizer, prepared.eval, max_new_tokens=data.max_target_length or MAX_RESPONSE_TOKENS
+        ))}  # fmt: skip
 
     def analysis_view(
         self, rows: Dataset, tokenizer: PreTrainedTokenizerBase, data: DataArgs, model_config: PretrainedConfig

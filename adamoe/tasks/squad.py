@@ -326,7 +326,12 @@ class SquadTask:
         )
 
     def prediction_files(
-        self, predictions: EvalPrediction, prepared: PreparedData, tokenizer: PreTrainedTokenizerBase, data: DataArgs
+        self,
+        predictions: EvalPrediction,
+        prepared: PreparedData,
+        tokenizer: PreTrainedTokenizerBase,
+        data: DataArgs,
+        model: Any = None,
     ) -> dict[str, str]:
         """`eval_predictions.json`: `{question id: answer text}`, what the official v1.1 `evaluate-v1.1.py` reads."""
         answers = self._answers(predictions, prepared, data)

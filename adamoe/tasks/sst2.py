@@ -113,7 +113,12 @@ class SST2Task:
         return compute
 
     def prediction_files(
-        self, predictions: EvalPrediction, prepared: PreparedData, tokenizer: PreTrainedTokenizerBase, data: DataArgs
+        self,
+        predictions: EvalPrediction,
+        prepared: PreparedData,
+        tokenizer: PreTrainedTokenizerBase,
+        data: DataArgs,
+        model: Any = None,
     ) -> dict[str, str]:
         """`eval_predictions.tsv`: the GLUE submission format, `index<TAB>prediction` with 0/1 labels."""
         logits = predictions.predictions[0] if isinstance(predictions.predictions, tuple) else predictions.predictions

@@ -103,7 +103,12 @@ class WikiTextTask:
         return perplexity_metrics
 
     def prediction_files(
-        self, predictions: EvalPrediction, prepared: PreparedData, tokenizer: PreTrainedTokenizerBase, data: DataArgs
+        self,
+        predictions: EvalPrediction,
+        prepared: PreparedData,
+        tokenizer: PreTrainedTokenizerBase,
+        data: DataArgs,
+        model: Any = None,
     ) -> dict[str, str]:
         return {}  # scored by perplexity: there is no predicted text to re-score
 

@@ -124,7 +124,12 @@ class WMT19Task:
         return generation_metrics(lambda preds, refs: {"bleu": sacrebleu_score(preds, refs)}, tokenizer)
 
     def prediction_files(
-        self, predictions: EvalPrediction, prepared: PreparedData, tokenizer: PreTrainedTokenizerBase, data: DataArgs
+        self,
+        predictions: EvalPrediction,
+        prepared: PreparedData,
+        tokenizer: PreTrainedTokenizerBase,
+        data: DataArgs,
+        model: Any = None,
     ) -> dict[str, str]:
         return generated_prediction_files(predictions, tokenizer)
 

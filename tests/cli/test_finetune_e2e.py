@@ -25,7 +25,7 @@ PREDICTION_FILES = {
     "wmt19": ["generated_predictions.txt"],
     "cnn_dailymail": ["generated_predictions.txt"],
     "wikitext": [],  # scored by perplexity
-    "soda": [],
+    "soda": ["generated_predictions.txt"],  # scored by perplexity, but a dialogue model's responses are read
 }
 
 
@@ -163,3 +163,36 @@ def test_prediction_files_rescore_to_the_reported_figures(kit, tmp_path):
     references = [pair["en"] for pair in rows["translation"]]
     assert len(lines) == len(references)
     assert sacrebleu.corpus_bleu(lines, [references]).score == pytest.approx(reported["bleu"], abs=1e-6)
+
+
+@pytest.mark.slow
+def test_dialogue_predictions_are_the_models_greedy_responses(kit, tmp_path):
+    import torch
+    from transformers import AutoTokenizer
+
+    from adamoe.tasks import DataArgs, get_task
+    from adamoe.tasks.soda import turn_pairs
+
+    soda = kit["soda"]
+    config = tmp_path / "soda.yaml"
+    config.write_text(yaml.safe_dump(soda.run_config()))
+    out = tmp_path / "soda"
+    run_cli("finetune", "--config", str(config), "--output-dir", str(out))
+    lines = (out / "generated_predictions.txt").read_text().splitlines()
+    rows = get_task("soda").load_raw(DataArgs(validation_file=str(soda.validation_file)))["validation"]
+    contexts, _ = turn_pairs({"dialogue": list(rows["dialogue"])})
+    assert len(lines) == len(contexts)
+    # Independently: the first context alone (no batch, no padding), greedy, through the saved model.
+    tokenizer, model = AutoTokenizer.from_pretrained(out), adamoe.from_pretrained(str(out))
+    prompt = tokenizer(contexts[0], add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
+    with torch.no_grad():
+        generated = model.generate(
+            torch.tensor([prompt]),
+            max_new_tokens=32,
+            do_sample=False,
+            pad_token_id=tokenizer.eos_token_id,
+            eos_token_id=tokenizer.eos_token_id,
+        )
+    response = generated[0, len(prompt) :].tolist()
+    response = response[: response.index(tokenizer.eos_token_id)] if tokenizer.eos_token_id in response else response
+    assert lines[0] == " ".join(tokenizer.decode(response, skip_special_tokens=True).split())
