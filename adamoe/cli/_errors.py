@@ -20,7 +20,7 @@ def user_errors() -> tuple[type[BaseException], ...]:
     from ..router import RouterNumericsError
     from ..run_config import RunConfigError
     from ..tasks import DataFormatError, HubUnreachableError
-    from ..trainer.trainer import NonFiniteWeightsError
+    from ..trainer.checkpointing import NonFiniteWeightsError
 
     return (
         CheckpointError,

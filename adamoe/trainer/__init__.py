@@ -3,17 +3,13 @@ batches, timing."""
 
 from .arguments import AdaMoESeq2SeqTrainingArguments, AdaMoETrainingArguments
 from .batching import TokenBudgetBatchSampler, token_budget_batches
+from .checkpointing import TIMING_STATE_NAME, AtomicCheckpointMixin, NonFiniteWeightsError
 from .curriculum import CurriculumSampler, curriculum_order
+from .data_order import CURRICULUM_STATE_NAME, DataOrderMixin
 from .indexing import SAMPLE_INDEX_KEY, IndexCollator, IndexedDataset
 from .meters import RoutingMeter
 from .timing import TimingCallback, count_tokens
-from .trainer import (
-    CURRICULUM_STATE_NAME,
-    TIMING_STATE_NAME,
-    AdaMoESeq2SeqTrainer,
-    AdaMoETrainer,
-    AdaMoETrainerMixin,
-)
+from .trainer import AdaMoESeq2SeqTrainer, AdaMoETrainer, AdaMoETrainerMixin
 
 __all__ = [
     "CURRICULUM_STATE_NAME",
@@ -24,6 +20,9 @@ __all__ = [
     "AdaMoETrainer",
     "AdaMoETrainerMixin",
     "AdaMoETrainingArguments",
+    "AtomicCheckpointMixin",
+    "DataOrderMixin",
+    "NonFiniteWeightsError",
     "CurriculumSampler",
     "IndexCollator",
     "IndexedDataset",

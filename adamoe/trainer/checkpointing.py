@@ -21,13 +21,16 @@ import os
 import shutil
 import zipfile
 from pathlib import Path
+from typing import Any
 
 import torch
 from safetensors import safe_open
-from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
+from torch import nn
+from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, rotate_checkpoints
 
 from ..modeling import CheckpointError
 from ..output_dir import honour_umask
+from .data_order import CURRICULUM_STATE_NAME
 
 logger = logging.getLogger(__name__)
 
@@ -163,3 +166,158 @@ def _fsync_dir(folder: Path) -> None:
         pass
     finally:
         os.close(fd)
+
+
+TIMING_STATE_NAME = "adamoe_timing.pt"
+LOSS_STATE_NAME = "adamoe_train_loss.json"
+
+
+class NonFiniteWeightsError(RuntimeError):
+    """The weights or optimizer state became NaN or infinite: training diverged, and no checkpoint is saved."""
+
+
+class AtomicCheckpointMixin:
+    """Checkpoints and the final model written aside and moved into place (see the module docstring), each with
+    adamoe's state (curriculum, timing, the loss so far), and never with NaN or infinite numbers.
+
+    Overrides the private `_save_checkpoint`, `_get_output_dir` and `_push_from_checkpoint` (the stock code writes
+    `<_get_output_dir()>/checkpoint-N` file by file and pushes from there; adamoe points it at the staging folder
+    and pushes once the folder is published: tests/trainer/test_private_hooks.py pins that behaviour), and the
+    public `save_model` and `create_model_card`. Reads `self.training_order`, `self.timing` and
+    `self._loss_sum_so_far()` from the other adamoe mixins.
+    """
+
+    _staging_run_dir: str | None = None  # set while `_save_checkpoint` writes aside
+    _push_deferred = False  # a Hub push of the checkpoint being staged, made once it is published
+
+    def _get_output_dir(self, trial: Any) -> str:
+        # While `_save_checkpoint` runs, the stock code writes `<this>/checkpoint-N`: the staging folder.
+        return self._staging_run_dir or super()._get_output_dir(trial)
+
+    def _push_from_checkpoint(self, checkpoint_folder: str) -> None:
+        if self._staging_run_dir is not None:
+            # The stock push uploads from the folder in the background; the staging folder is about to be renamed.
+            self._push_deferred = True
+            return
+        super()._push_from_checkpoint(checkpoint_folder)
+
+    def _save_checkpoint(self, model: nn.Module, trial: Any) -> None:
+        """The stock checkpoint plus adamoe's state, written aside and renamed into place (see checkpointing.py)."""
+        self._check_finite()
+        self._staging_run_dir = None
+        run_dir = self._get_output_dir(trial)
+        name = f"{PREFIX_CHECKPOINT_DIR}-{self.state.global_step}"
+        staging_root = os.path.join(run_dir, STAGING_DIR)
+        staged, final = os.path.join(staging_root, name), os.path.join(run_dir, name)
+        if self.args.should_save:
+            shutil.rmtree(staging_root, ignore_errors=True)  # what a crashed save left
+        self.accelerator.wait_for_everyone()
+        self._staging_run_dir = staging_root
+        try:
+            super()._save_checkpoint(model, trial)  # its rotation finds only this checkpoint there: a no-op
+        finally:
+            self._staging_run_dir = None
+        self._save_adamoe_state(staged)
+        if self.state.best_global_step:
+            # The stock code looked for the best checkpoint under the staging folder; point at the real one.
+            best = os.path.join(run_dir, f"{PREFIX_CHECKPOINT_DIR}-{self.state.best_global_step}")
+            if best == final or os.path.isdir(best):
+                self.state.best_model_checkpoint = best
+                if self.args.should_save:
+                    self.state.save_to_json(os.path.join(staged, "trainer_state.json"))
+        # Every rank has written its files (RNG state is per rank) before the saving process publishes them. On
+        # machines without a shared filesystem, `save_on_each_node=True` makes each node's first process do it.
+        self.accelerator.wait_for_everyone()
+        if self.args.should_save:
+            move_into_place(staged, final)
+            os.rmdir(staging_root)
+            rotate_checkpoints(
+                output_dir=run_dir,
+                save_total_limit=self.args.save_total_limit,
+                best_model_checkpoint=self.state.best_model_checkpoint,
+                use_mtime=False,  # the step numbers order them; mtime may not (transformers warns about it)
+            )
+        self.accelerator.wait_for_everyone()  # nobody reads or rotates checkpoints before the rename
+        if self._push_deferred:
+            self._push_deferred = False
+            self._push_from_checkpoint(final)
+
+    def _check_finite(self) -> None:
+        """Raise `NonFiniteWeightsError` before saving weights or optimizer state that hold NaN or inf: such a
+        checkpoint would become the latest one, and `--resume` would pick it up and fail again."""
+        tensors = [p.detach() for p in self.model.parameters()]
+        if self.optimizer is not None:
+            for state in self.optimizer.state.values():
+                tensors += [v for v in state.values() if torch.is_tensor(v) and v.is_floating_point()]
+        bad = torch.zeros((), device=self.args.device)
+        for tensor in tensors:
+            # Under FSDP parameters and their optimizer state are DTensors: each rank checks the shard it holds
+            # (a DTensor's own `isfinite(...).all()` would be a collective per tensor); the sum below covers all.
+            if not torch.isfinite(_local_shard(tensor)).all():
+                bad += 1
+                break
+        if self.accelerator.num_processes > 1:
+            bad = self._reduce_sum(bad)  # every rank raises, or none: the others would wait in a barrier
+        if float(bad) > 0:
+            step = self.state.global_step
+            raise NonFiniteWeightsError(
+                f"Training diverged: after optimizer step {step} the weights or optimizer state hold NaN or inf "
+                f"values, so checkpoint-{step} was not saved (the last finite checkpoint stays the latest one). "
+                "Lower the learning rate (--lr) or raise warm-up, then start again with --overwrite or continue "
+                "from the last good checkpoint with --resume."
+            )
+
+    def create_model_card(self, *args: Any, **kwargs: Any) -> None:
+        """The stock card, unless the output folder already has adamoe's (`adamoe.model_card`), which says how
+        to load the experts and which the stock one, written on every push, would replace."""
+        card = os.path.join(self.args.output_dir, "README.md")
+        if os.path.isfile(card):
+            with open(card, encoding="utf-8") as f:
+                if "library_name: adamoe" in f.read(4096):
+                    return
+        super().create_model_card(*args, **kwargs)
+
+    def _save_adamoe_state(self, folder: str) -> None:
+        """Write the curriculum and timing state into a checkpoint folder (collectives: call on every rank)."""
+        sampler = self.training_order
+        if sampler is not None:
+            sampler.sync()
+        timing_state = self.timing.state_dict(reduce_sum=self.timing.reduce_sum)
+        loss_sum = self._loss_sum_so_far()
+        if not self.args.should_save:
+            return
+        os.makedirs(folder, exist_ok=True)
+        if sampler is not None:
+            torch.save(sampler.state_dict(), os.path.join(folder, CURRICULUM_STATE_NAME))
+        torch.save(timing_state, os.path.join(folder, TIMING_STATE_NAME))
+        with open(os.path.join(folder, LOSS_STATE_NAME), "w") as f:
+            json.dump({"loss_sum": loss_sum, "global_step": self.state.global_step}, f)
+
+    def save_model(self, output_dir: str | None = None, _internal_call: bool = False) -> None:
+        """The stock `save_model`, written into a staging folder and then moved file by file into `output_dir`,
+        so a crash or a full disk leaves the previous files there, not truncated ones."""
+        if _internal_call:  # from `_save_checkpoint`, which is already writing aside
+            return super().save_model(output_dir, _internal_call=True)
+        output_dir = output_dir if output_dir is not None else self.args.output_dir
+        staged = os.path.join(output_dir, STAGING_DIR, "model")
+        if self.args.should_save:
+            shutil.rmtree(os.path.join(output_dir, STAGING_DIR), ignore_errors=True)
+        self.accelerator.wait_for_everyone()
+        super().save_model(staged, _internal_call=True)
+        self.accelerator.wait_for_everyone()
+        if self.args.should_save:
+            replace_files(staged, output_dir)
+            os.rmdir(os.path.join(output_dir, STAGING_DIR))
+        self.accelerator.wait_for_everyone()
+        if self.args.push_to_hub:  # what the stock `save_model` does when called by the user
+            self.push_to_hub(commit_message="Model save", revision=self.args.hub_revision)
+
+
+def _local_shard(tensor: torch.Tensor) -> torch.Tensor:
+    """The part of `tensor` this rank holds: a DTensor's local shard (FSDP2), any other tensor itself."""
+    if torch.distributed.is_available():  # torch built without distributed support has no DTensor
+        from torch.distributed.tensor import DTensor
+
+        if isinstance(tensor, DTensor):
+            return tensor.to_local()
+    return tensor

@@ -1,13 +1,17 @@
 """`AdaMoETrainer` / `AdaMoESeq2SeqTrainer`: the transformers trainers with the balance loss, routing logs,
 curriculum ordering and the paper's timing figures added at their hooks.
 
-All the logic is in `AdaMoETrainerMixin`, which overrides only hooks (`compute_loss`, `log`, `evaluate`,
-`_get_train_sampler`, `get_train_dataloader`, `train` to note and check the checkpoint being resumed,
-`_save_checkpoint` and `save_model` to save atomically) and registers two callbacks: `TimingCallback` (public,
-`trainer.timing`) and `_CheckpointCallback`, which syncs the curriculum across ranks. Every checkpoint folder
-also holds the curriculum and timing state, so that `trainer.train(resume_from_checkpoint=...)` continues the
-same curriculum and clocks, and is written aside and renamed into place (see `checkpointing.py`), so a crash
-never leaves a half-written checkpoint for `--resume` to pick up.
+Three mixins, one concern each, all at the Trainer's hooks:
+
+- `AdaMoETrainerMixin` (here): what makes it an MoE trainer: the training terms (`compute_loss`,
+  `training_step`), the logs (`log`), evaluation and `train` (which notes and checks the checkpoint being
+  resumed and restores its timing and loss state); it registers `TimingCallback` (public, `trainer.timing`),
+  `_CheckpointCallback` (syncs the curriculum across ranks) and the console and JSON-lines loggers.
+- `DataOrderMixin` (`data_order.py`): the order of the training data: the curriculum and token-budget samplers
+  (`trainer.training_order`) and their state on resume.
+- `AtomicCheckpointMixin` (`checkpointing.py`): every checkpoint written aside and renamed into place, with the
+  curriculum, timing and loss state and never with NaN or infinite numbers, so a crash never leaves a
+  half-written checkpoint for `--resume` to pick up.
 
 What a training step does beyond the stock trainer:
 
@@ -26,9 +30,8 @@ over ranks; only the process that `args.should_save` names writes files.
 
 A dense model (the paper's Dense baseline) trains through the same code with no balance loss and no routing.
 
-The file is longer than the house's ~400 lines on purpose: every Trainer hook adamoe overrides sits in the one
-mixin, so that what differs from the stock trainer can be read in one place; the parts with logic of their own
-(curriculum, batching, checkpoint files, timing, meters) are in their own modules.
+The parts with logic of their own (curriculum, batching, checkpoint files, timing, meters, console) are in their
+own modules.
 """
 
 from __future__ import annotations
@@ -37,14 +40,11 @@ import inspect
 import json
 import logging
 import os
-import shutil
 import time
 from typing import Any
 
-import datasets
 import torch
 from torch import nn
-from torch.utils.data import DataLoader, IterableDataset, Sampler
 from transformers import (
     PrinterCallback,
     ProgressCallback,
@@ -56,34 +56,27 @@ from transformers import (
     TrainingArguments,
 )
 from transformers.trainer_utils import (
-    PREFIX_CHECKPOINT_DIR,
     TrainOutput,
     get_last_checkpoint,
-    has_length,
-    rotate_checkpoints,
 )
 
 from ..modeling import check_patched_consistently
 from ..patching import is_moe_model
 from ..router import RouterNumericsError
 from ..stats import RoutingStats, balance_loss, routing_stats
-from .batching import TokenBudgetBatchSampler, sample_lengths
-from .checkpointing import STAGING_DIR, check_checkpoint_files, move_into_place, replace_files
+from .checkpointing import (
+    LOSS_STATE_NAME,
+    TIMING_STATE_NAME,
+    AtomicCheckpointMixin,
+    check_checkpoint_files,
+)
 from .console import CompactPrinterCallback, CompactProgressCallback, JsonLinesLogCallback
-from .curriculum import CurriculumSampler
-from .indexing import SAMPLE_INDEX_KEY, IndexCollator, IndexedDataset
+from .data_order import DataOrderMixin
+from .indexing import SAMPLE_INDEX_KEY, IndexCollator
 from .meters import RoutingMeter
 from .timing import TimingCallback, count_tokens
 
 logger = logging.getLogger(__name__)
-
-CURRICULUM_STATE_NAME = "adamoe_curriculum.pt"
-TIMING_STATE_NAME = "adamoe_timing.pt"
-LOSS_STATE_NAME = "adamoe_train_loss.json"
-
-
-class NonFiniteWeightsError(RuntimeError):
-    """The weights or optimizer state became NaN or infinite: training diverged, and no checkpoint is saved."""
 
 
 class AdaMoETrainerMixin:
@@ -95,8 +88,6 @@ class AdaMoETrainerMixin:
     Attributes:
         timing (`TimingCallback`): training-time, throughput and routing figures; `timing.summary()` after
             `train()`.
-        curriculum_sampler (`CurriculumSampler` or `None`): the sampler of the current `train()` call when the
-            curriculum is on.
     """
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
@@ -130,10 +121,8 @@ class AdaMoETrainerMixin:
         if self.pop_callback(PrinterCallback) is not None:
             self.add_callback(CompactPrinterCallback(self.timing))
         self.add_callback(JsonLinesLogCallback())
-        self.curriculum_sampler: CurriculumSampler | TokenBudgetBatchSampler | None = None
+        self.training_order = None
         self._resume_checkpoint: str | None = None
-        self._staging_run_dir: str | None = None  # set while `_save_checkpoint` writes aside
-        self._push_deferred = False  # a Hub push of the checkpoint being staged, made once it is published
         self._interval_routing = RoutingMeter()
         self._reset_interval(step=0)
         # The training loss summed over optimizer steps (as the stock loop sums it), this `train()` call's and the
@@ -166,94 +155,6 @@ class AdaMoETrainerMixin:
         model = super().call_model_init(trial)
         self._check_model(model)
         return model
-
-    # ---- data ----
-
-    def _curriculum_active(self) -> bool:
-        dataset = self.train_dataset
-        return (
-            bool(getattr(self.args, "curriculum", False))
-            and self._is_moe
-            and dataset is not None
-            and not isinstance(dataset, IterableDataset)
-            and has_length(dataset)
-        )
-
-    def get_train_dataloader(self) -> DataLoader:
-        max_tokens = getattr(self.args, "max_tokens", None)
-        if max_tokens is None and not self._curriculum_active():
-            return super().get_train_dataloader()
-        dataset = self.train_dataset
-        if isinstance(dataset, datasets.Dataset):
-            # Drop unused columns at the dataset level, as the stock path does, before the wrapper hides the type.
-            dataset = self._remove_unused_columns(dataset, description="Training")
-        if max_tokens is not None:
-            return self._token_budget_dataloader(dataset, max_tokens)
-        # The stock body with the dataset wrapped so each item carries its "sample_index" (see indexing.py).
-        return self._get_dataloader(
-            dataset=IndexedDataset(dataset),
-            description="Training",
-            batch_size=self._train_batch_size,
-            sampler_fn=self._get_train_sampler,
-            is_training=True,
-        )
-
-    def _token_budget_dataloader(self, dataset: Any, max_tokens: int) -> DataLoader:
-        """Batches of at most `max_tokens` padded tokens, reordered per epoch (see batching.py)."""
-        if dataset is None or isinstance(dataset, IterableDataset) or not has_length(dataset):
-            raise ValueError("max_tokens needs a map-style training set with a length (it packs the batches upfront).")
-        curriculum = self._curriculum_active()
-        sampler = TokenBudgetBatchSampler(
-            sample_lengths(dataset), max_tokens, curriculum=curriculum, seed=self._data_seed()
-        )
-        collator = self.data_collator
-        if not isinstance(dataset, datasets.Dataset):
-            collator = self._get_collator_with_removed_columns(collator, description="Training")
-        if curriculum:
-            self._restore_curriculum(sampler)
-            self.curriculum_sampler = sampler
-            dataset = IndexedDataset(dataset)
-        loader = DataLoader(
-            dataset,
-            batch_sampler=sampler,
-            collate_fn=collator,
-            num_workers=self.args.dataloader_num_workers,
-            pin_memory=self.args.dataloader_pin_memory,
-            persistent_workers=self.args.dataloader_persistent_workers,
-            prefetch_factor=self.args.dataloader_prefetch_factor,
-        )
-        # accelerate hands rank r the batches r, r + W, ... of the one global order.
-        return self.accelerator.prepare(loader)
-
-    def _get_train_sampler(self, train_dataset: Any = None) -> Sampler | None:
-        if not self._curriculum_active():
-            return super()._get_train_sampler(train_dataset)
-        dataset = train_dataset if train_dataset is not None else self.train_dataset
-        # One global order, the same on every rank; accelerate then hands rank r the batches r, r + W, ...
-        sampler = CurriculumSampler(len(dataset), curriculum=True, seed=self._data_seed())
-        self._restore_curriculum(sampler)
-        self.curriculum_sampler = sampler
-        return sampler
-
-    def _data_seed(self) -> int:
-        return self.args.data_seed if self.args.data_seed is not None else self.args.seed
-
-    def _restore_curriculum(self, sampler: CurriculumSampler | TokenBudgetBatchSampler) -> None:
-        """Load the curriculum state of the checkpoint being resumed, if any."""
-        if self._resume_checkpoint is None:
-            return
-        path = os.path.join(self._resume_checkpoint, CURRICULUM_STATE_NAME)
-        if os.path.isfile(path):
-            sampler.load_state_dict(torch.load(path, weights_only=True))
-        else:
-            logger.warning(f"{path} not found: the curriculum starts afresh (random order until vectors exist).")
-
-    def _set_signature_columns_if_needed(self) -> None:
-        # `remove_unused_columns` drops every feature the model's forward does not accept; "sample_index" must
-        # survive to `compute_loss`, which removes it before the forward.
-        super()._set_signature_columns_if_needed()
-        if SAMPLE_INDEX_KEY not in self._signature_columns:
-            self._signature_columns.append(SAMPLE_INDEX_KEY)
 
     # ---- loss ----
 
@@ -318,12 +219,12 @@ class AdaMoETrainerMixin:
             loss = task_loss + (balance / micro_batches if scaled_for_ga else balance)
             self._balance_loss_sum += balance.detach().float().to(self._balance_loss_sum.device) / micro_batches
             self._interval_routing.add(stats)
-            if self.curriculum_sampler is not None and sample_index is not None:
+            if self.training_order is not None and sample_index is not None:
                 if stats.per_sample is None:
                     raise ValueError(
                         "curriculum=True needs per-sample routing, but the MoE blocks saw flat token tensors."
                     )
-                self.curriculum_sampler.record(sample_index, stats.per_sample)
+                self.training_order.record(sample_index, stats.per_sample)
         is_encoder_decoder = bool(getattr(getattr(model, "config", None), "is_encoder_decoder", False))
         self.timing.record_batch(count_tokens(inputs, is_encoder_decoder=is_encoder_decoder), stats)
         return loss
@@ -441,140 +342,6 @@ class AdaMoETrainerMixin:
         finally:
             self._resume_checkpoint = None
 
-    # ---- saving ----
-
-    def _get_output_dir(self, trial: Any) -> str:
-        # While `_save_checkpoint` runs, the stock code writes `<this>/checkpoint-N`: the staging folder.
-        return self._staging_run_dir or super()._get_output_dir(trial)
-
-    def _push_from_checkpoint(self, checkpoint_folder: str) -> None:
-        if self._staging_run_dir is not None:
-            # The stock push uploads from the folder in the background; the staging folder is about to be renamed.
-            self._push_deferred = True
-            return
-        super()._push_from_checkpoint(checkpoint_folder)
-
-    def _save_checkpoint(self, model: nn.Module, trial: Any) -> None:
-        """The stock checkpoint plus adamoe's state, written aside and renamed into place (see checkpointing.py)."""
-        self._check_finite()
-        self._staging_run_dir = None
-        run_dir = self._get_output_dir(trial)
-        name = f"{PREFIX_CHECKPOINT_DIR}-{self.state.global_step}"
-        staging_root = os.path.join(run_dir, STAGING_DIR)
-        staged, final = os.path.join(staging_root, name), os.path.join(run_dir, name)
-        if self.args.should_save:
-            shutil.rmtree(staging_root, ignore_errors=True)  # what a crashed save left
-        self.accelerator.wait_for_everyone()
-        self._staging_run_dir = staging_root
-        try:
-            super()._save_checkpoint(model, trial)  # its rotation finds only this checkpoint there: a no-op
-        finally:
-            self._staging_run_dir = None
-        self._save_adamoe_state(staged)
-        if self.state.best_global_step:
-            # The stock code looked for the best checkpoint under the staging folder; point at the real one.
-            best = os.path.join(run_dir, f"{PREFIX_CHECKPOINT_DIR}-{self.state.best_global_step}")
-            if best == final or os.path.isdir(best):
-                self.state.best_model_checkpoint = best
-                if self.args.should_save:
-                    self.state.save_to_json(os.path.join(staged, "trainer_state.json"))
-        # Every rank has written its files (RNG state is per rank) before the saving process publishes them. On
-        # machines without a shared filesystem, `save_on_each_node=True` makes each node's first process do it.
-        self.accelerator.wait_for_everyone()
-        if self.args.should_save:
-            move_into_place(staged, final)
-            os.rmdir(staging_root)
-            rotate_checkpoints(
-                output_dir=run_dir,
-                save_total_limit=self.args.save_total_limit,
-                best_model_checkpoint=self.state.best_model_checkpoint,
-                use_mtime=False,  # the step numbers order them; mtime may not (transformers warns about it)
-            )
-        self.accelerator.wait_for_everyone()  # nobody reads or rotates checkpoints before the rename
-        if self._push_deferred:
-            self._push_deferred = False
-            self._push_from_checkpoint(final)
-
-    def _check_finite(self) -> None:
-        """Raise `NonFiniteWeightsError` before saving weights or optimizer state that hold NaN or inf: such a
-        checkpoint would become the latest one, and `--resume` would pick it up and fail again."""
-        tensors = [p.detach() for p in self.model.parameters()]
-        if self.optimizer is not None:
-            for state in self.optimizer.state.values():
-                tensors += [v for v in state.values() if torch.is_tensor(v) and v.is_floating_point()]
-        bad = torch.zeros((), device=self.args.device)
-        for tensor in tensors:
-            # Under FSDP parameters and their optimizer state are DTensors: each rank checks the shard it holds
-            # (a DTensor's own `isfinite(...).all()` would be a collective per tensor); the sum below covers all.
-            if not torch.isfinite(_local_shard(tensor)).all():
-                bad += 1
-                break
-        if self.accelerator.num_processes > 1:
-            bad = self._reduce_sum(bad)  # every rank raises, or none: the others would wait in a barrier
-        if float(bad) > 0:
-            step = self.state.global_step
-            raise NonFiniteWeightsError(
-                f"Training diverged: after optimizer step {step} the weights or optimizer state hold NaN or inf "
-                f"values, so checkpoint-{step} was not saved (the last finite checkpoint stays the latest one). "
-                "Lower the learning rate (--lr) or raise warm-up, then start again with --overwrite or continue "
-                "from the last good checkpoint with --resume."
-            )
-
-    def create_model_card(self, *args: Any, **kwargs: Any) -> None:
-        """The stock card, unless the output folder already has adamoe's (`adamoe.model_card`), which says how
-        to load the experts and which the stock one, written on every push, would replace."""
-        card = os.path.join(self.args.output_dir, "README.md")
-        if os.path.isfile(card):
-            with open(card, encoding="utf-8") as f:
-                if "library_name: adamoe" in f.read(4096):
-                    return
-        super().create_model_card(*args, **kwargs)
-
-    def _save_adamoe_state(self, folder: str) -> None:
-        """Write the curriculum and timing state into a checkpoint folder (collectives: call on every rank)."""
-        sampler = self.curriculum_sampler
-        if sampler is not None:
-            sampler.sync()
-        timing_state = self.timing.state_dict(reduce_sum=self.timing.reduce_sum)
-        loss_sum = self._loss_sum_so_far()
-        if not self.args.should_save:
-            return
-        os.makedirs(folder, exist_ok=True)
-        if sampler is not None:
-            torch.save(sampler.state_dict(), os.path.join(folder, CURRICULUM_STATE_NAME))
-        torch.save(timing_state, os.path.join(folder, TIMING_STATE_NAME))
-        with open(os.path.join(folder, LOSS_STATE_NAME), "w") as f:
-            json.dump({"loss_sum": loss_sum, "global_step": self.state.global_step}, f)
-
-    def save_model(self, output_dir: str | None = None, _internal_call: bool = False) -> None:
-        """The stock `save_model`, written into a staging folder and then moved file by file into `output_dir`,
-        so a crash or a full disk leaves the previous files there, not truncated ones."""
-        if _internal_call:  # from `_save_checkpoint`, which is already writing aside
-            return super().save_model(output_dir, _internal_call=True)
-        output_dir = output_dir if output_dir is not None else self.args.output_dir
-        staged = os.path.join(output_dir, STAGING_DIR, "model")
-        if self.args.should_save:
-            shutil.rmtree(os.path.join(output_dir, STAGING_DIR), ignore_errors=True)
-        self.accelerator.wait_for_everyone()
-        super().save_model(staged, _internal_call=True)
-        self.accelerator.wait_for_everyone()
-        if self.args.should_save:
-            replace_files(staged, output_dir)
-            os.rmdir(os.path.join(output_dir, STAGING_DIR))
-        self.accelerator.wait_for_everyone()
-        if self.args.push_to_hub:  # what the stock `save_model` does when called by the user
-            self.push_to_hub(commit_message="Model save", revision=self.args.hub_revision)
-
-
-def _local_shard(tensor: torch.Tensor) -> torch.Tensor:
-    """The part of `tensor` this rank holds: a DTensor's local shard (FSDP2), any other tensor itself."""
-    if torch.distributed.is_available():  # torch built without distributed support has no DTensor
-        from torch.distributed.tensor import DTensor
-
-        if isinstance(tensor, DTensor):
-            return tensor.to_local()
-    return tensor
-
 
 def _normalises_by_num_items(model: nn.Module) -> bool:
     """Whether `model`'s loss is normalised by the `num_items_in_batch` the Trainer passes under gradient
@@ -604,11 +371,11 @@ class _CheckpointCallback(TrainerCallback):
         self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs: Any
     ) -> None:
         # Every rank must hold every sample's vector before the next epoch's order is computed.
-        if self.trainer.curriculum_sampler is not None:
-            self.trainer.curriculum_sampler.sync()
+        if self.trainer.training_order is not None:
+            self.trainer.training_order.sync()
 
 
-class AdaMoETrainer(AdaMoETrainerMixin, Trainer):
+class AdaMoETrainer(AdaMoETrainerMixin, DataOrderMixin, AtomicCheckpointMixin, Trainer):
     """`transformers.Trainer` for adamoe models (and their dense baselines).
 
     Adds the balance loss in training, routing figures to the logs, the curriculum (`curriculum=True`) and the
@@ -627,6 +394,6 @@ class AdaMoETrainer(AdaMoETrainerMixin, Trainer):
     """
 
 
-class AdaMoESeq2SeqTrainer(AdaMoETrainerMixin, Seq2SeqTrainer):
+class AdaMoESeq2SeqTrainer(AdaMoETrainerMixin, DataOrderMixin, AtomicCheckpointMixin, Seq2SeqTrainer):
     """`transformers.Seq2SeqTrainer` (`predict_with_generate`) with the same additions as `AdaMoETrainer`;
     use it with `AdaMoESeq2SeqTrainingArguments`."""

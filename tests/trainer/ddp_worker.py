@@ -53,7 +53,7 @@ def _patch() -> None:
         indices = inputs.get("sample_index")
         out = compute_loss(self, model, inputs, *args, **kwargs)
         if model.training:
-            report["batches"].append([self.curriculum_sampler.epoch, indices.tolist()])
+            report["batches"].append([self.training_order.epoch, indices.tolist()])
             for layer in adamoe.routing_stats(self.accelerator.unwrap_model(model)).layers:
                 for key, counts in (("first", layer.first_choice_counts), ("second", layer.second_choice_counts)):
                     # {layer name: tokens per expert} as first / active second choice

@@ -33,8 +33,8 @@ from accelerate.utils import DistributedType
 from torch.distributed.tensor import DTensor
 
 import adamoe.finetune as recipes
-from adamoe.trainer import AdaMoETrainerMixin
-from adamoe.trainer.trainer import NonFiniteWeightsError
+from adamoe.trainer import AdaMoETrainerMixin, AtomicCheckpointMixin
+from adamoe.trainer.checkpointing import NonFiniteWeightsError
 
 RANK = int(os.environ["RANK"])
 report: dict[str, Any] = {"batches": [], "experts": {}}
@@ -76,7 +76,7 @@ def _record_shards(model: torch.nn.Module) -> None:
 
 def _patch(report_dir: Path, *, poison: bool) -> None:
     compute_loss = AdaMoETrainerMixin.compute_loss
-    save_checkpoint = AdaMoETrainerMixin._save_checkpoint
+    save_checkpoint = AtomicCheckpointMixin._save_checkpoint
     train = AdaMoETrainerMixin.train
 
     def spy_compute_loss(self: Any, model: torch.nn.Module, inputs: dict[str, Any], *args: Any, **kwargs: Any) -> Any:
@@ -101,7 +101,7 @@ def _patch(report_dir: Path, *, poison: bool) -> None:
         return output
 
     AdaMoETrainerMixin.compute_loss = spy_compute_loss
-    AdaMoETrainerMixin._save_checkpoint = spy_save_checkpoint
+    AtomicCheckpointMixin._save_checkpoint = spy_save_checkpoint
     AdaMoETrainerMixin.train = spy_train
 
 

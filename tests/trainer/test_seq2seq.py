@@ -74,8 +74,8 @@ def test_seq2seq_trainer_routes_both_stacks_and_evaluates_without_balance(train_
     assert all(f"two_expert_fraction/{name}" in log for name in layers)
     assert log["loss"] == pytest.approx(log["task_loss"] + log["balance_loss"], rel=1e-5)
     # One complexity vector per sample, one entry per encoder and decoder MoE layer.
-    assert sorted(trainer.curriculum_sampler.vectors) == list(range(8))
-    assert trainer.curriculum_sampler.vectors[0].shape == (4,)
+    assert sorted(trainer.training_order.vectors) == list(range(8))
+    assert trainer.training_order.vectors[0].shape == (4,)
     # Tokens: encoder (attention mask) plus decoder targets.
     assert trainer.timing.summary()["num_tokens"] == sum(len(f["input_ids"]) + len(f["labels"]) for f in data)
 

@@ -76,7 +76,7 @@ def test_complexity_vectors_equal_a_separate_forward_and_drive_epoch_two(train_k
     trainer.train()
 
     reference = complexity_vectors(model, data)  # (16, 2)
-    collected = torch.stack([trainer.curriculum_sampler.vectors[i] for i in range(16)])
+    collected = torch.stack([trainer.training_order.vectors[i] for i in range(16)])
     torch.testing.assert_close(collected, reference, rtol=0, atol=1e-6)
     assert len({tuple(v) for v in reference.tolist()}) > 4  # the samples really differ in complexity
 
@@ -104,7 +104,7 @@ def test_gradient_accumulation_keeps_every_vector_and_the_loss_split(train_kwarg
     trainer.seen = []
     trainer.train()
     assert trainer.state.global_step == 2
-    assert sorted(trainer.curriculum_sampler.vectors) == list(range(12))
+    assert sorted(trainer.training_order.vectors) == list(range(12))
     for log in _training_logs(trainer):
         assert log["loss"] == pytest.approx(log["task_loss"] + log["balance_loss"], rel=1e-5)
 
@@ -168,7 +168,7 @@ def test_dense_baseline_trains_through_the_same_trainer(train_kwargs: dict[str, 
     args = AdaMoETrainingArguments(max_steps=2, logging_steps=1, curriculum=True, **train_kwargs)
     trainer = AdaMoETrainer(model=tiny_bert(moe=False), args=args, train_dataset=data, data_collator=pad_collate)
     trainer.train()
-    assert trainer.curriculum_sampler is None  # nothing to order by
+    assert trainer.training_order is None  # nothing to order by
     for log in _training_logs(trainer):
         assert log["task_loss"] == pytest.approx(log["loss"], rel=1e-6)
         assert "balance_loss" not in log and "two_expert_fraction" not in log

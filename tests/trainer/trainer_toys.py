@@ -60,7 +60,7 @@ class SpyTrainer(AdaMoETrainer):
 
     def compute_loss(self, model: torch.nn.Module, inputs: dict[str, Any], *args: Any, **kwargs: Any) -> Any:
         if model.training and "sample_index" in inputs:
-            self.seen.append((self.curriculum_sampler.epoch, inputs["sample_index"].tolist()))
+            self.seen.append((self.training_order.epoch, inputs["sample_index"].tolist()))
         return super().compute_loss(model, inputs, *args, **kwargs)
 
 
