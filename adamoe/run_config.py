@@ -8,6 +8,7 @@ Unknown keys at any level are errors, so a typo never silently falls back to a d
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import math
 import re
@@ -310,3 +311,34 @@ def resolve_config_path(name_or_path: str | Path) -> Path:
         return packaged
     names = sorted(p.stem for p in PACKAGED_CONFIGS.glob("*.yaml"))
     raise FileNotFoundError(f"No run config {name_or_path!r}: give a YAML path or one of the packaged {names}.")
+
+
+# ---- run configs as nested dictionaries (the reproduction cells and the smoke kit build them this way) ----
+
+
+def deep_merge(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:
+    """`base` with `override` laid over it: nested mappings merge key by key, anything else (None included)
+    replaces. Neither argument is modified.
+
+    Example:
+        ```python
+        >>> deep_merge({"moe": {"gating": "adaptive", "threshold": 0.1}}, {"moe": {"gating": "top2"}})
+        {'moe': {'gating': 'top2', 'threshold': 0.1}}
+        >>> deep_merge({"moe": {"gating": "adaptive"}}, {"moe": None})   # the dense baseline
+        {'moe': None}
+        ```
+    """
+    merged = copy.deepcopy(base)
+    for key, value in override.items():
+        if isinstance(value, dict) and isinstance(merged.get(key), dict):
+            merged[key] = deep_merge(merged[key], value)
+        else:
+            merged[key] = copy.deepcopy(value)
+    return merged
+
+
+def packaged_run_config(task: str) -> dict[str, Any]:
+    """The paper's run config for `task` (`adamoe/configs/<task>.yaml`) as nested sections, defaults filled in."""
+    values = FinetuneConfig.from_yaml(task).to_dict()
+    values.pop("output_dir")  # the packaged default; every caller chooses its own
+    return values

@@ -27,6 +27,23 @@ import pytest  # noqa: E402
 from tiny_models import ARCHITECTURES, Arch  # noqa: E402
 
 
+@pytest.fixture(scope="session")
+def smoke_kit(tmp_path_factory: pytest.TempPathFactory):
+    """One offline kit (`adamoe.smoke`) per test session, shared by the analysis, kit and reproduce tests."""
+    from adamoe.smoke import write_smoke_kit
+
+    return write_smoke_kit(tmp_path_factory.mktemp("smoke_kit"))
+
+
+@pytest.fixture
+def single_thread():
+    """Tiny models train ~10x faster on one thread of a shared CPU (see `adamoe.smoke.one_thread`)."""
+    from adamoe.smoke import one_thread
+
+    with one_thread():
+        yield
+
+
 @pytest.fixture(params=ARCHITECTURES, ids=[a.name for a in ARCHITECTURES])
 def arch(request) -> Arch:
     return request.param

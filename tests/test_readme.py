@@ -19,7 +19,7 @@ from tiny_run import write_decoder_folder, write_model_folder, write_sst2
 from typer.testing import CliRunner
 
 from adamoe.cli import app
-from adamoe.reproduce.smoke import write_smoke_task
+from adamoe.smoke import write_smoke_task
 
 README = Path(__file__).resolve().parents[1] / "README.md"
 

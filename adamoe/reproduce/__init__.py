@@ -1,6 +1,7 @@
-"""Reproducing the paper's tables: the smoke kit, the experiment files, the runner and the table generator."""
+"""Reproducing the paper's tables: the experiment files, the runner and the table generator (the smoke scale runs
+on the offline kit, `adamoe.smoke`)."""
 
+from ..smoke import SmokeTask, write_smoke_kit
 from .runner import ReproduceReport, reproduce
-from .smoke import SmokeTask, write_smoke_kit
 
 __all__ = ["ReproduceReport", "SmokeTask", "reproduce", "write_smoke_kit"]

@@ -27,8 +27,8 @@ from typing import Any
 
 import yaml
 
+from ..run_config import deep_merge, packaged_run_config
 from ..tasks import TASKS as TASK_REGISTRY
-from .configs import deep_merge, packaged_run_config
 
 EXPERIMENTS_DIR = Path(__file__).resolve().parents[1] / "experiments"
 TASKS = tuple(TASK_REGISTRY)  # the paper's six tasks, in the registry's order

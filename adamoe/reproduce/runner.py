@@ -39,10 +39,10 @@ from typing import Any
 from ..finetune import finetune
 from ..provenance import write_json_atomically
 from ..run_config import FinetuneConfig
+from ..smoke import SmokeTask, one_thread, write_smoke_kit
 from .cpu_scale import CPU_TASKS, SEEDS, CpuScale, CpuTask
 from .experiments import EXPERIMENTS_DIR, SCALES, TABLES, Experiment, load_experiments
 from .normalise import loss_curve
-from .smoke import SmokeTask, one_thread, write_smoke_kit
 from .tables import write_table
 
 logger = logging.getLogger(__name__)

@@ -11,7 +11,7 @@ from typer.testing import CliRunner
 
 import adamoe
 from adamoe.cli import app
-from adamoe.reproduce.smoke import TASK_NAMES, one_thread, write_smoke_kit
+from adamoe.smoke import TASK_NAMES, one_thread, write_smoke_kit
 
 runner = CliRunner()
 RESULT_KEYS = {

@@ -13,7 +13,7 @@ from transformers import AutoTokenizer
 from typer.testing import CliRunner
 
 from adamoe.cli import app
-from adamoe.reproduce.smoke import one_thread, write_smoke_task
+from adamoe.smoke import one_thread, write_smoke_task
 
 
 @pytest.fixture(scope="module")

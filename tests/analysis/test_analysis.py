@@ -11,7 +11,7 @@ from transformers import AutoConfig, AutoTokenizer
 
 import adamoe
 from adamoe.analysis import analyze, build_view, collate, collect_routing, word_stats
-from adamoe.reproduce.smoke import TASK_NAMES
+from adamoe.smoke import TASK_NAMES
 from adamoe.tasks import DataArgs, get_task
 
 

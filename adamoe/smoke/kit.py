@@ -4,7 +4,7 @@ seconds, plus the run-config overlay that trains on them in a few seconds on a C
 It is what `adamoe reproduce --scale smoke` runs the paper's tables on, and what CLI end-to-end tests reuse:
 
 ```python
-from adamoe.reproduce.smoke import write_smoke_kit
+from adamoe.smoke import write_smoke_kit
 
 kit = write_smoke_kit("/tmp/kit")                 # {"sst2": SmokeTask, ...}; reused when already written
 sst2 = kit["sst2"]
@@ -16,8 +16,8 @@ sst2.cli_args()                                   # ["--task", "sst2", "--model"
 
 `overlay()` is merged over a packaged paper config (`adamoe/configs/<task>.yaml`): it replaces the model, the
 data files and the training budget, and leaves the MoE settings (16 experts, gating, threshold, balance loss)
-as the paper's. What the data teaches and in which format it is written: see `smoke_data`; how the models
-and tokenizers are built: see `smoke_models`. `metric_floor` is what a top-2 MoE run of the overlay reaches
+as the paper's. What the data teaches and in which format it is written: see `data.py`; how the models
+and tokenizers are built: see `models.py`. `metric_floor` is what a top-2 MoE run of the overlay reaches
 comfortably (tests use it as a floor; for perplexity it is a ceiling).
 """
 
@@ -33,10 +33,10 @@ from typing import Any
 
 import torch
 
+from ..run_config import deep_merge, packaged_run_config
 from ..tasks import TASKS as TASK_REGISTRY
-from .configs import deep_merge, packaged_run_config
-from .smoke_data import GENERATORS, corpus
-from .smoke_models import write_tiny_model
+from .data import GENERATORS, corpus
+from .models import write_tiny_model
 
 TASK_NAMES = tuple(TASK_REGISTRY)  # the paper's six tasks, in the registry's order
 # Bump when generated files change, so a kit written by an older version is rebuilt rather than reused.
