@@ -6,7 +6,7 @@ import logging
 
 import typer
 
-from . import bench, reproduce, run
+from . import analyze, bench, reproduce, run
 
 app = typer.Typer(
     name="adamoe",
@@ -23,7 +23,7 @@ app.command("evaluate")(run.evaluate_command)
 app.command("convert")(run.convert_command)
 app.command("tasks")(run.tasks_command)
 app.command("reproduce")(reproduce.reproduce_command)
-app.command("analyze")(reproduce.analyze_command)
+app.command("analyze")(analyze.analyze_command)
 app.command("bench")(bench.bench_command)
 
 
