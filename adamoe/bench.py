@@ -36,9 +36,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
-import platform
 import statistics
-import subprocess
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -52,6 +50,7 @@ from .bench_config import TARGETS, BenchConfig, Shape
 from .config import MoEConfig
 from .experts import Experts
 from .patching import moe_blocks, moeify, set_routing
+from .provenance import provenance
 from .router import combine_weights
 from .stats import balance_loss, routing_stats
 
@@ -424,18 +423,15 @@ def check_targets(rows: list[dict], device_type: str) -> dict[str, dict]:
 
 
 def environment(device: torch.device) -> dict[str, Any]:
-    """Versions and hardware, stamped into the results."""
-    cpu = platform.processor()
-    try:
-        cpu = next(ln.split(":", 1)[1].strip() for ln in open("/proc/cpuinfo") if ln.startswith("model name"))
-    except (OSError, StopIteration):
-        pass
-    try:
-        repo = Path(__file__).resolve().parents[1]
-        commit = subprocess.run(["git", "-C", str(repo), "rev-parse", "HEAD"], capture_output=True, text=True).stdout
-    except OSError:
-        commit = ""
-    env = {"torch": torch.__version__, "cpu": cpu, "threads": torch.get_num_threads(), "git_commit": commit.strip()}
+    """Versions, commit and hardware (`adamoe.provenance`, as every results file has them), and the threads."""
+    stamp = provenance()
+    env = {
+        "torch": torch.__version__,
+        "cpu": stamp["hardware"]["processor"],
+        "threads": torch.get_num_threads(),
+        "git_commit": stamp["git_commit"] or "",
+        **stamp,
+    }
     if device.type == "cuda":
         env["gpu"] = torch.cuda.get_device_name(device)
     return env

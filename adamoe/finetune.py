@@ -269,8 +269,6 @@ def _results(
         "task": task.name,
         "model": config.model,
         "gating": config.gating,
-        "threshold": None if moe is None else moe.threshold,
-        "num_experts": None if moe is None else moe.num_experts,
         "metrics": _task_metrics(task, eval_output),
         "metrics_note": None if trainer.eval_dataset is not None else "no validation data was given",
         "main_metric": task.main_metric,

@@ -15,7 +15,7 @@ from adamoe.smoke import TASK_NAMES, one_thread, write_smoke_kit
 
 runner = CliRunner()
 RESULT_KEYS = {
-    "task", "model", "gating", "threshold", "num_experts", "metrics", "train_time_s", "time_to_target_s",
+    "task", "model", "gating", "moe", "metrics", "train_time_s", "time_to_target_s",
     "two_expert_fraction", "two_expert_fraction_per_layer", "tokens_per_second", "seed", "versions",
 }  # fmt: skip
 LOWER_IS_BETTER = {"perplexity"}
@@ -52,7 +52,7 @@ def test_finetune_then_evaluate_from_the_cli(task, kit, tmp_path):
 
     results = json.loads((out / "results.json").read_text())
     assert RESULT_KEYS <= results.keys()
-    assert (results["gating"], results["threshold"], results["num_experts"]) == ("adaptive", 0.1, 16)
+    assert (results["gating"], results["moe"]["threshold"], results["moe"]["num_experts"]) == ("adaptive", 0.1, 16)
     main = adamoe.tasks.get_task(task).main_metric
     value = results["metrics"][main]
     if main in LOWER_IS_BETTER:

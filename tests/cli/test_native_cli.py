@@ -44,7 +44,7 @@ def test_decoders_of_today_fine_tune_and_evaluate(family: str, wikitext, tmp_pat
     # these models to about 41 (the kit's GPT-2, with learnt positions, to under 30).
     assert results["metrics"]["perplexity"] < 60
     assert len(AutoTokenizer.from_pretrained(folder)) > 300
-    assert results["num_experts"] == (4 if family == "llama" else 8)
+    assert results["moe"]["num_experts"] == (4 if family == "llama" else 8)
     assert results["moe"]["top_k"] == 2
     assert 0.0 < results["two_expert_fraction"] < 1.0  # adaptive: some tokens on one expert, some on two
 
