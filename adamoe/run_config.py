@@ -217,6 +217,49 @@ class FinetuneConfig:
         return cls(**{**values, "moe": moe, "data": data, "training": dict(training)})
 
     @classmethod
+    def from_sources(
+        cls, config_file: str | Path | None = None, overrides: dict[str, Any] | None = None
+    ) -> FinetuneConfig:
+        """The one constructor behind `adamoe finetune`: a run-config file (a path, or a packaged config's name),
+        then `overrides` laid over it section by section, then the defaults, once, for the result.
+
+        `overrides` holds only what was given (the CLI's flags): top-level keys, `data` and `training` mappings,
+        and `moe`: a mapping of MoE fields, or None for the dense baseline. The MoE section is the file's
+        (`moe: null` stays dense unless MoE fields are given); without one in the file, an adamoe checkpoint's
+        own (so fine-tuning it further keeps its structure); the given fields go on top. An explicit batch size
+        replaces the file's token budget (`max_tokens`).
+        """
+        path = resolve_config_path(config_file) if config_file is not None else None
+        file_values = read_yaml_mapping(path) if path is not None else {}
+        overrides = dict(overrides or {})
+        moe_given = overrides.pop("moe", {})
+        try:
+            for section in ("data", "training"):  # checked before the merge, which would replace a non-mapping
+                _mapping(section, file_values.get(section))
+            values = deep_merge(file_values, overrides)
+            if "task" not in values:
+                raise RunConfigError("Name a task with --task (or in --config); `adamoe tasks` lists them.")
+            training = _mapping("training", values.get("training") or {}, allow_none=False)
+            given_training = overrides.get("training") or {}
+            if "per_device_train_batch_size" in given_training and "max_tokens" not in given_training:
+                training.pop("max_tokens", None)
+            values["training"] = training
+            if moe_given is None:
+                values["moe"] = None
+            elif "moe" in file_values:
+                file_moe = _mapping("moe", file_values["moe"])
+                values["moe"] = None if file_moe is None and not moe_given else {**(file_moe or {}), **moe_given}
+            else:
+                model = values.get("model") or get_task(values["task"]).default_model
+                stored = _stored_moe_config(model)
+                values["moe"] = {**(stored.to_dict() if stored else {}), **moe_given}
+            return cls.from_dict(values)
+        except (RunConfigError, ValueError, KeyError, TypeError) as err:  # KeyError: an unknown task
+            if path is None:
+                raise
+            raise RunConfigError(f"{path}: {err.args[0] if isinstance(err, KeyError) else err}") from err
+
+    @classmethod
     def from_yaml(cls, path: str | Path, **overrides: Any) -> FinetuneConfig:
         """Read a run-config YAML file (a path, or a packaged config's name such as "sst2")."""
         path = resolve_config_path(path)
@@ -225,6 +268,17 @@ class FinetuneConfig:
             return cls.from_dict(values, **overrides)
         except (RunConfigError, ValueError, KeyError, TypeError) as err:  # KeyError: an unknown task
             raise RunConfigError(f"{path}: {err.args[0] if isinstance(err, KeyError) else err}") from err
+
+
+def _stored_moe_config(model: str) -> MoEConfig | None:
+    """An adamoe checkpoint's MoE config; None for a dense model or one that cannot be read yet (a wrong path or
+    an unreachable Hub id: loading the model explains that, once the run starts)."""
+    from .modeling import stored_moe_config  # transformers: only when a run config is built from a model
+
+    try:
+        return stored_moe_config(model)
+    except (OSError, ValueError):
+        return None
 
 
 def _data_fields() -> dict[str, dataclasses.Field]:

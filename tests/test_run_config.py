@@ -104,3 +104,36 @@ def test_an_unreachable_hub_model_points_at_the_offline_form(monkeypatch):
         modeling.load_model(get_task("squad"), "bert-base-uncased", None)
     suggestion = "adamoe finetune --task squad --model PATH --train-file TRAIN --validation-file VALIDATION"
     assert suggestion in str(err.value)
+
+
+def test_from_sources_lays_the_given_flags_over_the_file_once(tmp_path):
+    path = tmp_path / "run.yaml"
+    path.write_text("task: sst2\nmoe: {num_experts: 4, gating: adaptive}\ntraining: {max_tokens: 4096}\n")
+    config = FinetuneConfig.from_sources(
+        path, {"moe": {"gating": "top2"}, "training": {"per_device_train_batch_size": 8}}
+    )
+    # Defaults follow the final settings: no curriculum for a fixed-k baseline, and its own output folder.
+    assert (config.moe.gating, config.moe.num_experts) == ("top2", 4)
+    assert config.training["curriculum"] is False and config.output_dir == "outputs/sst2-top2"
+    assert "max_tokens" not in config.training  # an explicit batch size replaces the token budget
+    assert FinetuneConfig.from_sources(path, {"moe": None}).moe is None  # --gating dense
+
+    dense = tmp_path / "dense.yaml"
+    dense.write_text("task: sst2\nmoe: null\n")
+    assert FinetuneConfig.from_sources(dense, {"moe": {}}).moe is None
+    assert FinetuneConfig.from_sources(dense, {"moe": {"num_experts": 2}}).moe.num_experts == 2
+
+
+def test_from_sources_keeps_an_adamoe_checkpoints_structure(tmp_path):
+    from tiny_run import write_model_folder
+    from transformers import AutoModelForSequenceClassification
+
+    from adamoe import MoEConfig
+    from adamoe.finetune import convert
+
+    dense = write_model_folder(tmp_path / "dense")
+    convert(str(dense), str(tmp_path / "moe"), MoEConfig(num_experts=3, gating="top2"),
+            model_class=AutoModelForSequenceClassification)  # fmt: skip
+    config = FinetuneConfig.from_sources(None, {"task": "sst2", "model": str(tmp_path / "moe"), "moe": {}})
+    assert (config.moe.num_experts, config.moe.gating) == (3, "top2")
+    assert FinetuneConfig.from_sources(None, {"task": "sst2", "model": str(dense), "moe": {}}).moe == MoEConfig()

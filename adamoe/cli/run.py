@@ -125,34 +125,24 @@ def finetune_command(
     from accelerate import PartialState
 
     from .. import finetune as recipes
-    from ..modeling import default_moe_config
     from ..run_config import FinetuneConfig
 
-    values: dict[str, Any] = {}
-    if config is not None:
-        values = FinetuneConfig.from_yaml(config).to_dict()
-    if task is not None:
-        values["task"] = task.value
-    if "task" not in values:
-        raise RunConfigError("Name a task with --task (or in --config); `adamoe tasks` lists them.")
-    if model is not None or "model" not in values:
-        values["model"] = model
     flags = moe_overrides(
         gating=gating, threshold=threshold, num_experts=num_experts, top_k=top_k, threshold_on=threshold_on,
-        combine=combine,
-        expert_init=expert_init, aux_loss_coef=aux_loss_coef, every_n_layers=every_n_layers,
+        combine=combine, expert_init=expert_init, aux_loss_coef=aux_loss_coef, every_n_layers=every_n_layers,
     )  # fmt: skip
-    if gating is Gating.dense:
-        values["moe"] = None
-    elif config is not None:
-        # `moe: null` in the file is the dense baseline; MoE flags on top of it ask for MoE blocks after all.
-        if values.get("moe") is not None or flags:
-            values["moe"] = moe_config(values.get("moe"), flags)
-    else:  # an adamoe checkpoint keeps its own structure unless flags change it
-        values["moe"] = default_moe_config(values["model"], flags)
-    data = values.setdefault("data", {})
+    overrides: dict[str, Any] = {"moe": None if gating is Gating.dense else flags}
     _set(
-        data,
+        overrides,
+        task=task.value if task is not None else None,
+        model=model,
+        output_dir=str(output_dir) if output_dir is not None else None,
+        keep_checkpoints=keep_checkpoints or None,
+        resume=resume or None,
+        overwrite=overwrite or None,
+    )
+    _set(
+        overrides.setdefault("data", {}),
         train_file=str(train_file) if train_file else None,
         validation_file=str(validation_file) if validation_file else None,
         max_train_samples=max_train_samples,
@@ -160,11 +150,8 @@ def finetune_command(
         direction=direction,
         skip_bad_examples=skip_bad_examples or None,
     )
-    training = values.setdefault("training", {})
-    if batch_size is not None and max_tokens is None:
-        training.pop("max_tokens", None)  # an explicit batch size replaces a config's token budget
     _set(
-        training,
+        overrides.setdefault("training", {}),
         num_train_epochs=epochs,
         max_steps=max_steps,
         per_device_train_batch_size=batch_size,
@@ -179,11 +166,7 @@ def finetune_command(
         push_to_hub=push_to_hub or None,
         report_to=report_to,
     )
-    if output_dir is not None:
-        values["output_dir"] = str(output_dir)
-    if keep_checkpoints:
-        values["keep_checkpoints"] = True
-    run_config = FinetuneConfig.from_dict(values, resume=resume, overwrite=overwrite)
+    run_config = FinetuneConfig.from_sources(config, overrides)
     results = recipes.finetune(run_config)
     if not PartialState().is_main_process:  # under torchrun every rank returns; one report is enough
         return
