@@ -11,8 +11,9 @@ from tiny_models import ARCHITECTURES
 from torch import nn
 
 import adamoe
-from adamoe.bench import BenchConfig, force_two_expert_fraction, forced_routing, main, mixtral_loop, run_benchmark
+from adamoe.bench import BenchConfig, forced_routing, main, mixtral_loop, run_benchmark
 from adamoe.bench_native import QUICK_NATIVE_SHAPES, forced_skips
+from adamoe.bench_train import force_two_expert_fraction
 from adamoe.experts import Experts
 
 
