@@ -230,12 +230,21 @@ class CpuScale:
         check_tasks(tasks)
         kit = {}
         for task in tasks:
-            if task == "sst2":
-                train, validation = self.data_root / "sst2" / "train.tsv", self.data_root / "sst2" / "validation.tsv"
-            else:
-                train, validation = write_squad_split(self.data_root / SQUAD_SAMPLE, Path(root) / "data" / "squad")
+            train, validation = TASK_FILES[task](self.data_root, Path(root))
             kit[task] = CpuTask(task, self.model_dir, train, validation, SETTINGS[task], self.max_steps)
         return kit
+
+
+def _sst2_files(data_root: Path, root: Path) -> tuple[Path, Path]:
+    return data_root / "sst2" / "train.tsv", data_root / "sst2" / "validation.tsv"
+
+
+def _squad_files(data_root: Path, root: Path) -> tuple[Path, Path]:
+    return write_squad_split(data_root / SQUAD_SAMPLE, root / "data" / "squad")
+
+
+# task -> (data root, results root) -> its (train, validation) files at this scale
+TASK_FILES = {"sst2": _sst2_files, "squad": _squad_files}
 
 
 def check_tasks(tasks: tuple[str, ...] | list[str]) -> None:
