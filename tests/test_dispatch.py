@@ -39,12 +39,12 @@ def routing(num_tokens: int, num_experts: int, seed: int = 0, skip_expert: int |
     return index, weights, active
 
 
-@pytest.mark.parametrize("backend", BACKENDS)
-@pytest.mark.parametrize("gated,bias", [(False, True), (True, False), (True, True)])
-def test_outputs_and_gradients_equal_the_float64_reference(backend, gated, bias):
-    experts = make_experts(gated, bias, backend)
-    index, weights, active = routing(40, 5)
-    x = torch.randn(40, 16, requires_grad=True)
+def assert_matches_float64_reference(gated, bias, backend, num_experts, index, weights, active):
+    """Outputs and gradients (input, combine weights, every parameter) of the dispatch against the float64
+    per-token reference on the same weights and routing."""
+    experts = make_experts(gated, bias, backend, num_experts=num_experts)
+    num_tokens = index.shape[0]
+    x = torch.randn(num_tokens, 16, requires_grad=True)
     w = weights.clone().requires_grad_()
     out = experts(x, index, w, active)
     upstream = torch.randn_like(out)
@@ -52,13 +52,20 @@ def test_outputs_and_gradients_equal_the_float64_reference(backend, gated, bias)
 
     x64 = x.detach().double().requires_grad_()
     w64 = weights.double().requires_grad_()
-    ref_experts = make_experts(gated, bias, "loop").double()
+    ref_experts = make_experts(gated, bias, "loop", num_experts=num_experts).double()
     ref = ref_experts.reference_forward(x64, index, w64, active)
     ref_grads = torch.autograd.grad(ref, [x64, w64, *ref_experts.parameters()], upstream.double())
 
     torch.testing.assert_close(out.double(), ref, rtol=1e-5, atol=1e-5)
     for got, want in zip(grads, ref_grads, strict=True):
         torch.testing.assert_close(got.double(), want, rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("gated,bias", [(False, True), (True, False), (True, True)])
+def test_outputs_and_gradients_equal_the_float64_reference(backend, gated, bias):
+    index, weights, active = routing(40, 5)
+    assert_matches_float64_reference(gated, bias, backend, 5, index, weights, active)
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
@@ -242,23 +249,8 @@ def routing_k(num_tokens: int, num_experts: int, top_k: int, seed: int = 0, used
 @pytest.mark.parametrize("top_k", [2, 4, 8])
 @pytest.mark.parametrize("gated,bias", [(False, True), (True, False)])
 def test_k_max_outputs_and_gradients_equal_the_float64_reference(backend, top_k, gated, bias):
-    experts = make_experts(gated, bias, backend, num_experts=10)
     index, weights, active = routing_k(48, 10, top_k)
-    x = torch.randn(48, 16, requires_grad=True)
-    w = weights.clone().requires_grad_()
-    out = experts(x, index, w, active)
-    upstream = torch.randn_like(out)
-    grads = torch.autograd.grad(out, [x, w, *experts.parameters()], upstream)
-
-    x64 = x.detach().double().requires_grad_()
-    w64 = weights.double().requires_grad_()
-    ref_experts = make_experts(gated, bias, "loop", num_experts=10).double()
-    ref = ref_experts.reference_forward(x64, index, w64, active)
-    ref_grads = torch.autograd.grad(ref, [x64, w64, *ref_experts.parameters()], upstream.double())
-
-    torch.testing.assert_close(out.double(), ref, rtol=1e-5, atol=1e-5)
-    for got, want in zip(grads, ref_grads, strict=True):
-        torch.testing.assert_close(got.double(), want, rtol=1e-4, atol=1e-5)
+    assert_matches_float64_reference(gated, bias, backend, 10, index, weights, active)
 
 
 @pytest.mark.parametrize("top_k", [4, 8])
@@ -295,19 +287,5 @@ def test_the_fixed_order_combine_equals_the_float64_reference(top_k, monkeypatch
     from adamoe.dispatch import combine_pairs
 
     monkeypatch.setattr(adamoe.experts, "combine_pairs", functools.partial(combine_pairs, fixed_order=True))
-    experts = make_experts(True, True, "loop", num_experts=10)
     index, weights, active = routing_k(48, 10, top_k)
-    x = torch.randn(48, 16, requires_grad=True)
-    w = weights.clone().requires_grad_()
-    out = experts(x, index, w, active)
-    upstream = torch.randn_like(out)
-    grads = torch.autograd.grad(out, [x, w, *experts.parameters()], upstream)
-
-    x64 = x.detach().double().requires_grad_()
-    w64 = weights.double().requires_grad_()
-    ref_experts = make_experts(True, True, "loop", num_experts=10).double()
-    ref = ref_experts.reference_forward(x64, index, w64, active)
-    ref_grads = torch.autograd.grad(ref, [x64, w64, *ref_experts.parameters()], upstream.double())
-    torch.testing.assert_close(out.double(), ref, rtol=1e-5, atol=1e-5)
-    for got, want in zip(grads, ref_grads, strict=True):
-        torch.testing.assert_close(got.double(), want, rtol=1e-4, atol=1e-5)
+    assert_matches_float64_reference(True, True, "loop", 10, index, weights, active)
