@@ -44,30 +44,13 @@ def console_line(logs: dict[str, Any], state: TrainerState, tokens_per_second: f
     return " | ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}" for k, v in shown.items())
 
 
-class CompactProgressCallback(ProgressCallback):
-    """The stock progress bar, with `console_line` instead of the log dict beside it."""
+class _CompactLog:
+    """`on_log` for both console callbacks: `console_line` to `self._write`, by the main process only."""
 
-    def __init__(self, timing: TimingCallback, **kwargs: Any) -> None:
-        super().__init__(**kwargs)
-        self.timing = timing
+    timing: TimingCallback
 
-    def on_log(
-        self,
-        args: HFTrainingArguments,
-        state: TrainerState,
-        control: TrainerControl,
-        logs: dict[str, Any] | None = None,
-        **kwargs: Any,
-    ) -> None:
-        if state.is_world_process_zero and self.training_bar is not None and logs:
-            self.training_bar.write(console_line(logs, state, _throughput(self.timing)))
-
-
-class CompactPrinterCallback(PrinterCallback):
-    """`disable_tqdm=True`: the same line, printed."""
-
-    def __init__(self, timing: TimingCallback) -> None:
-        self.timing = timing
+    def _write(self, line: str) -> None:
+        raise NotImplementedError
 
     def on_log(
         self,
@@ -78,7 +61,29 @@ class CompactPrinterCallback(PrinterCallback):
         **kwargs: Any,
     ) -> None:
         if state.is_world_process_zero and logs:
-            print(console_line(logs, state, _throughput(self.timing)))
+            self._write(console_line(logs, state, _throughput(self.timing)))
+
+
+class CompactProgressCallback(_CompactLog, ProgressCallback):
+    """The stock progress bar, with `console_line` instead of the log dict beside it."""
+
+    def __init__(self, timing: TimingCallback, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.timing = timing
+
+    def _write(self, line: str) -> None:
+        if self.training_bar is not None:
+            self.training_bar.write(line)
+
+
+class CompactPrinterCallback(_CompactLog, PrinterCallback):
+    """`disable_tqdm=True`: the same line, printed."""
+
+    def __init__(self, timing: TimingCallback) -> None:
+        self.timing = timing
+
+    def _write(self, line: str) -> None:
+        print(line)
 
 
 class JsonLinesLogCallback(TrainerCallback):
