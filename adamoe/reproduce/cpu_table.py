@@ -88,10 +88,10 @@ def time_note(table: int) -> str:
         f"Time: time to the task's target training loss over {reference}'s, per seed (Table 6: that ratio minus 1), "
         "then mean ± sd over the seeds. **The CPU-time column is the one to read**: on a shared machine a "
         "single-threaded process's CPU time does not count the time it waited for a core, so it varies far less "
-        "between identical runs than the wall clock (10-30% here). It is the wall clock to the target times the "
-        "cell's process CPU / wall share over its whole run (the trainer stamps only the wall clock on each logging "
-        "event), so it assumes the machine's load was even over the run; the wall-clock ratio is shown beside it "
-        "and the appendix gives each cell's share and load."
+        "between identical runs than the wall clock (10-30% here). It is read from the process CPU seconds the "
+        "trainer stamps on every logging event (`train_cpu_s`, evaluation excluded); for cells run before the "
+        "trainer stamped them it is estimated as the wall clock to the target times the cell's CPU / wall share. "
+        "The wall-clock ratio is shown beside it and the appendix gives each cell's share and load."
     )
 
 

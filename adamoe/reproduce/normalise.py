@@ -63,6 +63,9 @@ def loss_curve(run_dir: str | Path, train_time_s: float | None = None) -> tuple[
         {"step": int(e["step"]), "time_s": t, "task_loss": float(e.get("task_loss", e.get("loss")))}
         for e, t in zip(events, times, strict=True)
     ]
+    if all("train_cpu_s" in e for e in events):  # the trainer's process CPU seconds at each event
+        for point, event in zip(points, events, strict=True):
+            point["cpu_s"] = float(event["train_cpu_s"])
     return points, clock
 
 
@@ -77,11 +80,14 @@ def final_smoothed_loss(curve: Sequence[CurvePoint], smoothing: float) -> float 
     return values[-1] if values else None
 
 
-def time_to_target(curve: Sequence[CurvePoint], target: float, smoothing: float) -> float | None:
-    """The time of the first logging event whose smoothed loss is <= `target`; None when none is."""
+def time_to_target(
+    curve: Sequence[CurvePoint], target: float, smoothing: float, clock: str = "time_s"
+) -> float | None:
+    """The time (`clock`: "time_s", wall, or "cpu_s", process CPU) of the first logging event whose smoothed loss
+    is <= `target`; None when none is."""
     for point, value in zip(curve, smoothed([p["task_loss"] for p in curve], smoothing), strict=True):
         if value <= target:
-            return point["time_s"]
+            return point[clock]
     return None
 
 
@@ -91,8 +97,11 @@ def common_target(curves: Mapping[str, Sequence[CurvePoint]], smoothing: float) 
     return max(finals) if finals else None
 
 
-def normalised_times(curves: Mapping[str, Sequence[CurvePoint]], reference: str, smoothing: float) -> dict[str, Any]:
-    """Time to the common target of every cell, and that time over the reference cell's.
+def normalised_times(
+    curves: Mapping[str, Sequence[CurvePoint]], reference: str, smoothing: float, clock: str = "time_s"
+) -> dict[str, Any]:
+    """Time (`clock`, as in `time_to_target`) to the common target of every cell, and that time over the reference
+    cell's.
 
     Returns:
         `{"target_loss": float | None, "time_to_target_s": {id: s | None}, "normalised": {id: ratio | None}}`;
@@ -108,7 +117,7 @@ def normalised_times(curves: Mapping[str, Sequence[CurvePoint]], reference: str,
     """
     target = common_target(curves, smoothing)
     times = {
-        cell: (time_to_target(curve, target, smoothing) if target is not None else None)
+        cell: (time_to_target(curve, target, smoothing, clock) if target is not None else None)
         for cell, curve in curves.items()
     }
     reference_time = times.get(reference)

@@ -54,13 +54,18 @@ def _metric(cell: dict[str, Any] | None, task: str) -> float | None:
 def _timing(results: dict[str, dict[str, Any] | None], ids: Sequence[str], reference: str) -> dict[str, Any]:
     """Normalised times of the cells `ids` of one task against `reference`, over the curves that exist.
 
-    Also `normalised_cpu`: the same over CPU time to the target, estimated as each cell's wall clock to the
-    target times the cell's process CPU / wall share (the trainer stamps only the wall clock on each logging
-    event); a cell without `process_cpu_s` has None there.
+    Also `normalised_cpu`: the same over process CPU time to the target, read from the CPU seconds the trainer
+    stamps on each logging event (`cpu_s`) when every curve has them; for cells run before the trainer stamped
+    them, estimated as the wall clock to the target times the cell's process CPU / wall share. A cell with
+    neither has None there. `cpu_clock` says which ("measured" or "estimated").
     """
     curves = {i: results[i]["loss_curve"] for i in ids if results.get(i) and results[i].get("loss_curve")}
     smoothing = next((results[i]["target_loss_smoothing"] for i in ids if results.get(i)), 0.9)
     timing = normalised_times(curves, reference, smoothing)
+    if curves and all("cpu_s" in p for c in curves.values() for p in c):
+        timing["normalised_cpu"] = normalised_times(curves, reference, smoothing, clock="cpu_s")["normalised"]
+        timing["cpu_clock"] = "measured"
+        return timing
     shares = {i: _cpu_share(results[i]) for i in curves}
     cpu_times = {
         i: None if t is None or shares[i] is None else t * shares[i] for i, t in timing["time_to_target_s"].items()
@@ -69,6 +74,7 @@ def _timing(results: dict[str, dict[str, Any] | None], ids: Sequence[str], refer
     timing["normalised_cpu"] = {
         i: (t / reference_cpu if t is not None and reference_cpu else None) for i, t in cpu_times.items()
     }
+    timing["cpu_clock"] = "estimated"
     return timing
 
 

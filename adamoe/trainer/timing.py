@@ -115,6 +115,8 @@ class TimingCallback(TrainerCallback):
         self._start: float | None = None
         self._stop: float | None = None
         self._excluded_s = 0.0
+        self._cpu_start: float | None = None
+        self._cpu_excluded_s = 0.0
         self._elapsed_before_s = 0.0  # training time of the run this one resumes
         self._final: dict[str, Any] | None = None
 
@@ -126,9 +128,21 @@ class TimingCallback(TrainerCallback):
         if stats is not None:
             self.routing.add(stats)
 
-    def exclude(self, seconds: float) -> None:
-        """Leave `seconds` (e.g. an evaluation) out of the training time."""
+    def exclude(self, seconds: float, cpu_seconds: float = 0.0) -> None:
+        """Leave `seconds` of wall clock and `cpu_seconds` of process CPU (e.g. an evaluation) out of the training
+        time."""
         self._excluded_s += seconds
+        self._cpu_excluded_s += cpu_seconds
+
+    def cpu_elapsed_s(self) -> float | None:
+        """This process's CPU seconds (all its threads) since training began, evaluation excluded; None before.
+
+        Unlike `elapsed_s` it does not count a resumed run's time: it exists to compare runs on a shared machine,
+        where the CPU time of a process does not count the time it waited for a core.
+        """
+        if self._cpu_start is None:
+            return None
+        return time.process_time() - self._cpu_start - self._cpu_excluded_s
 
     def elapsed_s(self, now: float | None = None) -> float:
         """Training seconds so far (including a resumed run's), evaluation excluded."""
@@ -158,6 +172,7 @@ class TimingCallback(TrainerCallback):
             self._apply_state(self._resume)
             self._resume = None
         self._start = time.perf_counter()
+        self._cpu_start = time.process_time()
 
     def on_log(
         self,

@@ -267,7 +267,8 @@ class AdaMoETrainerMixin:
         return self.accelerator.reduce(tensor.to(self.accelerator.device), reduction="sum").cpu()
 
     def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
-        """Add to each training log the task loss, balance loss and routing figures since the previous one."""
+        """Add to each training log the task loss, balance loss and routing figures since the previous one, and the
+        process CPU seconds of training so far (`train_cpu_s`)."""
         steps = self.state.global_step - self._last_logged_step
         if "loss" in logs and steps > 0:  # a training log (eval logs carry "eval_loss", the final one "train_loss")
             world = self.accelerator.num_processes
@@ -281,6 +282,10 @@ class AdaMoETrainerMixin:
                     self._interval_routing.reduce(self._reduce_sum)
                 logs.update(self._routing_logs(self._interval_routing))
             self._reset_interval(self.state.global_step)
+            cpu = self.timing.cpu_elapsed_s()
+            if cpu is not None:
+                # Process CPU seconds beside the Trainer's wall clock: the steadier time on a shared machine.
+                logs["train_cpu_s"] = cpu
         super().log(logs, start_time)
 
     def _routing_logs(self, meter: RoutingMeter) -> dict[str, float]:
@@ -299,12 +304,12 @@ class AdaMoETrainerMixin:
 
     def evaluate(self, *args: Any, **kwargs: Any) -> dict[str, float]:
         """The stock `evaluate`; its time is left out of the training time when it runs during training."""
-        start = time.perf_counter()
+        start, cpu_start = time.perf_counter(), time.process_time()
         try:
             return super().evaluate(*args, **kwargs)
         finally:
             if self.is_in_train:
-                self.timing.exclude(time.perf_counter() - start)
+                self.timing.exclude(time.perf_counter() - start, time.process_time() - cpu_start)
 
     def train(
         self,

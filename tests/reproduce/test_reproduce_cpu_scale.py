@@ -135,7 +135,7 @@ def test_the_cli_exits_2_with_the_message_when_data_are_absent(tmp_path):
     assert result.exit_code == 2 and "sst2, squad" in result.output
 
 
-def write_seed_cell(root, cell_id, seed, *, metric, curve, cpu, wall, two=None, flops=None):
+def write_seed_cell(root, cell_id, seed, *, metric, curve, cpu, wall, two=None, flops=None, cpu_curve=None):
     path = root / "cells" / f"{cell_id}-seed{seed}.json"
     path.parent.mkdir(parents=True, exist_ok=True)
     cell = {
@@ -144,7 +144,10 @@ def write_seed_cell(root, cell_id, seed, *, metric, curve, cpu, wall, two=None, 
         "flops_vs_top2": flops,
         "two_expert_fraction": two,
         "target_loss_smoothing": 0.0,
-        "loss_curve": [{"step": i + 1, "time_s": t, "task_loss": loss} for i, (t, loss) in enumerate(curve)],
+        "loss_curve": [
+            {"step": i + 1, "time_s": t, "task_loss": loss, **({"cpu_s": cpu_curve[i]} if cpu_curve else {})}
+            for i, (t, loss) in enumerate(curve)
+        ],
         "process_cpu_s": cpu,
         "wall_s": wall,
         "train_time_s": wall,
@@ -187,3 +190,19 @@ def _csv(path):
 
     with path.open() as f:
         return list(csv.DictReader(f))
+
+
+def test_the_cpu_column_reads_the_stamped_cpu_clock_when_every_curve_has_it(tmp_path):
+    # Same wall curves as above (adaptive 0.5x of top-2's wall time), but the stamped CPU seconds say 0.6x: the
+    # stamps are used, not the whole-run CPU / wall share (which would give 0.25x).
+    write_seed_cell(
+        tmp_path, "table3-sst2-top2", 42, metric=0.8, curve=[(2, 0.9), (4, 0.5)], cpu=10, wall=10, cpu_curve=[1, 2]
+    )
+    write_seed_cell(
+        tmp_path, "table3-sst2-adaptive", 42, metric=0.8, curve=[(1, 0.8), (2, 0.5)], cpu=5, wall=10,
+        cpu_curve=[0.6, 1.2],
+    )  # fmt: skip
+    outputs = write_table(3, tmp_path, cell_set(3, ["sst2"]), seeds=(42,))
+    rows = {r["cell"]: r for r in _csv(outputs["csv"])}
+    assert float(rows["table3-sst2-adaptive"]["norm_cpu_time"]) == pytest.approx(0.6)
+    assert float(rows["table3-sst2-adaptive"]["norm_time"]) == pytest.approx(0.5)

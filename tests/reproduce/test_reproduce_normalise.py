@@ -101,3 +101,16 @@ def test_loss_curve_without_a_clock_interpolates_by_step(tmp_path):
     assert clock == "step_interpolated"
     assert [p["time_s"] for p in points] == [4.0, 8.0] and [p["task_loss"] for p in points] == [2.0, 1.0]
     assert loss_curve(tmp_path / "nothing") == ([], "none")
+
+
+def test_loss_curve_keeps_the_cpu_clock_and_times_can_be_read_on_it(tmp_path):
+    history = [
+        {"loss": 2.0, "step": 2, "train_runtime": 1.0, "train_cpu_s": 0.5},
+        {"loss": 1.0, "step": 4, "train_runtime": 3.0, "train_cpu_s": 1.0},
+    ]
+    _write_state(tmp_path, 4, history)
+    points, _ = loss_curve(tmp_path)
+    assert [p["cpu_s"] for p in points] == [0.5, 1.0]
+    other = [{"step": 2, "time_s": 1.0, "cpu_s": 0.8, "task_loss": 1.0}]
+    times = normalised_times({"a": points, "b": other}, "a", smoothing=0.0, clock="cpu_s")
+    assert times["time_to_target_s"] == {"a": 1.0, "b": 0.8} and times["normalised"]["b"] == pytest.approx(0.8)

@@ -62,6 +62,16 @@ def test_evaluation_time_is_excluded_and_unreached_target_is_none() -> None:
     assert summary["two_expert_fraction"] is None and summary["flops_vs_top2"] is None  # no routing: dense
 
 
+def test_cpu_clock_leaves_out_excluded_cpu_seconds(monkeypatch) -> None:
+    clock = iter([100.0, 112.5])  # process CPU at train begin, then when read
+    monkeypatch.setattr("adamoe.trainer.timing.time.process_time", lambda: next(clock))
+    callback = TimingCallback()
+    assert callback.cpu_elapsed_s() is None  # before training
+    _begin(callback)
+    callback.exclude(4.0, cpu_seconds=2.5)  # an evaluation that used 2.5 CPU seconds
+    assert callback.cpu_elapsed_s() == pytest.approx(10.0)
+
+
 def test_on_log_smooths_task_loss_not_total_loss() -> None:
     callback = TimingCallback(target_loss=1.0, smoothing=0.0)
     _begin(callback)

@@ -3,6 +3,8 @@ resume, the dense baseline and the refusal of a silently unpatched checkpoint.""
 
 from __future__ import annotations
 
+import time
+
 import math
 import os
 from pathlib import Path
@@ -37,10 +39,14 @@ def test_balance_loss_in_training_only(train_kwargs: dict[str, Any]) -> None:
     data, dev = toy_dataset(16), toy_dataset(8, seed=2)
     args = AdaMoETrainingArguments(max_steps=4, logging_steps=2, **train_kwargs)
     trainer = AdaMoETrainer(model=model, args=args, train_dataset=data, eval_dataset=dev, data_collator=pad_collate)
+    cpu_before = time.process_time()
     trainer.train()
+    cpu_spent = time.process_time() - cpu_before
 
     logs = _training_logs(trainer)
     assert len(logs) == 2
+    # Each training log carries the process CPU seconds of training so far, growing, within what train() spent.
+    assert 0 < logs[0]["train_cpu_s"] < logs[1]["train_cpu_s"] <= cpu_spent
     for log in logs:
         assert log["balance_loss"] > 0
         assert log["loss"] == pytest.approx(log["task_loss"] + log["balance_loss"], rel=1e-5)
