@@ -3,10 +3,9 @@ resume, the dense baseline and the refusal of a silently unpatched checkpoint.""
 
 from __future__ import annotations
 
-import time
-
 import math
 import os
+import time
 from pathlib import Path
 from typing import Any
 
