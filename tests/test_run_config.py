@@ -3,6 +3,7 @@
 import json
 
 import pytest
+import torch
 
 from adamoe.finetune import OutputDirError, _prepare_output_dir
 from adamoe.run_config import FinetuneConfig, RunConfigError
@@ -96,14 +97,48 @@ def test_an_unreachable_hub_model_points_at_the_offline_form(monkeypatch):
     import adamoe.modeling as modeling
     from adamoe.tasks import get_task
 
-    def offline(name):
+    def offline(name, **kwargs):
         raise OSError("We couldn't connect to 'https://huggingface.co' to load the files")
 
-    monkeypatch.setattr(modeling, "stored_moe_config", offline)
+    monkeypatch.setattr(modeling.AutoConfig, "from_pretrained", offline)
     with pytest.raises(FileNotFoundError) as err:
         modeling.load_model(get_task("squad"), "bert-base-uncased", None)
     suggestion = "adamoe finetune --task squad --model PATH --train-file TRAIN --validation-file VALIDATION"
     assert suggestion in str(err.value)
+
+
+def test_load_model_reads_the_config_once_and_loads_dense_and_patched_folders(tmp_path, monkeypatch):
+    from tiny_run import write_model_folder
+    from transformers import AutoConfig, AutoModelForSequenceClassification
+
+    import adamoe
+    import adamoe.modeling as modeling
+    from adamoe.tasks import get_task
+
+    dense = write_model_folder(tmp_path / "dense")
+    reference = AutoModelForSequenceClassification.from_pretrained(dense).eval()
+    patched = adamoe.moeify(
+        AutoModelForSequenceClassification.from_pretrained(dense), adamoe.MoEConfig(num_experts=2)
+    ).eval()
+    patched.save_pretrained(tmp_path / "patched")
+    reads = []
+    real = AutoConfig.from_pretrained
+
+    def counted(*args, **kwargs):
+        reads.append(args[0])
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(modeling.AutoConfig, "from_pretrained", counted)
+    batch = {"input_ids": torch.tensor([[2, 5, 9, 3]]), "attention_mask": torch.ones(1, 4, dtype=torch.long)}
+    for folder, moe, expected in (
+        (dense, None, reference),  # dense stays dense
+        (tmp_path / "patched", None, patched),  # an adamoe checkpoint keeps its experts
+    ):
+        reads.clear()
+        model = modeling.load_model(get_task("sst2"), str(folder), moe).eval()
+        assert reads == [str(folder)]
+        with torch.no_grad():
+            torch.testing.assert_close(model(**batch).logits, expected(**batch).logits)
 
 
 def test_from_sources_lays_the_given_flags_over_the_file_once(tmp_path):
