@@ -22,7 +22,8 @@ LOG_NAME = "trainer_log.jsonl"
 
 def console_line(logs: dict[str, Any], state: TrainerState, tokens_per_second: float | None = None) -> str:
     """One line for one log: a training step, the end of training, an evaluation, or anything else."""
-    if "train_runtime" in logs:
+    # A training log can carry train_runtime too (with include_num_input_tokens_seen); only the end has train_loss.
+    if "train_runtime" in logs and "loss" not in logs:
         loss = logs.get("train_loss")
         return f"trained {state.global_step} steps in {logs['train_runtime']:.1f} s" + (
             f", mean loss {loss:.4f}" if loss is not None else ""

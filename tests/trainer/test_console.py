@@ -21,10 +21,13 @@ def test_a_training_log_becomes_one_line() -> None:
         "loss": 0.61234, "task_loss": 0.6, "balance_loss": 0.01234, "two_expert_fraction": 0.2812,
         "two_expert_fraction/bert.encoder.layer.0": 0.3, "learning_rate": 3e-5, "epoch": 0.5, "grad_norm": 1.0,
     }  # fmt: skip
-    assert console_line(logs, state, 3910.4) == (
+    line = (
         "step 50/200 | epoch 0.50 | loss 0.6123 (task 0.6000 + balance 0.0123) | two experts 28.1% | "
         "3,910 tokens/s | lr 3.00e-05"
     )
+    assert console_line(logs, state, 3910.4) == line
+    # With include_num_input_tokens_seen every training log also carries the clock: still a step line.
+    assert console_line({**logs, "train_runtime": 4.0, "num_input_tokens_seen": 900}, state, 3910.4) == line
     end = {"train_runtime": 12.34, "train_loss": 0.5, "train_samples_per_second": 3.0}
     assert console_line(end, state) == "trained 50 steps in 12.3 s, mean loss 0.5000"
 
