@@ -67,6 +67,8 @@ from transformers import (
     XLMRobertaForSequenceClassification,
 )
 
+from adamoe.smoke.models import UNIT_SIZE
+
 SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 VOCAB = 100
 
@@ -99,28 +101,15 @@ class Arch:
         return out
 
 
-_COMMON_BART = dict(
-    vocab_size=VOCAB,
-    d_model=32,
-    encoder_layers=2,
-    decoder_layers=2,
-    encoder_attention_heads=2,
-    decoder_attention_heads=2,
-    encoder_ffn_dim=64,
-    decoder_ffn_dim=64,
-    max_position_embeddings=64,
-)
+# The sizes are the offline kit's unit-test size (adamoe/smoke/models.py), in each family's spelling.
+_COMMON_BART = {"vocab_size": VOCAB, **UNIT_SIZE.bart()}
 
 
 def _t5_config(feed_forward_proj: str, config_class: type = T5Config) -> T5Config:
     """T5 v1.0 ("relu") or v1.1/Flan ("gated-gelu"); mT5 and UMT5 take the same fields."""
     return config_class(
         vocab_size=VOCAB,
-        d_model=32,
-        d_ff=64,
-        d_kv=16,
-        num_layers=2,
-        num_heads=2,
+        **UNIT_SIZE.t5(),
         feed_forward_proj=feed_forward_proj,
         decoder_start_token_id=0,
         pad_token_id=0,
@@ -129,29 +118,17 @@ def _t5_config(feed_forward_proj: str, config_class: type = T5Config) -> T5Confi
 
 
 # BERT-shaped encoders (BERT, RoBERTa, XLM-RoBERTa, ELECTRA, DeBERTa-v2).
-_COMMON_BERT = dict(
-    vocab_size=VOCAB,
-    hidden_size=32,
-    num_hidden_layers=2,
-    num_attention_heads=2,
-    intermediate_size=64,
-    max_position_embeddings=64,
-)
+_COMMON_BERT = {"vocab_size": VOCAB, **UNIT_SIZE.bert()}
 # Llama-family decoders. mlp_bias (Llama only) puts biases on both halves of the gated FFN, so one row
 # checks that form too; pad_token_id stays inside the tiny vocabulary.
-_COMMON_DECODER = dict(
-    vocab_size=VOCAB,
-    hidden_size=32,
-    intermediate_size=64,
-    num_hidden_layers=2,
-    num_attention_heads=2,
-    num_key_value_heads=1,
-    head_dim=16,
-    max_position_embeddings=64,
-    pad_token_id=0,
-    bos_token_id=1,
-    eos_token_id=2,
-)
+_COMMON_DECODER = {
+    **_COMMON_BERT,
+    "num_key_value_heads": 1,
+    "head_dim": UNIT_SIZE.hidden // UNIT_SIZE.heads,
+    "pad_token_id": 0,
+    "bos_token_id": 1,
+    "eos_token_id": 2,
+}
 _BART_TOKENS = dict(pad_token_id=1, bos_token_id=0, eos_token_id=2, decoder_start_token_id=2)
 
 
@@ -160,23 +137,8 @@ def _decoder(config_class: type, **overrides: Any) -> Any:
 
 
 ARCHITECTURES = [
-    Arch(
-        "bert",
-        BertForSequenceClassification,
-        BertConfig(vocab_size=VOCAB, hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64),
-    ),
-    Arch(
-        "roberta",
-        RobertaForSequenceClassification,
-        RobertaConfig(
-            vocab_size=VOCAB,
-            hidden_size=32,
-            num_hidden_layers=2,
-            num_attention_heads=2,
-            intermediate_size=64,
-            max_position_embeddings=64,
-        ),
-    ),
+    Arch("bert", BertForSequenceClassification, BertConfig(**_COMMON_BERT)),
+    Arch("roberta", RobertaForSequenceClassification, RobertaConfig(**_COMMON_BERT)),
     Arch(
         "xlm-roberta",
         XLMRobertaForSequenceClassification,
@@ -191,19 +153,21 @@ ARCHITECTURES = [
     Arch(
         "distilbert",
         DistilBertForSequenceClassification,
-        DistilBertConfig(vocab_size=VOCAB, dim=32, n_layers=2, n_heads=2, hidden_dim=64, max_position_embeddings=64),
+        DistilBertConfig(
+            vocab_size=VOCAB,
+            dim=UNIT_SIZE.hidden,
+            n_layers=UNIT_SIZE.layers,
+            n_heads=UNIT_SIZE.heads,
+            hidden_dim=UNIT_SIZE.ffn,
+            max_position_embeddings=UNIT_SIZE.positions,
+        ),
     ),
     Arch(
         "modernbert",
         ModernBertForSequenceClassification,
         # Biased, so the fused Wi splits its bias too; every other layer global, as in the released models.
         ModernBertConfig(
-            vocab_size=VOCAB,
-            hidden_size=32,
-            intermediate_size=64,
-            num_hidden_layers=2,
-            num_attention_heads=2,
-            max_position_embeddings=64,
+            **_COMMON_BERT,
             local_attention=8,
             global_attn_every_n_layers=2,
             mlp_bias=True,
@@ -217,7 +181,7 @@ ARCHITECTURES = [
     Arch(
         "gpt2",
         GPT2LMHeadModel,
-        GPT2Config(vocab_size=VOCAB, n_embd=32, n_layer=2, n_head=2, n_positions=64),
+        GPT2Config(vocab_size=VOCAB, **UNIT_SIZE.gpt2()),
         causal=True,
     ),
     Arch(

@@ -14,10 +14,11 @@ import torch
 from transformers import (
     AlbertConfig,
     AlbertForSequenceClassification,
-    BertConfig,
     BertForSequenceClassification,
     BertTokenizer,
 )
+
+from adamoe.smoke.models import UNIT_SIZE, tiny_bert_config
 
 SPECIALS = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
 POSITIVE = ["good", "great", "fun", "moving", "sharp"]
@@ -33,24 +34,15 @@ def write_model_folder(folder: Path, *, architecture: str = "bert", seed: int = 
     tokenizer = BertTokenizer.from_pretrained(str(folder))
     torch.manual_seed(seed)
     if architecture == "bert":
-        config = BertConfig(
-            vocab_size=len(vocab),
-            hidden_size=32,
-            num_hidden_layers=2,
-            num_attention_heads=2,
-            intermediate_size=64,
-            max_position_embeddings=64,
-            num_labels=2,
-        )
-        model = BertForSequenceClassification(config)
+        model = BertForSequenceClassification(tiny_bert_config(len(vocab), num_labels=2))
     elif architecture == "albert":  # not in adamoe's FFN table (its layers share one FFN)
         config = AlbertConfig(
             vocab_size=len(vocab),
             embedding_size=16,
-            hidden_size=32,
+            hidden_size=UNIT_SIZE.hidden,
             num_hidden_layers=1,
-            num_attention_heads=2,
-            intermediate_size=64,
+            num_attention_heads=UNIT_SIZE.heads,
+            intermediate_size=UNIT_SIZE.ffn,
             num_labels=2,
         )
         model = AlbertForSequenceClassification(config)
@@ -80,7 +72,8 @@ def write_sst2(path: Path, n: int, seed: int = 0, *, header: str = "sentence\tla
     return path
 
 
-DECODER = {"hidden_size": 32, "num_hidden_layers": 2, "num_attention_heads": 4, "num_key_value_heads": 2}
+# Four heads over two key-value heads, so grouped-query attention is exercised end to end.
+DECODER = {**UNIT_SIZE.bert(), "num_attention_heads": 4, "num_key_value_heads": 2}
 
 
 def write_decoder_folder(family: str, tokenizer_dir: Path, folder: Path) -> Path:
@@ -88,12 +81,14 @@ def write_decoder_folder(family: str, tokenizer_dir: Path, folder: Path) -> Path
     from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM, MixtralConfig, MixtralForCausalLM
 
     tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir)
-    ids = {"vocab_size": len(tokenizer), "max_position_embeddings": 64, "eos_token_id": tokenizer.eos_token_id}
+    ids = {"vocab_size": len(tokenizer), "eos_token_id": tokenizer.eos_token_id}
     ids |= {"bos_token_id": tokenizer.bos_token_id, "pad_token_id": tokenizer.pad_token_id}
     if family == "llama":
-        model = LlamaForCausalLM(LlamaConfig(**DECODER, **ids, intermediate_size=64))
+        model = LlamaForCausalLM(LlamaConfig(**DECODER, **ids))
     elif family == "mixtral":
-        config = MixtralConfig(**DECODER, **ids, intermediate_size=32, num_local_experts=8, num_experts_per_tok=2)
+        config = MixtralConfig(
+            **{**DECODER, "intermediate_size": 32}, **ids, num_local_experts=8, num_experts_per_tok=2
+        )
         model = MixtralForCausalLM(config)
     else:
         raise ValueError(family)

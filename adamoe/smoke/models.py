@@ -16,6 +16,10 @@ tokenizer (moses + BPE files, no `word_ids()`), and T5 adds a third FFN layout (
 
 The vocabularies are deliberately small, so rarer words split into several pieces and the word-merging of
 `adamoe analyze` has something to merge. Dropout is off: with a few dozen steps it only slows learning.
+
+How big a tiny model is lives here too, once (`TinySize`): the kit's models are `KIT_SIZE`, and the unit tests
+build their architecture table and toy classifiers from `UNIT_SIZE`'s fields in each family's spelling
+(`size.bert()`, `size.bart()`, `size.t5()`, `size.gpt2()`).
 """
 
 from __future__ import annotations
@@ -24,7 +28,9 @@ import json
 import math
 from collections import Counter
 from collections.abc import Callable, Iterable
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, trainers
@@ -43,7 +49,74 @@ from transformers import (
 
 from ..tasks import get_task
 
-HIDDEN, FFN, LAYERS, HEADS, POSITIONS = 64, 128, 2, 2, 128
+
+@dataclass(frozen=True)
+class TinySize:
+    """The dimensions of a tiny model, with the config fields that spell them in each family.
+
+    Attributes:
+        hidden: model width (`hidden_size`, `d_model`, `n_embd`).
+        ffn: FFN inner width (`intermediate_size`, `d_ff`, `*_ffn_dim`, `n_inner`).
+        layers: layers (per stack for encoder-decoders).
+        heads: attention heads.
+        positions: position embeddings, the longest input.
+    """
+
+    hidden: int
+    ffn: int
+    layers: int = 2
+    heads: int = 2
+    positions: int = 128
+
+    def bert(self) -> dict[str, Any]:
+        """BERT's names, which the Llama-family decoders share."""
+        return {
+            "hidden_size": self.hidden,
+            "intermediate_size": self.ffn,
+            "num_hidden_layers": self.layers,
+            "num_attention_heads": self.heads,
+            "max_position_embeddings": self.positions,
+        }
+
+    def bart(self) -> dict[str, Any]:
+        """BART's names (and mBART's, Marian's, Pegasus', M2M-100's, FSMT's)."""
+        return {
+            "d_model": self.hidden,
+            "encoder_layers": self.layers,
+            "decoder_layers": self.layers,
+            "encoder_attention_heads": self.heads,
+            "decoder_attention_heads": self.heads,
+            "encoder_ffn_dim": self.ffn,
+            "decoder_ffn_dim": self.ffn,
+            "max_position_embeddings": self.positions,
+        }
+
+    def t5(self) -> dict[str, Any]:
+        """T5's names (and mT5's, UMT5's); T5 has relative positions, so no position count."""
+        return {
+            "d_model": self.hidden,
+            "d_ff": self.ffn,
+            "d_kv": self.hidden // self.heads,
+            "num_layers": self.layers,
+            "num_heads": self.heads,
+        }
+
+    def gpt2(self) -> dict[str, Any]:
+        return {
+            "n_embd": self.hidden,
+            "n_inner": self.ffn,
+            "n_layer": self.layers,
+            "n_head": self.heads,
+            "n_positions": self.positions,
+        }
+
+
+# The kit's models: big enough to learn the generated tasks in a few dozen steps.
+KIT_SIZE = TinySize(hidden=64, ffn=128)
+# The unit tests': the smallest with two layers and two heads, so a parametrised test over 25 families is quick.
+UNIT_SIZE = TinySize(hidden=32, ffn=64, positions=64)
+POSITIONS = KIT_SIZE.positions  # the kit tokenizers' model_max_length
+NO_DROPOUT_BERT = {"hidden_dropout_prob": 0.0, "attention_probs_dropout_prob": 0.0}
 BERT_SPECIALS = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
 BART_SPECIALS = ["<s>", "<pad>", "</s>", "<unk>", "<mask>"]
 
@@ -102,28 +175,19 @@ def t5_tokenizer(texts: Iterable[str], vocab_size: int = 160) -> PreTrainedToken
     return T5TokenizerFast(vocab=vocab, extra_ids=0, model_max_length=POSITIONS)
 
 
+def tiny_bert_config(vocab_size: int, size: TinySize = UNIT_SIZE, **overrides: Any) -> BertConfig:
+    """A dropout-free BERT config of `size` (the unit tests' by default); `overrides` are further config fields."""
+    return BertConfig(**{"vocab_size": vocab_size, **size.bert(), **NO_DROPOUT_BERT, **overrides})
+
+
 def bert_config(tokenizer: PreTrainedTokenizerBase) -> PretrainedConfig:
-    return BertConfig(
-        vocab_size=len(tokenizer),
-        hidden_size=HIDDEN,
-        num_hidden_layers=LAYERS,
-        num_attention_heads=HEADS,
-        intermediate_size=FFN,
-        max_position_embeddings=POSITIONS,
-        hidden_dropout_prob=0.0,
-        attention_probs_dropout_prob=0.0,
-        pad_token_id=tokenizer.pad_token_id,
-    )
+    return tiny_bert_config(len(tokenizer), KIT_SIZE, pad_token_id=tokenizer.pad_token_id)
 
 
 def t5_config(tokenizer: PreTrainedTokenizerBase) -> PretrainedConfig:
     return T5Config(
         vocab_size=len(tokenizer),
-        d_model=HIDDEN,
-        d_ff=FFN,
-        d_kv=HIDDEN // HEADS,
-        num_layers=LAYERS,
-        num_heads=HEADS,
+        **KIT_SIZE.t5(),
         feed_forward_proj="relu",
         dropout_rate=0.0,
         decoder_start_token_id=tokenizer.pad_token_id,
@@ -135,14 +199,7 @@ def t5_config(tokenizer: PreTrainedTokenizerBase) -> PretrainedConfig:
 def bart_config(tokenizer: PreTrainedTokenizerBase) -> PretrainedConfig:
     return BartConfig(
         vocab_size=len(tokenizer),
-        d_model=HIDDEN,
-        encoder_layers=LAYERS,
-        decoder_layers=LAYERS,
-        encoder_attention_heads=HEADS,
-        decoder_attention_heads=HEADS,
-        encoder_ffn_dim=FFN,
-        decoder_ffn_dim=FFN,
-        max_position_embeddings=POSITIONS,
+        **KIT_SIZE.bart(),
         dropout=0.0,
         attention_dropout=0.0,
         activation_dropout=0.0,
@@ -157,11 +214,7 @@ def bart_config(tokenizer: PreTrainedTokenizerBase) -> PretrainedConfig:
 def gpt2_config(tokenizer: PreTrainedTokenizerBase) -> PretrainedConfig:
     return GPT2Config(
         vocab_size=len(tokenizer),
-        n_embd=HIDDEN,
-        n_inner=FFN,
-        n_layer=LAYERS,
-        n_head=HEADS,
-        n_positions=POSITIONS,
+        **KIT_SIZE.gpt2(),
         resid_pdrop=0.0,
         embd_pdrop=0.0,
         attn_pdrop=0.0,

@@ -5,9 +5,10 @@ from __future__ import annotations
 from typing import Any
 
 import torch
-from transformers import BertConfig, BertForSequenceClassification
+from transformers import BertForSequenceClassification
 
 import adamoe
+from adamoe.smoke.models import tiny_bert_config
 from adamoe.trainer import AdaMoETrainer
 
 VOCAB = 100
@@ -17,16 +18,7 @@ def tiny_bert(*, moe: bool = True, seed: int = 0, threshold: float = 0.2) -> Ber
     """Two-layer BERT classifier without dropout (so train- and eval-mode forwards agree); with `moe`, 4 experts
     and a wide router init so that the adaptive gate sends some, not all, tokens to two experts."""
     torch.manual_seed(seed)
-    config = BertConfig(
-        hidden_size=32,
-        num_hidden_layers=2,
-        num_attention_heads=2,
-        intermediate_size=64,
-        vocab_size=VOCAB,
-        hidden_dropout_prob=0.0,
-        attention_probs_dropout_prob=0.0,
-    )
-    model = BertForSequenceClassification(config)
+    model = BertForSequenceClassification(tiny_bert_config(VOCAB))
     if moe:
         adamoe.moeify(model, adamoe.MoEConfig(num_experts=4, threshold=threshold, router_init_std=1.0))
     return model
