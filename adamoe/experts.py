@@ -2,8 +2,13 @@
 
 Each expert has the shape, activation and inner dropout of the FFN it replaces. Weights are stacked as
 `(num_experts, in_features, out_features)` (input-major, like GPT-2's Conv1D) because that is the layout
-`torch._grouped_mm` multiplies rows by without a transpose. The experts know nothing of the gating
-rule: they take `(tokens, expert indices, weights, active)` and return the weighted mixture.
+`torch._grouped_mm` multiplies rows by without a transpose. A gated FFN's two input projections (T5 v1.1's
+`wi_0`/`wi_1`, Llama's `gate_proj`/`up_proj`) are one `w_in` of width `2 * ffn`, gate half first (as
+transformers' fused `gate_up_proj`), so the pairs take one grouped GEMM for both. The experts know nothing of
+the gating rule: they take `(tokens, expert indices, weights, active)` and return the weighted mixture.
+
+Checkpoints written before the fusion hold a gated expert's halves as `w_gate` and `w_in` (`(E, hidden, ffn)`
+each); `fuse_gated_expert_weights` rewrites such a state dict, and `adamoe.from_pretrained` applies it.
 """
 
 from __future__ import annotations
@@ -15,18 +20,23 @@ from torch import nn
 
 from .dispatch import PairLayout, combine_pairs, default_backend, grouped_linear, reference_mixture, sort_pairs
 
+# The suffixes of an unfused gated expert's halves in a state dict (checkpoints written before the fusion).
+UNFUSED_GATE_KEYS = ("experts.w_gate", "experts.b_gate")
+
 
 class Experts(nn.Module):
-    """`num_experts` FFNs `x -> W_out(dropout(act(x W_in + b_in) [* (x W_gate)])) + b_out`.
+    """`num_experts` FFNs `x -> W_out(dropout(act(x W_in + b_in))) + b_out`, or for a gated FFN
+    `x -> W_out(dropout(act(g) * u)) + b_out` with `[g | u] = x W_in + b_in` (gate half first).
 
     Args:
         num_experts: number of experts.
         hidden_size: model width `d_model`.
         ffn_size: inner width `d_ff`.
         activation: the FFN's activation module (copied).
-        gated: T5 v1.1-style gated FFN: `act(x W_gate) * (x W_in)` (also Llama's `gate_proj`/`up_proj`).
+        gated: T5 v1.1-style gated FFN `act(x W_gate) * (x W_up)` (also Llama's `gate_proj`/`up_proj`); `w_in`
+            is then `(num_experts, hidden, 2 * ffn)`, the gate half first.
         bias: whether the projections have biases (BERT, GPT-2, BART, FSMT do; T5 and most gated FFNs do not;
-            a gated FFN with biases has one on each half).
+            a gated FFN with biases has one on each half, and `b_in` is `(num_experts, 2 * ffn)`).
         dropout: dropout probability between the activation and the output projection.
         dispatch: "auto", "grouped_mm" or "loop" (see `adamoe.dispatch`).
 
@@ -58,27 +68,29 @@ class Experts(nn.Module):
         self.activation = copy.deepcopy(activation)
         self.dropout = nn.Dropout(dropout)
         self.dispatch = dispatch
+        self.gated = gated
         e, d, f = num_experts, hidden_size, ffn_size
-        self.w_in = nn.Parameter(torch.empty(e, d, f))
-        self.w_gate = nn.Parameter(torch.empty(e, d, f)) if gated else None
+        f_in = 2 * f if gated else f
+        self.w_in = nn.Parameter(torch.empty(e, d, f_in))
         self.w_out = nn.Parameter(torch.empty(e, f, d))
-        self.b_in = nn.Parameter(torch.zeros(e, f)) if bias else None
-        self.b_gate = nn.Parameter(torch.zeros(e, f)) if bias and gated else None
+        self.b_in = nn.Parameter(torch.zeros(e, f_in)) if bias else None
         self.b_out = nn.Parameter(torch.zeros(e, d)) if bias else None
         self.reset_parameters()
 
-    @property
-    def gated(self) -> bool:
-        return self.w_gate is not None
-
     def reset_parameters(self, std: float = 0.02) -> None:
         """Random init (the paper's choice): normal weights as in BERT/GPT-2 initialisation, zero biases."""
-        for weight in (self.w_in, self.w_gate, self.w_out):
-            if weight is not None:
-                nn.init.normal_(weight, std=std)
-        for bias in (self.b_in, self.b_gate, self.b_out):
+        for weight in (self.w_in, self.w_out):
+            nn.init.normal_(weight, std=std)
+        for bias in (self.b_in, self.b_out):
             if bias is not None:
                 nn.init.zeros_(bias)
+
+    def _inner(self, projected: torch.Tensor) -> torch.Tensor:
+        """`(rows, ffn)` from the input projection `(rows, ffn or 2 * ffn)`: the activation, or act(gate) * up."""
+        if not self.gated:
+            return self.activation(projected)
+        gate, up = projected.chunk(2, dim=-1)
+        return self.activation(gate) * up
 
     def backend_for(self, rows: torch.Tensor) -> str:
         if self.dispatch != "auto":
@@ -120,23 +132,16 @@ class Experts(nn.Module):
             return grouped_linear(x, weight.to(compute_dtype), bias, layout, backend=backend)
 
         with torch.autocast(device_type=hidden_states.device.type, enabled=False):
-            if self.gated:  # T5 v1.1, Llama: act(x W_gate + b_gate) * (x W_in + b_in), biases usually None
-                inner = self.activation(project(rows, self.w_gate, self.b_gate)) * project(rows, self.w_in, self.b_in)
-            else:
-                inner = self.activation(project(rows, self.w_in, self.b_in))  # (num_pairs, ffn)
+            # (num_pairs, ffn or 2 * ffn): one grouped GEMM for both halves of a gated FFN
+            inner = self._inner(project(rows, self.w_in, self.b_in))  # (num_pairs, ffn)
             pair_outputs = project(self.dropout(inner), self.w_out, self.b_out)  # (num_pairs, hidden)
             return combine_pairs(pair_outputs, layout, hidden_states.shape[0])
 
     def expert_forward(self, x: torch.Tensor, expert: int) -> torch.Tensor:
         """One expert on `(rows, hidden)` in x's dtype, without dispatch (the reference path uses it)."""
         dtype = x.dtype
-        w_in = self.w_in[expert].to(dtype)
         b_in = self.b_in[expert].to(dtype) if self.b_in is not None else 0
-        if self.gated:
-            b_gate = self.b_gate[expert].to(dtype) if self.b_gate is not None else 0
-            inner = self.activation(x @ self.w_gate[expert].to(dtype) + b_gate) * (x @ w_in + b_in)
-        else:
-            inner = self.activation(x @ w_in + b_in)
+        inner = self._inner(x @ self.w_in[expert].to(dtype) + b_in)
         out = self.dropout(inner) @ self.w_out[expert].to(dtype)
         return out + (self.b_out[expert].to(dtype) if self.b_out is not None else 0)
 
@@ -145,3 +150,20 @@ class Experts(nn.Module):
     ) -> torch.Tensor:
         """Per-token float64 computation of `forward`, for tests."""
         return reference_mixture(hidden_states, expert_index, weights, active, self.expert_forward)
+
+
+def fuse_gated_expert_weights(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """A state dict with every unfused gated expert (`...experts.w_gate` beside `...experts.w_in`, `(E, hidden,
+    ffn)` each, and their biases) rewritten to the fused `w_in` `(E, hidden, 2 * ffn)`, gate half first; a state
+    dict without them comes back as it is. For checkpoints written before the two halves were one weight.
+    """
+    prefixes = [key[: -len("w_gate")] for key in state if key.endswith(UNFUSED_GATE_KEYS[0])]
+    if not prefixes:
+        return state
+    state = dict(state)
+    for prefix in prefixes:  # "...experts."
+        for half in ("w", "b"):
+            gate = state.pop(f"{prefix}{half}_gate", None)
+            if gate is not None:
+                state[f"{prefix}{half}_in"] = torch.cat([gate, state[f"{prefix}{half}_in"]], dim=-1)
+    return state

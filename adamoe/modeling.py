@@ -22,6 +22,7 @@ from transformers import AutoConfig, AutoTokenizer, PretrainedConfig
 from transformers.utils import cached_file
 
 from .config import MoEConfig
+from .experts import fuse_gated_expert_weights
 from .patching import CONFIG_KEY, is_moe_model, moeify
 
 if TYPE_CHECKING:
@@ -262,7 +263,8 @@ def from_pretrained(
     # Every weight of the skeleton is overwritten by the checkpoint, so skip the expert initialisation.
     model = cls._from_config(config) if hasattr(cls, "_from_config") else cls.from_config(config)
     moeify(model, stored, initialize=False)
-    load_state_dict_strictly(model, _read_state_dict(name_or_path, hub_kwargs), source=name_or_path)
+    state = fuse_gated_expert_weights(_read_state_dict(name_or_path, hub_kwargs))  # an older gated checkpoint
+    load_state_dict_strictly(model, state, source=name_or_path)
     if dtype is not None and dtype != "auto":
         model.to(dtype=getattr(torch, dtype) if isinstance(dtype, str) else dtype)
     return model.eval()

@@ -7,9 +7,9 @@ and how the token-expert pairs are computed (`adamoe.dispatch`, no work for a sk
 
 - The router weight `(num_experts, hidden)` becomes the `Router`'s weight: the same `Parameter`, not a copy.
 - The experts' fused `gate_up_proj` `(num_experts, 2 * ffn, hidden)` (gate half first) and `down_proj`
-  `(num_experts, hidden, ffn)` are moved into adamoe's input-major layout, `w_gate`, `w_in` `(num_experts,
-  hidden, ffn)` and `w_out` `(num_experts, ffn, hidden)`. The native block is dropped as each layer is
-  converted, so the weights are never held twice beyond one layer.
+  `(num_experts, hidden, ffn)` are moved into adamoe's input-major layout, `w_in` `(num_experts, hidden,
+  2 * ffn)` (gate half first, as natively) and `w_out` `(num_experts, ffn, hidden)`. The native block is dropped
+  as each layer is converted, so the weights are never held twice beyond one layer.
 - Renormalisation: Mixtral always renormalises the top-k weights, Qwen-MoE and OLMoE when `norm_topk_prob`;
   that is `combine="normalized"`, else `"gate"`, unless the `MoEConfig` sets `combine` itself.
 - Qwen2-MoE's shared expert and its sigmoid gate stay the model's own modules (`SharedExpert`).
@@ -210,14 +210,13 @@ def looks_like_moe(hf_config: Any) -> bool:
 
 
 def moved_experts(native: NativeMoE) -> dict[str, nn.Parameter]:
-    """The native expert weights in adamoe's input-major layout: `w_gate`, `w_in` `(E, hidden, ffn)`, `w_out`
-    `(E, ffn, hidden)`. New tensors (a transpose), on the native device and dtype, as trainable as the native ones."""
-    f = native.ffn_size
+    """The native expert weights in adamoe's input-major layout: `w_in` `(E, hidden, 2 * ffn)` (gate half first),
+    `w_out` `(E, ffn, hidden)`. New tensors (a transpose), on the native device and dtype, as trainable as the
+    native ones."""
     grad = native.gate_up.requires_grad
     with torch.no_grad():
         gate_up = native.gate_up.detach()  # (E, 2 * ffn, hidden), act(x W_gate^T) * (x W_up^T)
         return {
-            "w_gate": nn.Parameter(gate_up[:, :f].transpose(1, 2).contiguous(), requires_grad=grad),
-            "w_in": nn.Parameter(gate_up[:, f:].transpose(1, 2).contiguous(), requires_grad=grad),
+            "w_in": nn.Parameter(gate_up.transpose(1, 2).contiguous(), requires_grad=grad),
             "w_out": nn.Parameter(native.down.detach().transpose(1, 2).contiguous(), requires_grad=grad),
         }

@@ -134,16 +134,16 @@ def _build_block(
 
 
 def _upcycle(experts: Experts, ffn: DenseFFN, noise: float) -> None:
-    """Every expert starts as the pretrained FFN (Linear `(out, in)` -> stacked `(in, out)`)."""
-    pairs = [(experts.w_in, ffn.w_in.t()), (experts.w_out, ffn.w_out.t())]
-    if ffn.w_gate is not None:
-        pairs.append((experts.w_gate, ffn.w_gate.t()))
-    for target, source in pairs:
+    """Every expert starts as the pretrained FFN (Linear `(out, in)` -> stacked `(in, out)`; a gated FFN's halves
+    side by side in `w_in`, gate first)."""
+    w_in = ffn.w_in if ffn.w_gate is None else torch.cat([ffn.w_gate, ffn.w_in], dim=0)  # (ffn or 2 * ffn, hidden)
+    b_in = ffn.b_in if ffn.b_gate is None else torch.cat([ffn.b_gate, ffn.b_in], dim=0)
+    for target, source in ((experts.w_in, w_in.t()), (experts.w_out, ffn.w_out.t())):
         target.copy_(source.unsqueeze(0).expand_as(target))
         if noise > 0:
             # Relative to the weight's own scale, so one value suits every layer and model size.
             target.add_(torch.randn_like(target) * noise * source.float().std().to(target.dtype))
-    for target, source in ((experts.b_in, ffn.b_in), (experts.b_gate, ffn.b_gate), (experts.b_out, ffn.b_out)):
+    for target, source in ((experts.b_in, b_in), (experts.b_out, ffn.b_out)):
         if target is not None:
             target.copy_(source.unsqueeze(0).expand_as(target))
 

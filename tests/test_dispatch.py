@@ -95,6 +95,39 @@ def test_matmul_flops_are_exactly_proportional_to_active_pairs():
         assert expert_flops(experts, 64, share) == per_pair * pairs
 
 
+class MatmulCount(TorchDispatchMode):
+    """Counts the matrix multiplies (mm, addmm, bmm, grouped mm) that run."""
+
+    def __init__(self):
+        super().__init__()
+        self.count = 0
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        if func.__name__.split(".")[0] in {"mm", "addmm", "bmm", "_grouped_mm"}:
+            self.count += 1
+        return func(*args, **(kwargs or {}))
+
+
+def test_a_gated_expert_multiplies_once_for_both_halves_gate_half_first():
+    experts = make_experts(True, True, "loop", num_experts=5)
+    index, weights, active = routing(40, 5)
+    x = torch.randn(40, 16)
+    with torch.no_grad(), MatmulCount() as counter:
+        out = experts(x, index, weights, active)
+    used = index[active].unique().numel()
+    assert counter.count == 2 * used  # per expert: [gate | up] in one multiply, then the output projection
+    # By hand, token by token: act(x W_gate + b_gate) * (x W_up + b_up), the gate the first ffn columns of w_in.
+    f = experts.ffn_size
+    want = torch.zeros_like(out)
+    with torch.no_grad():
+        for t, slot in active.nonzero().tolist():
+            e = int(index[t, slot])
+            w, b = experts.w_in[e], experts.b_in[e]
+            inner = nn.functional.gelu(x[t] @ w[:, :f] + b[:f]) * (x[t] @ w[:, f:] + b[f:])
+            want[t] += weights[t, slot] * (inner @ experts.w_out[e] + experts.b_out[e])
+    torch.testing.assert_close(out, want, rtol=1e-5, atol=1e-5)
+
+
 class LargestAllocation(TorchDispatchMode):
     """Records the largest tensor any op produces."""
 

@@ -158,6 +158,25 @@ def test_a_checkpoint_saved_before_top_k_loads_as_before(tmp_path):
     assert all(block.last_routing.top_k == 2 for _, block in adamoe.moe_blocks(loaded))
 
 
+@pytest.mark.parametrize("name", ["t5-gated", "llama"])  # llama's tiny config has biases on both halves
+def test_a_checkpoint_with_unfused_gated_experts_loads_as_before(name, tmp_path):
+    arch = arch_by_name(name)
+    model = saved_moe_model(arch, tmp_path)
+    # Rewrite the weights file the way adamoe stored gated experts before the fusion: w_gate and w_in, one half
+    # each, (E, hidden, ffn) (biases b_gate and b_in likewise).
+    path = tmp_path / "model.safetensors"
+    state, unfused = load_file(path), 0
+    for key in [k for k in state if k.endswith(("experts.w_in", "experts.b_in"))]:
+        gate, up = state.pop(key).chunk(2, dim=-1)
+        state[key.replace("_in", "_gate")], state[key] = gate.contiguous(), up.contiguous()
+        unfused += 1
+    assert unfused >= 4  # two layers (T5: four stacks' FFNs), weights at least
+    save_file(state, path, metadata={"format": "pt"})
+    inputs = arch.inputs()
+    loaded = adamoe.from_pretrained(str(tmp_path))
+    torch.testing.assert_close(loaded(**inputs).logits, model(**inputs).logits, rtol=0, atol=0)
+
+
 def test_a_top_k_checkpoint_round_trips(tmp_path):
     arch = arch_by_name("t5")
     cfg = MoEConfig(num_experts=4, top_k=4, threshold=0.4, expert_init="random", router_init_std=0.5)

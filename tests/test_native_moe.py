@@ -91,9 +91,7 @@ def test_the_pretrained_router_and_experts_are_kept_and_moved_not_copied(arch):
         layer = name.rsplit(".mlp", 1)[0]
         assert block.router.weight is gates[layer]  # the model's own router Parameter
         gate_up, down = fused[layer]
-        f = down.shape[-1]
-        assert torch.equal(block.experts.w_gate, gate_up[:, :f].transpose(1, 2))
-        assert torch.equal(block.experts.w_in, gate_up[:, f:].transpose(1, 2))
+        assert torch.equal(block.experts.w_in, gate_up.transpose(1, 2))  # gate half first, as natively
         assert torch.equal(block.experts.w_out, down.transpose(1, 2))
         if shared[layer] is not None:
             assert block.shared_expert.mlp is shared[layer]  # Qwen2-MoE's shared expert, as it was
@@ -164,7 +162,7 @@ def test_training_uses_the_balance_loss_and_refuses_router_logits():
     (out.loss + adamoe.balance_loss(model)).backward()
     block = adamoe.moe_blocks(model)[0][1]
     assert block.router.weight.grad is not None and block.router.weight.grad.abs().sum() > 0
-    assert block.experts.w_gate.grad is not None
+    assert block.experts.w_in.grad is not None
     with pytest.raises(ValueError, match="output_router_logits.*adamoe.balance_loss"):
         model(**inputs, output_router_logits=True)
 
