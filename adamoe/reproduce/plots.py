@@ -24,7 +24,8 @@ def plot_metric_vs_time(series: list[dict[str, Any]], path: Path, title: str) ->
     """Write a PNG with one panel per task.
 
     Args:
-        series: per task `{"task", "metric_name", "ours": [(label, x, y)], "paper": [(label, x, y)]}`.
+        series: per task `{"task", "metric_name", "ours": [(label, x, y[, x_sd, y_sd])], "paper": [(label, x, y)]}`;
+            a point's standard deviations over seeds (None: one seed) are drawn as error bars.
         path: where the PNG goes.
         title: the figure title.
     """
@@ -38,10 +39,13 @@ def plot_metric_vs_time(series: list[dict[str, Any]], path: Path, title: str) ->
         metric = entry["metric_name"]
         handles = []
         if entry["ours"]:
-            labels, xs, ys = zip(*entry["ours"], strict=True)
+            points = [(*p, None, None)[:5] for p in entry["ours"]]
+            labels, xs, ys, x_sds, y_sds = zip(*points, strict=True)
             handles.append(ax.scatter(xs, ys, color=OURS_COLOR, s=45, zorder=3, label="ours (left axis)"))
-            for label, x, y in entry["ours"]:
+            for label, x, y, x_sd, y_sd in points:
                 ax.annotate(label, (x, y), textcoords="offset points", xytext=(5, 5), fontsize=8, color=OURS_COLOR)
+                if x_sd is not None or y_sd is not None:  # ± one standard deviation over the seeds
+                    ax.errorbar(x, y, xerr=x_sd, yerr=y_sd, color=OURS_COLOR, linewidth=1, capsize=3, zorder=2)
         ax.set_ylabel(f"ours: {metric}", color=OURS_COLOR)
         ax.tick_params(axis="y", colors=OURS_COLOR)
         twin = ax.twinx()

@@ -355,10 +355,19 @@ def plot_series(table: int, rows: list[Row]) -> list[dict[str, Any]]:
         if table == 6:
             # Both points relative to the with-curriculum cell; the paper's full adaptive metric is Table 3's.
             base = _paper_row("table3", task=row["task"], scheme="adaptive").get("metric")
-            entry["ours"] += [("curriculum", 1.0, row["metric_with_curriculum"])]
-            inflation = row.get("cpu_time_inflation") if "cpu_time_inflation_n" in row else row["time_inflation"]
             entry["ours"] += [
-                ("no curriculum", None if inflation is None else 1.0 + inflation, row["metric_without_curriculum"])
+                ("curriculum", 1.0, row["metric_with_curriculum"], None, row.get("metric_with_curriculum_sd"))
+            ]
+            key = "cpu_time_inflation" if "cpu_time_inflation_n" in row else "time_inflation"
+            inflation = row[key]
+            entry["ours"] += [
+                (
+                    "no curriculum",
+                    None if inflation is None else 1.0 + inflation,
+                    row["metric_without_curriculum"],
+                    row.get(f"{key}_sd"),
+                    row.get("metric_without_curriculum_sd"),
+                )
             ]
             if base is not None and row["paper_time_inflation"] is not None:
                 entry["paper"] += [("curriculum", 1.0, base)]
@@ -367,12 +376,15 @@ def plot_series(table: int, rows: list[Row]) -> list[dict[str, Any]]:
                 ]
         else:
             # The CPU-time ratio where there is one (several seeds: the cpu scale), else the wall-clock one.
-            x = row.get("norm_cpu_time") if "norm_cpu_time_n" in row else row["norm_time"]
-            entry["ours"].append((row["short_label"], x, row["metric"]))
+            key = "norm_cpu_time" if "norm_cpu_time_n" in row else "norm_time"
+            # With several seeds, the standard deviations as error bars.
+            entry["ours"].append(
+                (row["short_label"], row.get(key), row["metric"], row.get(f"{key}_sd"), row.get("metric_sd"))
+            )
             entry["paper"].append((row["short_label"], row["paper_norm_time"], row["paper_metric"]))
     for entry in series.values():
         for key in ("ours", "paper"):
-            entry[key] = [(label, x, y) for label, x, y in entry[key] if x is not None and y is not None]
+            entry[key] = [point for point in entry[key] if point[1] is not None and point[2] is not None]
     return list(series.values())
 
 
