@@ -59,12 +59,10 @@ def test_every_cell_resolves_to_minilm_on_the_real_files_at_each_seed(scale, tmp
                 assert (training["per_device_train_batch_size"], data["max_train_samples"]) == (32, 1000)
             else:
                 assert data["train_file"] == str(tmp_path / "cpu" / "data" / "squad" / "train.json")
-                assert (data["max_seq_length"], data["doc_stride"], training["per_device_train_batch_size"]) == (
-                    384,
-                    128,
-                    16,
-                )
-            expected_epochs = {"sst2": 1.0, "squad": 0.4} if table in (3, 5) else {"sst2": 3.0, "squad": 2.0}
+                assert (data["max_seq_length"], data["doc_stride"], training["max_tokens"]) == (384, 128, 2560)
+                # The token budget decides the batches: it reaches the trainer's arguments as set.
+                assert FinetuneConfig.from_dict(config).training["max_tokens"] == 2560
+            expected_epochs = {"sst2": 1.0, "squad": 2.0} if table in (3, 5) else {"sst2": 3.0, "squad": 2.0}
             assert training["num_train_epochs"] == expected_epochs[experiment.task]
             if experiment.scheme == "dense":
                 assert config["moe"] is None
