@@ -19,10 +19,9 @@ kit = scale.prepare("results/cpu")        # {"sst2": CpuTask, "squad": CpuTask};
 kit["sst2"].overlay()                     # run-config sections laid over the packaged paper config
 ```
 
-The choices, and why (`SETTINGS`). Measured here: one SST-2 step (batch 32) of the upcycled MiniLM takes about
-2.7 s of CPU (3.7 s wall with another job on the second core) on one torch thread of this project's 2-core AMD
-EPYC, about three times the per-step cost of the earlier two-thread, idle-machine runs (108-141 s per 94-step
-epoch); a SQuAD step (16 windows, about 4,300 padded tokens against SST-2's 1,100) costs about four SST-2 steps.
+The choices, and why (`SETTINGS`). Measured here (docs/reproduce.md, "CPU scale on real weights: results"): one
+SST-2 step (batch 32) of MiniLM on one torch thread of this project's 2-core AMD EPYC takes 1.1 s of CPU dense,
+1.7 s top-1, 1.8 s adaptive (T = 0.1) and 2.3 s top-2; a SQuAD step (about 2,500 tokens) about twice that.
 
 - **Experts: 16 per FFN, every FFN, upcycled** (`expert_init: upcycle`, `combine: normalized`): the paper's 16
   experts, but each starts as a copy of MiniLM's pretrained FFN instead of at random. A thousand sentences or
@@ -33,13 +32,13 @@ epoch); a SQuAD step (16 windows, about 4,300 padded tokens against SST-2's 1,10
 - **Router initialisation: std 0.1** (adamoe's default; the paper configs keep transformers' 0.02). With 0.02
   the gate logits of layer-normed hidden states are so flat that nearly every token falls within T = 0.1 and
   takes two experts, and a run this short never leaves that start: adaptive gating would be top-2 by
-  construction. With 0.1 about a fifth of the tokens start in the two-expert band (22% in the pipeline check),
+  construction. With 0.1 about a fifth of the tokens start in the two-expert band (22% at the first logging event),
   near the paper's 11-26% after its full training.
 - **SST-2: batch 32, lr 2e-4 (10% warm-up, linear decay), the first 1,000 of the 3,000 training sentences, 1
   epoch** (32 steps) for Tables 3 and 5; Table 6's cells keep the paper config's 3 epochs (96 steps; the
   curriculum reorders from epoch 2 on), and all 500 validation sentences evaluate. Per seed that is 10 runs
-  (Table 5's T = 0.1 is Table 3's adaptive cell, its top-2 reference Table 3's), 448 steps, about 25 minutes:
-  **about 75 minutes for all three SST-2 tables over 3 seeds** (Table 3 ~22, Table 5 ~22, Table 6 ~30). lr
+  (Table 5's T = 0.1 is Table 3's adaptive cell, its top-2 reference Table 3's), 448 steps, about 15 minutes:
+  **45 minutes for all three SST-2 tables over 3 seeds, measured** (Table 3 13, Table 5 15, Table 6 17). lr
   2e-4 because a 32-step run at the README's 1e-4 (94 steps, accuracy 0.84) or the paper's 3e-5 (3 epochs on
   67k sentences) would hardly leave the start.
 - **SQuAD: batches of at most 2,560 tokens (about 17 windows; 72 steps an epoch), lr 2e-4 (10% warm-up),
