@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# What a GPU session runs for issue 4 (docs/performance.md, "CUDA"): the CUDA tests, then the benchmark.
+# What a GPU session runs (docs/performance.md, "CUDA"): the CUDA tests, then the benchmark.
 # OUT receives the test log and bench.md / bench.json. On a machine whose torch has CUDA, `make install` keeps
 # that torch; the packages the GPU image lacks (datasets, evaluate, rouge-score, ...) must be installed first.
 set -euo pipefail

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The dense MiniLM SQuAD baseline of issue 14, before any gating scheme is compared: the pretrained
+# The dense MiniLM SQuAD baseline, found before any gating scheme is compared (docs/reproduce.md): the pretrained
 # all-MiniLM-L6-v2 with no MoE, trained on the three training articles of the SQuAD sample (1,188 questions) and
 # evaluated on the held-out fourth (98 questions) after every epoch, for three peak learning rates. Then the best
 # run is scored on one of its own training articles, to see whether post-processing or the model holds F1 down.
