@@ -1,5 +1,5 @@
 """Per-layer two-expert shares over training, from the cpu scale's run folders: a check of why adaptive
-gating or the curriculum does or does not act).
+gating or the curriculum does or does not act.
 
     python scripts/routing_over_training.py results/cpu table6-sst2-curriculum table6-sst2-no-curriculum
 
