@@ -20,9 +20,6 @@ from torch import nn
 
 from .dispatch import PairLayout, combine_pairs, default_backend, grouped_linear, reference_mixture, sort_pairs
 
-# The suffixes of an unfused gated expert's halves in a state dict (checkpoints written before the fusion).
-UNFUSED_GATE_KEYS = ("experts.w_gate", "experts.b_gate")
-
 
 class Experts(nn.Module):
     """`num_experts` FFNs `x -> W_out(dropout(act(x W_in + b_in))) + b_out`, or for a gated FFN
@@ -84,6 +81,14 @@ class Experts(nn.Module):
         for bias in (self.b_in, self.b_out):
             if bias is not None:
                 nn.init.zeros_(bias)
+
+    def _load_from_state_dict(self, state_dict: dict[str, torch.Tensor], prefix: str, *args, **kwargs) -> None:
+        # Any load (a resumed Trainer checkpoint, `load_state_dict`) accepts the unfused halves of older
+        # checkpoints: fuse them in place before the parameters are matched.
+        if self.gated and prefix + "w_gate" in state_dict:
+            fused = fuse_gated_expert_weights({k: state_dict.pop(k) for k in list(state_dict) if k.startswith(prefix)})
+            state_dict.update(fused)
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
     def _inner(self, projected: torch.Tensor) -> torch.Tensor:
         """`(rows, ffn)` from the input projection `(rows, ffn or 2 * ffn)`: the activation, or act(gate) * up."""
@@ -157,7 +162,7 @@ def fuse_gated_expert_weights(state: dict[str, torch.Tensor]) -> dict[str, torch
     ffn)` each, and their biases) rewritten to the fused `w_in` `(E, hidden, 2 * ffn)`, gate half first; a state
     dict without them comes back as it is. For checkpoints written before the two halves were one weight.
     """
-    prefixes = [key[: -len("w_gate")] for key in state if key.endswith(UNFUSED_GATE_KEYS[0])]
+    prefixes = [key[: -len("w_gate")] for key in state if key.endswith("w_gate")]
     if not prefixes:
         return state
     state = dict(state)
