@@ -98,16 +98,17 @@ def forced_skips(
 
 
 class GatedFFN(nn.Module):
-    """The dense floor: `down(silu(gate(x)) * up(x))`, the expert of Mixtral and Qwen3-MoE as one FFN."""
+    """The dense floor: `down(silu(gate(x)) * up(x))`, the expert of Mixtral and Qwen3-MoE as one FFN, with gate
+    and up as one projection, as the experts compute them."""
 
     def __init__(self, hidden_size: int, ffn_size: int) -> None:
         super().__init__()
-        self.gate = nn.Linear(hidden_size, ffn_size, bias=False)
-        self.up = nn.Linear(hidden_size, ffn_size, bias=False)
+        self.gate_up = nn.Linear(hidden_size, 2 * ffn_size, bias=False)
         self.down = nn.Linear(ffn_size, hidden_size, bias=False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.down(nn.functional.silu(self.gate(x)) * self.up(x))
+        gate, up = self.gate_up(x).chunk(2, dim=-1)
+        return self.down(nn.functional.silu(gate) * up)
 
 
 def case_name(skip_fraction: float, top_k: int) -> str:

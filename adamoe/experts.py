@@ -83,11 +83,12 @@ class Experts(nn.Module):
                 nn.init.zeros_(bias)
 
     def _load_from_state_dict(self, state_dict: dict[str, torch.Tensor], prefix: str, *args, **kwargs) -> None:
-        # Any load (a resumed Trainer checkpoint, `load_state_dict`) accepts the unfused halves of older
-        # checkpoints: fuse them in place before the parameters are matched.
+        # Any load_state_dict accepts the unfused halves of older checkpoints: fuse them in place before the
+        # parameters are matched. (An older Trainer checkpoint's optimizer state keeps the halves apart, so it
+        # does not resume; its weights load.)
         if self.gated and prefix + "w_gate" in state_dict:
-            fused = fuse_gated_expert_weights({k: state_dict.pop(k) for k in list(state_dict) if k.startswith(prefix)})
-            state_dict.update(fused)
+            own = {k[len(prefix) :]: state_dict.pop(k) for k in list(state_dict) if k.startswith(prefix)}
+            state_dict.update({prefix + k: v for k, v in fuse_gated_expert_weights(own).items()})
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
     def _inner(self, projected: torch.Tensor) -> torch.Tensor:
@@ -162,13 +163,16 @@ def fuse_gated_expert_weights(state: dict[str, torch.Tensor]) -> dict[str, torch
     ffn)` each, and their biases) rewritten to the fused `w_in` `(E, hidden, 2 * ffn)`, gate half first; a state
     dict without them comes back as it is. For checkpoints written before the two halves were one weight.
     """
-    prefixes = [key[: -len("w_gate")] for key in state if key.endswith("w_gate")]
+    prefixes = [key[: -len("w_gate")] for key in state if key == "w_gate" or key.endswith("experts.w_gate")]
     if not prefixes:
         return state
     state = dict(state)
     for prefix in prefixes:  # "...experts."
         for half in ("w", "b"):
             gate = state.pop(f"{prefix}{half}_gate", None)
-            if gate is not None:
-                state[f"{prefix}{half}_in"] = torch.cat([gate, state[f"{prefix}{half}_in"]], dim=-1)
+            if gate is None:
+                continue
+            if f"{prefix}{half}_in" not in state:
+                raise KeyError(f"{prefix}{half}_gate has no {prefix}{half}_in beside it: the checkpoint is damaged.")
+            state[f"{prefix}{half}_in"] = torch.cat([gate, state[f"{prefix}{half}_in"]], dim=-1)
     return state

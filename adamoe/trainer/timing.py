@@ -117,6 +117,7 @@ class TimingCallback(TrainerCallback):
         self._excluded_s = 0.0
         self._cpu_start: float | None = None
         self._cpu_excluded_s = 0.0
+        self._cpu_before_s = 0.0  # process CPU of the run this one resumes
         self._elapsed_before_s = 0.0  # training time of the run this one resumes
         self._final: dict[str, Any] | None = None
 
@@ -137,12 +138,13 @@ class TimingCallback(TrainerCallback):
     def cpu_elapsed_s(self) -> float | None:
         """This process's CPU seconds (all its threads) since training began, evaluation excluded; None before.
 
-        Unlike `elapsed_s` it does not count a resumed run's time: it exists to compare runs on a shared machine,
-        where the CPU time of a process does not count the time it waited for a core.
+        Like `elapsed_s` it continues a resumed run's count. It exists to compare runs on a shared machine, where
+        the CPU time of a process does not count the time it waited for a core. Under several ranks it is this
+        rank's own.
         """
         if self._cpu_start is None:
             return None
-        return time.process_time() - self._cpu_start - self._cpu_excluded_s
+        return self._cpu_before_s + time.process_time() - self._cpu_start - self._cpu_excluded_s
 
     def elapsed_s(self, now: float | None = None) -> float:
         """Training seconds so far (including a resumed run's), evaluation excluded."""
@@ -238,6 +240,7 @@ class TimingCallback(TrainerCallback):
             routing.reduce(reduce_sum)
         return {
             "elapsed_s": self.elapsed_s(),
+            "cpu_elapsed_s": self.cpu_elapsed_s(),
             "smoothed_loss": self.smoothed_loss,
             "ema": self._smoother.ema,
             "num_losses": self._smoother.count,
@@ -255,6 +258,7 @@ class TimingCallback(TrainerCallback):
 
     def _apply_state(self, state: dict[str, Any]) -> None:
         self._elapsed_before_s = float(state["elapsed_s"])
+        self._cpu_before_s = float(state.get("cpu_elapsed_s") or 0.0)  # None: saved before training began
         # A state with only the smoothed value (no bias-correction terms): continue from it as settled.
         settled = state["smoothed_loss"]
         self._smoother = LossSmoother(

@@ -88,12 +88,14 @@ def test_state_round_trip_continues_the_clock() -> None:
     callback.record_batch(num_tokens=10)
     state = callback.state_dict()
     state["elapsed_s"] = 100.0  # as if the checkpointed run had trained for 100 s
+    state["cpu_elapsed_s"] = 80.0  # with 80 s of CPU
 
     resumed = TimingCallback(target_loss=0.5)
     resumed.load_state_dict(state)
     start = _begin(resumed)
     assert resumed.num_tokens == 10
     assert resumed.elapsed_s(now=start + 5.0) == pytest.approx(105.0)
+    assert 80.0 <= resumed.cpu_elapsed_s() < 81.0  # the CPU clock continues too
 
 
 def test_count_tokens() -> None:
