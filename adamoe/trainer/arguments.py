@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import copy
 import math
 from dataclasses import dataclass, field
+from typing import Any
 
 from transformers import Seq2SeqTrainingArguments, TrainingArguments
+
+from ..run_config import is_secret_key
 
 
 @dataclass
@@ -67,6 +71,24 @@ class AdaMoETrainingArguments(TrainingArguments):
             raise ValueError(f"max_tokens must be a positive integer or None, got {self.max_tokens}.")
         if not 0.0 <= self.target_loss_smoothing < 1.0:
             raise ValueError(f"target_loss_smoothing must be in [0, 1), got {self.target_loss_smoothing}.")
+
+    def __getstate__(self) -> dict[str, Any]:
+        # The Trainer pickles its arguments into every checkpoint as `training_args.bin`, and `push_to_hub`
+        # uploads that file: a `hub_token` given in the config would be published with the weights. The
+        # live object keeps it (pushing needs it); only the pickled copy goes without.
+        return {name: None if is_secret_key(name) else value for name, value in self.__dict__.items()}
+
+    # copy and deepcopy would otherwise go through `__getstate__`, and a copy would lose its token.
+    def __copy__(self) -> AdaMoETrainingArguments:
+        clone = self.__class__.__new__(self.__class__)
+        clone.__dict__.update(self.__dict__)
+        return clone
+
+    def __deepcopy__(self, memo: dict[int, Any]) -> AdaMoETrainingArguments:
+        clone = self.__class__.__new__(self.__class__)
+        memo[id(self)] = clone
+        clone.__dict__.update(copy.deepcopy(self.__dict__, memo))
+        return clone
 
 
 @dataclass

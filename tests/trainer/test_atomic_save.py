@@ -6,6 +6,7 @@ ENOSPC, as a disk filling up mid-write would.
 
 from __future__ import annotations
 
+import copy
 import errno
 import hashlib
 import os
@@ -13,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import torch
 from trainer_toys import pad_collate, tiny_bert, toy_dataset
 from transformers import PreTrainedModel, Trainer, TrainingArguments
 from transformers.trainer_utils import get_last_checkpoint
@@ -162,3 +164,31 @@ def test_a_hub_push_of_a_checkpoint_reads_the_published_folder(
     # The stock push uploads in the background, so it must not read the staging folder that is being renamed.
     assert pushed == [os.path.join(args.output_dir, f"checkpoint-{step}") for step in (2, 4)]
     assert all(os.path.isfile(os.path.join(folder, TIMING_STATE_NAME)) for folder in pushed)
+
+
+def test_a_hub_token_stays_out_of_the_saved_training_arguments(train_kwargs: dict[str, Any]) -> None:
+    token = "hf_NotARealTokenButLongEnough123"
+    kwargs = {**train_kwargs, "save_strategy": "steps", "save_steps": 2, "max_steps": 2, "hub_token": token}
+
+    def saved_args(args: TrainingArguments) -> tuple[bytes, Any]:
+        trainer_class = AdaMoETrainer if isinstance(args, AdaMoETrainingArguments) else Trainer
+        trainer = trainer_class(model=tiny_bert(), args=args, train_dataset=toy_dataset(8), data_collator=pad_collate)
+        trainer.train()
+        trainer.save_model()
+        out = Path(args.output_dir)
+        files = [out / "checkpoint-2" / "training_args.bin", out / "training_args.bin"]
+        blobs = [path.read_bytes() for path in files]
+        return b"".join(blobs), torch.load(files[0], weights_only=False)
+
+    # Pinned transformers behaviour, the reason for the override: the stock arguments pickle the token.
+    stock_bytes, _ = saved_args(TrainingArguments(**{**kwargs, "output_dir": kwargs["output_dir"] + "-stock"}))
+    assert token.encode() in stock_bytes
+
+    args = AdaMoETrainingArguments(**kwargs, curriculum=True, target_loss=0.5)
+    blob, loaded = saved_args(args)
+    assert token.encode() not in blob
+    assert args.hub_token == token  # the live arguments can still push
+    assert loaded.hub_token is None and type(loaded) is AdaMoETrainingArguments
+    assert (loaded.curriculum, loaded.target_loss, loaded.save_steps) == (True, 0.5, 2)
+    copied = copy.deepcopy(args)
+    assert copied.hub_token == token and copied.to_dict() == args.to_dict() and copied is not args
