@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 from datasets import Dataset, DatasetDict
@@ -9,6 +11,8 @@ from transformers import EvalPrediction
 
 from adamoe.tasks import TASKS, DataArgs
 from adamoe.tasks.squad import postprocess_predictions
+
+postprocess = postprocess_predictions  # the real one, for a counting wrapper
 
 DATA = DataArgs(max_seq_length=20, doc_stride=4)  # see `squad_example` in conftest.py
 ANSWER = "capital of france"
@@ -103,6 +107,33 @@ def test_compute_metrics_post_processes_and_scores_against_all_gold_answers(prep
     compute = TASKS["squad"].compute_metrics(prepared, bert_tokenizer, DATA)
     metrics = compute(EvalPrediction(predictions=(start_logits, end_logits), label_ids=None))
     assert metrics == {"exact_match": 0.0, "f1": pytest.approx(100 * 2 * (1 * 1 / 3) / (1 + 1 / 3))}
+
+
+def test_the_final_evaluation_post_processes_its_logits_once(prepared, bert_tokenizer, monkeypatch):
+    # compute_metrics and then prediction_files see the same logits at the end of a run.
+    import adamoe.tasks.squad as squad
+
+    calls = []
+    monkeypatch.setattr(squad, "postprocess_predictions", lambda *a, **k: calls.append(1) or postprocess(*a, **k))
+    task, features = TASKS["squad"], prepared.eval_features
+    start_logits, end_logits = np.zeros((2, 20)), np.zeros((2, 20))
+    start_logits[1, features[1]["start_positions"]] = end_logits[1, features[1]["end_positions"]] = 1.0
+    logits = (start_logits, end_logits)
+    metrics = task.compute_metrics(prepared, bert_tokenizer, DATA)(EvalPrediction(predictions=logits, label_ids=None))
+    files = task.prediction_files(EvalPrediction(predictions=logits, label_ids=None), prepared, bert_tokenizer, DATA)
+    assert metrics["exact_match"] == 100.0 and json.loads(files["eval_predictions.json"]) == {"q1": ANSWER}
+    assert len(calls) == 1
+
+    # Other logits (an equal copy too), or other span settings, are post-processed afresh.
+    decoy = (np.zeros((2, 20)), np.zeros((2, 20)))
+    decoy[0][0, 7] = decoy[1][0, 7] = 1.0
+    files = task.prediction_files(EvalPrediction(predictions=decoy, label_ids=None), prepared, bert_tokenizer, DATA)
+    assert json.loads(files["eval_predictions.json"]) == {"q1": "cat"} and len(calls) == 2
+    copied = EvalPrediction(predictions=(start_logits.copy(), end_logits.copy()), label_ids=None)
+    task.prediction_files(copied, prepared, bert_tokenizer, DATA)
+    one_best = DataArgs(max_seq_length=20, doc_stride=4, n_best_size=1)
+    task.prediction_files(copied, prepared, bert_tokenizer, one_best)
+    assert len(calls) == 4
 
 
 def test_doc_stride_must_fit_in_a_window(bert_tokenizer, squad_example):
