@@ -54,7 +54,7 @@ from .run_config import FinetuneConfig, RunConfigError, run_data_args
 from .tasks import DataArgs, get_task
 from .tasks.base import Task
 from .trainer import AdaMoESeq2SeqTrainer, AdaMoESeq2SeqTrainingArguments, AdaMoETrainer, AdaMoETrainingArguments
-from .trainer.checkpointing import STAGING_DIR, last_usable_checkpoint
+from .trainer.checkpointing import STAGING_DIR, check_resumable_without_fsdp, last_usable_checkpoint
 
 logger = logging.getLogger(__name__)
 
@@ -215,6 +215,8 @@ def finetune(config: FinetuneConfig) -> dict[str, Any]:
     tokenizer = load_tokenizer(config.model)
     args = training_arguments(config, task)
     trainer = build_trainer(config, task, model, tokenizer, train=True, args=args)
+    if config.resume and not trainer.is_fsdp_enabled:  # the trainer checks too, but after run_config.json is written
+        check_resumable_without_fsdp(get_last_checkpoint(config.output_dir))
     if trainer.eval_dataset is None:
         logger.warning(
             "No validation data (--validation-file): the run trains and saves the model but reports no metrics."

@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from accelerate.utils.constants import FSDP_MODEL_NAME
 from safetensors import safe_open
 from torch import nn
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, rotate_checkpoints
@@ -99,6 +100,22 @@ def check_checkpoint_files(folder: str | os.PathLike) -> None:
                 json.loads(path.read_text(encoding="utf-8"))
         except Exception as err:  # safetensors, zipfile and json each raise their own types
             raise CheckpointError(damaged_message(path, err)) from err
+
+
+def check_resumable_without_fsdp(folder: str | os.PathLike) -> None:
+    """Raise `CheckpointError` if `folder` was written by an FSDP run, whose optimizer state only FSDP can load.
+
+    Its `model.safetensors` is a full state dict like any other, so the weights are not lost: the message says
+    how to start from them.
+    """
+    folder = Path(folder)
+    if any(entry.name.startswith(FSDP_MODEL_NAME) for entry in folder.iterdir()):
+        raise CheckpointError(
+            f"{folder} was written by an FSDP run: its optimizer state is sharded or keyed the FSDP way, and "
+            "transformers resumes it only with FSDP on. Resume with the same `fsdp` and `fsdp_config` in the "
+            "run config's training section, launched as before (torchrun or accelerate launch, on GPUs); or "
+            f"start a new run from its weights with --model {folder} in a new --output-dir."
+        )
 
 
 def is_finite_checkpoint(folder: str | os.PathLike) -> bool:

@@ -69,6 +69,7 @@ from .checkpointing import (
     TIMING_STATE_NAME,
     AtomicCheckpointMixin,
     check_checkpoint_files,
+    check_resumable_without_fsdp,
 )
 from .console import CompactPrinterCallback, CompactProgressCallback, JsonLinesLogCallback
 from .data_order import DataOrderMixin
@@ -327,6 +328,8 @@ class AdaMoETrainerMixin:
         if self._resume_checkpoint is not None:
             # A damaged file would otherwise surface as a raw safetensors or zip error deep in the stock loader.
             check_checkpoint_files(self._resume_checkpoint)
+            if not self.is_fsdp_enabled:  # the stock loader would raise a bare ValueError for it
+                check_resumable_without_fsdp(self._resume_checkpoint)
             timing_path = os.path.join(self._resume_checkpoint, TIMING_STATE_NAME)
             if os.path.isfile(timing_path):
                 # Counts in the file are summed over ranks: one rank carries them on, or they would be counted W times.

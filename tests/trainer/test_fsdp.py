@@ -197,3 +197,27 @@ def test_fsdp_that_accelerate_does_not_enable_is_said(tmp_path_factory: pytest.T
     ranks, output = _launch(_run_config(tmp_path, training={"max_steps": 1}), tmp_path / "report", "stock")
     assert [ranks[r]["wrapped"] for r in range(WORLD)] == ["DistributedDataParallel"] * WORLD
     assert "fsdp is set, but accelerate did not enable FSDP" in output
+
+
+@pytest.mark.slow
+def test_resuming_an_fsdp_checkpoint_without_fsdp_says_how_and_keeps_the_run(
+    fsdp_runs: tuple[Path, dict, dict], tmp_path: Path
+) -> None:
+    from typer.testing import CliRunner
+
+    from adamoe.cli import app
+
+    base, _, _ = fsdp_runs
+    run = tmp_path / "run"
+    shutil.copytree(base / "run", run)
+    config = json.loads(_run_config(base, resume=True).read_text())
+    config["output_dir"] = str(run)
+    config["training"] = {k: v for k, v in config["training"].items() if k not in ("fsdp", "fsdp_config")}
+    (tmp_path / "resume.json").write_text(json.dumps(config))
+    before = {p: p.read_bytes() for p in run.rglob("*") if p.is_file()}
+
+    result = CliRunner().invoke(app, ["finetune", "--config", str(tmp_path / "resume.json")], terminal_width=200)
+    assert result.exit_code == 2, result.output + repr(result.exception)
+    assert "was written by an FSDP run" in result.output and "--model" in result.output
+    assert "Traceback" not in result.output
+    assert {p: p.read_bytes() for p in run.rglob("*") if p.is_file()} == before
