@@ -50,7 +50,8 @@ SST-2 step (batch 32) of MiniLM on one torch thread of this project's 2-core AMD
   cost of a step (4,300 padded tokens for 2,350 real ones). **Table 3 costs about 35 minutes a seed**
   (measured: dense 7, top-2 10, top-1 7.5, adaptive 8.5 minutes of wall clock), about 1 h 45 min over 3 seeds,
   not the half hour first hoped for: any budget that fits half an hour leaves F1 below 20, which compares
-  nothing.
+  nothing. Table 6's with-curriculum cells are Table 3's adaptive ones (the same run config), so it adds three
+  random-order runs, 26 minutes measured.
 - **Logging every 2 steps, loss smoothing 0.7**: 15 to 75 logging events per run; the time to the common
   target loss is read at a logging event (`normalise.py`), so coarser logging would quantise it.
 - **Seeds 42, 43, 44**: each cell runs once per seed (`cells/<cell id>-seed<seed>.json`); the tables show
