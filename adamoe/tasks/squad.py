@@ -319,7 +319,7 @@ class SquadTask:
         start_logits, end_logits = eval_pred.predictions[:2]
         settings = (data.n_best_size, data.max_answer_length)
         # The final evaluation scores the logits (compute_metrics) and then writes the same logits' answers
-        # (prediction_files); on the full dev set the post-processing is the slow half, so it runs once.
+        # (prediction_files): one post-processing pass serves both.
         # Weak references: a dead array's id can be reused, a dead reference cannot match.
         recent = getattr(self, "_recent_answers", None)
         if recent is not None:
