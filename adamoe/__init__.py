@@ -13,35 +13,35 @@ __version__ = "0.1.0"
 
 # Public name -> the submodule that defines it.
 _EXPORTS = {
-    "CheckpointError": "modeling",
-    "DenseFFN": "architectures",
-    "FFNSpec": "architectures",
-    "FFN_SPECS": "architectures",
-    "LayerRoutingStats": "stats",
-    "MoEBlock": "layer",
-    "MoEConfig": "config",
-    "MoEConfigError": "config",
-    "NATIVE_MOE_SPECS": "native",
-    "NativeMoE": "native",
-    "NativeMoESpec": "native",
-    "RouterNumericsError": "router",
-    "RoutingDecision": "router",
-    "RoutingStats": "stats",
-    "UnsupportedArchitectureError": "patching",
-    "balance_loss": "stats",
-    "check_patched_consistently": "modeling",
-    "from_pretrained": "modeling",
-    "is_moe_model": "patching",
-    "moe_blocks": "patching",
-    "moe_config_of": "modeling",
-    "moeify": "patching",
-    "per_sample_complexity": "stats",
-    "per_sample_two_expert_fractions": "stats",
-    "register_ffn_spec": "architectures",
-    "register_native_moe_spec": "native",
-    "routing_stats": "stats",
-    "set_routing": "patching",
-    "upcycled_parameter_count": "patching",
+    "CheckpointError": "patching.loading",
+    "DenseFFN": "patching.dense",
+    "FFNSpec": "patching.dense",
+    "FFN_SPECS": "patching.dense",
+    "LayerRoutingStats": "moe.stats",
+    "MoEBlock": "moe.block",
+    "MoEConfig": "moe.config",
+    "MoEConfigError": "moe.config",
+    "NATIVE_MOE_SPECS": "patching.native",
+    "NativeMoE": "patching.native",
+    "NativeMoESpec": "patching.native",
+    "RouterNumericsError": "moe.router",
+    "RoutingDecision": "moe.router",
+    "RoutingStats": "moe.stats",
+    "UnsupportedArchitectureError": "patching.patch",
+    "balance_loss": "moe.stats",
+    "check_patched_consistently": "patching.loading",
+    "from_pretrained": "patching.loading",
+    "is_moe_model": "moe.block",
+    "moe_blocks": "moe.block",
+    "moe_config_of": "patching.patch",
+    "moeify": "patching.patch",
+    "per_sample_complexity": "moe.stats",
+    "per_sample_two_expert_fractions": "moe.stats",
+    "register_ffn_spec": "patching.dense",
+    "register_native_moe_spec": "patching.native",
+    "routing_stats": "moe.stats",
+    "set_routing": "patching.patch",
+    "upcycled_parameter_count": "patching.patch",
 }
 
 __all__ = [
@@ -78,27 +78,26 @@ __all__ = [
 ]
 
 if TYPE_CHECKING:
-    from .architectures import FFN_SPECS, DenseFFN, FFNSpec, register_ffn_spec
-    from .config import MoEConfig, MoEConfigError
-    from .layer import MoEBlock
-    from .modeling import CheckpointError, check_patched_consistently, from_pretrained, moe_config_of
-    from .native import NATIVE_MOE_SPECS, NativeMoE, NativeMoESpec, register_native_moe_spec
-    from .patching import (
-        UnsupportedArchitectureError,
-        is_moe_model,
-        moe_blocks,
-        moeify,
-        set_routing,
-        upcycled_parameter_count,
-    )
-    from .router import RouterNumericsError, RoutingDecision
-    from .stats import (
+    from .moe.block import MoEBlock, is_moe_model, moe_blocks
+    from .moe.config import MoEConfig, MoEConfigError
+    from .moe.router import RouterNumericsError, RoutingDecision
+    from .moe.stats import (
         LayerRoutingStats,
         RoutingStats,
         balance_loss,
         per_sample_complexity,
         per_sample_two_expert_fractions,
         routing_stats,
+    )
+    from .patching.dense import FFN_SPECS, DenseFFN, FFNSpec, register_ffn_spec
+    from .patching.loading import CheckpointError, check_patched_consistently, from_pretrained
+    from .patching.native import NATIVE_MOE_SPECS, NativeMoE, NativeMoESpec, register_native_moe_spec
+    from .patching.patch import (
+        UnsupportedArchitectureError,
+        moe_config_of,
+        moeify,
+        set_routing,
+        upcycled_parameter_count,
     )
 
 

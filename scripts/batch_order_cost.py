@@ -23,8 +23,8 @@ import numpy as np
 import torch
 
 import adamoe
-from adamoe.patching import moe_blocks
-from adamoe.stats import balance_loss, routing_stats
+from adamoe.moe.stats import balance_loss, routing_stats
+from adamoe.patching.patch import moe_blocks
 from adamoe.tasks import DataArgs, get_task
 from adamoe.trainer.batching import token_budget_batches
 from adamoe.trainer.curriculum import curriculum_order

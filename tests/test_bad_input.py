@@ -22,7 +22,7 @@ from typer.testing import CliRunner
 
 from adamoe import MoEConfig
 from adamoe.cli import app
-from adamoe.finetune import convert
+from adamoe.run.recipe import convert
 
 
 @pytest.fixture(scope="module")

@@ -11,10 +11,13 @@ from tiny_models import ARCHITECTURES
 from torch import nn
 
 import adamoe
-from adamoe.bench import BenchConfig, forced_routing, main, mixtral_loop, run_benchmark
-from adamoe.bench_native import QUICK_NATIVE_SHAPES, forced_skips
-from adamoe.bench_train import force_two_expert_fraction
-from adamoe.experts import Experts
+from adamoe.bench.__main__ import main
+from adamoe.bench.config import QUICK_NATIVE_SHAPES, BenchConfig
+from adamoe.bench.layer import forced_routing, mixtral_loop
+from adamoe.bench.native import forced_skips
+from adamoe.bench.report import run_benchmark
+from adamoe.bench.train import force_two_expert_fraction
+from adamoe.moe.experts import Experts
 
 
 @pytest.fixture(scope="module")
@@ -155,7 +158,7 @@ def test_native_rows_report_the_forced_skips(tmp_path):
 
 
 def test_native_target_is_checked_on_cpu_runs():
-    from adamoe.bench import check_targets
+    from adamoe.bench.report import check_targets
 
     rows = [{"section": "native", "method": "adamoe", "skip_fraction": 0.5, "ratio_to_topk": r} for r in (0.6, 0.7)]
     target = check_targets(rows, "cpu")["native skip50/topk"]

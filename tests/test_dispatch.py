@@ -6,7 +6,7 @@ from torch import nn
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils.flop_counter import FlopCounterMode
 
-from adamoe.experts import Experts
+from adamoe.moe.experts import Experts
 
 BACKENDS = ["loop", "grouped_mm"]
 
@@ -192,7 +192,7 @@ def test_cuda_dispatch_equals_reference(backend, dtype, tol):
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 def test_auto_takes_the_fused_kernel_only_where_torch_has_one():
-    from adamoe.dispatch import default_backend
+    from adamoe.moe.dispatch import default_backend
 
     hopper = torch.cuda.get_device_capability() >= (9, 0)
     bf16 = torch.empty(4, 16, device="cuda", dtype=torch.bfloat16)
@@ -222,7 +222,7 @@ def test_an_moe_layer_reads_back_to_the_host_once_per_forward(monkeypatch, broke
     from tiny_models import arch_by_name
 
     import adamoe
-    from adamoe.router import RouterNumericsError
+    from adamoe.moe.router import RouterNumericsError
 
     arch = arch_by_name("bert")
     block = adamoe.moe_blocks(adamoe.moeify(arch.build(), adamoe.MoEConfig(num_experts=4)))[0][1]
@@ -316,9 +316,9 @@ def test_the_fixed_order_combine_equals_the_float64_reference(top_k, monkeypatch
     """The combine CUDA uses (pairs summed per token in slot order, no atomics), run here on CPU."""
     import functools
 
-    import adamoe.experts
-    from adamoe.dispatch import combine_pairs
+    import adamoe.moe.experts
+    from adamoe.moe.dispatch import combine_pairs
 
-    monkeypatch.setattr(adamoe.experts, "combine_pairs", functools.partial(combine_pairs, fixed_order=True))
+    monkeypatch.setattr(adamoe.moe.experts, "combine_pairs", functools.partial(combine_pairs, fixed_order=True))
     index, weights, active = routing_k(48, 10, top_k)
     assert_matches_float64_reference(True, True, "loop", 10, index, weights, active)

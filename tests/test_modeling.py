@@ -87,7 +87,7 @@ def test_a_different_structure_is_refused_and_a_different_routing_is_announced(t
     with pytest.raises(CheckpointError, match="num_experts: checkpoint 3, requested 8"):
         adamoe.from_pretrained(str(tmp_path), moe=MoEConfig(num_experts=8))
     requested = MoEConfig(num_experts=3, threshold=1.0)
-    with caplog.at_level(logging.WARNING, logger="adamoe.modeling"):
+    with caplog.at_level(logging.WARNING, logger="adamoe.patching.loading"):
         loaded = adamoe.from_pretrained(str(tmp_path), moe=requested)
     assert "threshold: 0.0 -> 1.0" in caplog.text
     loaded(**arch.inputs())
@@ -201,7 +201,7 @@ def test_the_load_report_of_a_new_task_head_is_one_line(tmp_path, caplog):
 
     from transformers import BertConfig, BertForSequenceClassification, BertModel
 
-    from adamoe.modeling import load_pretrained_quietly
+    from adamoe.patching.loading import load_pretrained_quietly
 
     BertModel(BertConfig(vocab_size=50, hidden_size=16, num_hidden_layers=1, num_attention_heads=2,
                          intermediate_size=32)).save_pretrained(tmp_path / "base")  # fmt: skip

@@ -13,7 +13,7 @@ from transformers import (
 
 import adamoe
 from adamoe import MoEConfig, MoEConfigError, UnsupportedArchitectureError
-from adamoe.native import NATIVE_MOE_SPECS, register_native_moe_spec
+from adamoe.patching.native import NATIVE_MOE_SPECS, register_native_moe_spec
 
 IDS = [a.name for a in NATIVE_MOES]
 

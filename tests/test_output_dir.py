@@ -24,8 +24,8 @@ from typer.testing import CliRunner
 
 from adamoe import MoEConfig
 from adamoe.cli import app
-from adamoe.finetune import convert
-from adamoe.output_dir import LOCK_NAME, RunLock
+from adamoe.run.output_dir import LOCK_NAME, RunLock
+from adamoe.run.recipe import convert
 from adamoe.trainer.checkpointing import last_usable_checkpoint
 
 
@@ -140,8 +140,8 @@ def test_the_lock_of_a_killed_run_is_stale_and_taken_over(kit: dict[str, Path]) 
         [
             sys.executable,
             "-c",
-            "import sys, time; from adamoe.output_dir import RunLock; lock = RunLock(sys.argv[1]); lock.__enter__(); "
-            "print('held', flush=True); time.sleep(60)",
+            "import sys, time; from adamoe.run.output_dir import RunLock; lock = RunLock(sys.argv[1]); "
+            "lock.__enter__(); print('held', flush=True); time.sleep(60)",
             str(out),
         ],
         stdout=subprocess.PIPE,
@@ -288,7 +288,7 @@ def _umask() -> int:
 
 def test_convert_of_a_python_caller_refuses_a_foreign_folder(kit: dict[str, Path], tmp_path: Path) -> None:
     home = _fake_home(tmp_path / "home")
-    from adamoe.output_dir import OutputDirError
+    from adamoe.run.output_dir import OutputDirError
 
     with pytest.raises(OutputDirError, match="holds no adamoe run"):
         convert(str(kit["model"]), str(home), MoEConfig(num_experts=4), model_class=AutoModelForSequenceClassification)

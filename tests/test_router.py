@@ -2,7 +2,7 @@ import pytest
 import torch
 
 from adamoe import MoEConfig
-from adamoe.router import Router, combine_weights, select_experts, select_top_k
+from adamoe.moe.router import Router, combine_weights, select_experts, select_top_k
 
 
 def rule_by_hand(probs, gating, threshold, threshold_on):

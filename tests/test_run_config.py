@@ -5,8 +5,8 @@ import json
 import pytest
 import torch
 
-from adamoe.finetune import OutputDirError, _prepare_output_dir
-from adamoe.run_config import FinetuneConfig, RunConfigError
+from adamoe.run.config import FinetuneConfig, RunConfigError
+from adamoe.run.recipe import OutputDirError, _prepare_output_dir
 
 # The paper's Table 2 hyper-parameters, as the issue lists them.
 PAPER = {
@@ -94,7 +94,7 @@ def test_resume_needs_a_checkpoint_and_the_same_settings(tmp_path):
 
 
 def test_an_unreachable_hub_model_points_at_the_offline_form(monkeypatch):
-    import adamoe.modeling as modeling
+    import adamoe.patching.loading as modeling
     from adamoe.tasks import get_task
 
     def offline(name, **kwargs):
@@ -112,7 +112,7 @@ def test_load_model_reads_the_config_once_and_loads_dense_and_patched_folders(tm
     from transformers import AutoConfig, AutoModelForSequenceClassification
 
     import adamoe
-    import adamoe.modeling as modeling
+    import adamoe.patching.loading as modeling
     from adamoe.tasks import get_task
 
     dense = write_model_folder(tmp_path / "dense")
@@ -164,7 +164,7 @@ def test_from_sources_keeps_an_adamoe_checkpoints_structure(tmp_path):
     from transformers import AutoModelForSequenceClassification
 
     from adamoe import MoEConfig
-    from adamoe.finetune import convert
+    from adamoe.run.recipe import convert
 
     dense = write_model_folder(tmp_path / "dense")
     convert(str(dense), str(tmp_path / "moe"), MoEConfig(num_experts=3, gating="top2"),

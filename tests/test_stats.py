@@ -6,7 +6,7 @@ from tiny_models import arch_by_name
 
 import adamoe
 from adamoe import MoEConfig
-from adamoe.balance import load_balancing_loss
+from adamoe.moe.balance import load_balancing_loss
 
 
 def patched(name, **moe):

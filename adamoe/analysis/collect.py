@@ -21,9 +21,9 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..layer import MoEBlock, per_sample_grid
-from ..patching import moe_blocks
-from ..router import RoutingDecision
+from ..moe.block import MoEBlock, per_sample_grid
+from ..moe.router import RoutingDecision
+from ..patching.patch import moe_blocks
 from .views import Example, Words, collate
 
 CONFIDENCE_BINS = np.linspace(0.5, 1.0, 51)  # p1 / (p1 + p2) lies in [0.5, 1]

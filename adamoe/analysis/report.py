@@ -23,9 +23,10 @@ from typing import Any
 
 from transformers import AutoTokenizer
 
-from ..modeling import load_model, moe_config_of
-from ..provenance import provenance, write_json_atomically
-from ..run_config import run_data_args
+from ..files import write_json_atomically
+from ..patching.loading import load_model, moe_config_of
+from ..run.config import run_data_args
+from ..run.provenance import provenance
 from ..tasks import DataArgs, get_task
 from .collect import RoutingCollection, collect_routing
 from .plots import plot_gate_confidence, plot_layer_fractions, plot_top_words
@@ -60,7 +61,7 @@ class AnalysisReport:
 
 
 def checkpoint_data(checkpoint: str | Path, **overrides: Any) -> DataArgs:
-    """The data settings `checkpoint` was trained with (`adamoe.run_config.run_data_args`), the training file
+    """The data settings `checkpoint` was trained with (`adamoe.run.config.run_data_args`), the training file
     left out, with the non-None `overrides` on top."""
     return run_data_args(checkpoint, train_file=None, **overrides)
 

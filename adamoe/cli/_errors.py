@@ -13,12 +13,12 @@ import typer
 def user_errors() -> tuple[type[BaseException], ...]:
     """The errors whose message already says what was wrong and what to do (imported when a command fails, so
     that `--help` imports none of the modules that define them)."""
-    from ..config import MoEConfigError
-    from ..modeling import CheckpointError
-    from ..output_dir import OutputDirError
-    from ..patching import UnsupportedArchitectureError
-    from ..router import RouterNumericsError
-    from ..run_config import RunConfigError
+    from ..moe.config import MoEConfigError
+    from ..moe.router import RouterNumericsError
+    from ..patching.loading import CheckpointError
+    from ..patching.patch import UnsupportedArchitectureError
+    from ..run.config import RunConfigError
+    from ..run.output_dir import OutputDirError
     from ..tasks import DataFormatError, HubUnreachableError
     from ..trainer.checkpointing import NonFiniteWeightsError
 

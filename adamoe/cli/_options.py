@@ -8,7 +8,7 @@ from typing import Annotated, Any
 
 import typer
 
-from ..config import MoEConfig
+from ..moe.config import MoEConfig
 from ..tasks import TASKS
 
 TaskName = Enum("TaskName", {name: name for name in TASKS}, type=str)

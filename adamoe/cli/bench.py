@@ -12,7 +12,7 @@ from typing import Annotated, Any
 
 import typer
 
-from ..bench_config import BenchConfig
+from ..bench.config import BenchConfig
 
 LIST_FIELDS = {"sections": str, "shapes": str, "mixtral_loop": str, "fractions": float}
 LIST_FIELDS |= {"native_shapes": str, "skip_fractions": float}
@@ -41,7 +41,7 @@ def _option(f: dataclasses.Field) -> tuple[Any, Any]:
 
 
 def bench_command(**values: Any) -> None:
-    from ..bench import run_benchmark, to_markdown
+    from ..bench.report import run_benchmark, to_markdown
 
     for name in LIST_FIELDS:
         if values.get(name) is None:

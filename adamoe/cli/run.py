@@ -1,4 +1,4 @@
-"""`adamoe finetune | evaluate | convert | tasks`: flags -> `adamoe.finetune` API calls -> a short report."""
+"""`adamoe finetune | evaluate | convert | tasks`: flags -> `adamoe.run.recipe` API calls -> a short report."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from ..run_config import RunConfigError
+from ..run.config import RunConfigError
 from ..tasks import TASKS, get_task
 from ._errors import friendly_errors
 from ._hub import uses_hub
@@ -124,8 +124,8 @@ def finetune_command(
     """
     from accelerate import PartialState
 
-    from .. import finetune as recipes
-    from ..run_config import FinetuneConfig
+    from ..run import recipe as recipes
+    from ..run.config import FinetuneConfig
 
     flags = moe_overrides(
         gating=gating, threshold=threshold, num_experts=num_experts, top_k=top_k, threshold_on=threshold_on,
@@ -240,8 +240,8 @@ def evaluate_command(
     """
     from accelerate import PartialState
 
-    from .. import finetune as recipes
-    from ..modeling import gating_of
+    from ..patching.loading import gating_of
+    from ..run import recipe as recipes
 
     training = {"per_device_eval_batch_size": batch_size} if batch_size else {}
     out = output_dir if output_dir is not None else checkpoint / "eval"
@@ -285,7 +285,7 @@ def convert_command(
 
     Example: adamoe convert --model bert-base-uncased --task sst2 --num-experts 8 -o bert-moe
     """
-    from .. import finetune as recipes
+    from ..run import recipe as recipes
 
     if gating is Gating.dense:
         raise RunConfigError("convert makes an MoE checkpoint; --gating dense would leave it unchanged.")
@@ -308,7 +308,7 @@ def convert_command(
     )
 
     def report(patched: Any) -> None:
-        from ..modeling import moe_config_of
+        from ..patching.loading import moe_config_of
 
         count = sum(p.numel() for p in patched.parameters())
         stored = moe_config_of(patched.config)

@@ -27,7 +27,7 @@ from typing import Any
 
 import yaml
 
-from ..run_config import deep_merge, packaged_run_config
+from ..run.config import deep_merge, packaged_run_config
 from ..tasks import TASKS as TASK_REGISTRY
 
 EXPERIMENTS_DIR = Path(__file__).resolve().parents[1] / "experiments"

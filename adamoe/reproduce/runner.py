@@ -36,9 +36,9 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ..finetune import finetune
-from ..provenance import write_json_atomically
-from ..run_config import FinetuneConfig
+from ..files import write_json_atomically
+from ..run.config import FinetuneConfig
+from ..run.recipe import finetune
 from ..smoke import SmokeTask, one_thread, write_smoke_kit
 from .cpu_scale import CPU_TASKS, SEEDS, CpuScale, CpuTask
 from .experiments import EXPERIMENTS_DIR, SCALES, TABLES, Experiment, load_experiments

@@ -33,7 +33,7 @@ from typing import Any
 
 import torch
 
-from ..run_config import deep_merge, packaged_run_config
+from ..run.config import deep_merge, packaged_run_config
 from ..tasks import TASKS as TASK_REGISTRY
 from .data import GENERATORS, corpus
 from .models import write_tiny_model

@@ -214,13 +214,6 @@ class Task(Protocol):
         """`TrainingArguments` fields this task needs (generation settings, best-model metric)."""
         ...
 
-    def analysis_view(
-        self, rows: Dataset, tokenizer: PreTrainedTokenizerBase, data: DataArgs, model_config: PretrainedConfig
-    ) -> list:
-        """The validation rows as the model sees them, each with the words its tokens belong to (what
-        `adamoe analyze` reports on; `adamoe.analysis.views` builds them)."""
-        ...
-
     def prediction_files(
         self,
         predictions: EvalPrediction,

@@ -25,7 +25,7 @@ from .seq2seq import (
 )
 
 if TYPE_CHECKING:
-    from datasets import Dataset, DatasetDict
+    from datasets import DatasetDict
     from transformers import EvalPrediction, PretrainedConfig, PreTrainedTokenizerBase
 
 SCHEMA = Schema(
@@ -94,18 +94,6 @@ class CNNDailyMailTask:
         model: Any = None,
     ) -> dict[str, str]:
         return generated_prediction_files(predictions, tokenizer)
-
-    def analysis_view(
-        self, rows: Dataset, tokenizer: PreTrainedTokenizerBase, data: DataArgs, model_config: PretrainedConfig
-    ) -> list:
-        """The validation rows as the model sees them, with words (`adamoe.analysis.views`)."""
-        from ..analysis.views import seq2seq_view
-
-        prefix = source_prefix(data, model_config, "summarization")
-        return seq2seq_view(
-            list(rows["article"]), list(rows["highlights"]), tokenizer, model_config, prefix,
-            data.max_source_length or MAX_SOURCE_LENGTH, data.max_target_length or MAX_TARGET_LENGTH,
-        )  # fmt: skip
 
     def training_overrides(self, data: DataArgs) -> dict[str, Any]:
         return generation_overrides(self.main_metric, data.max_target_length or MAX_TARGET_LENGTH, data.num_beams)

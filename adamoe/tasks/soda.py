@@ -168,13 +168,5 @@ class SodaTask:
             model, tokenizer, prepared.eval, max_new_tokens=data.max_target_length or MAX_RESPONSE_TOKENS
         ))}  # fmt: skip
 
-    def analysis_view(
-        self, rows: Dataset, tokenizer: PreTrainedTokenizerBase, data: DataArgs, model_config: PretrainedConfig
-    ) -> list:
-        """The validation rows as the model sees them, with words (`adamoe.analysis.views`)."""
-        from ..analysis.views import dialogue_view
-
-        return dialogue_view(rows, tokenizer, data.max_seq_length or MAX_SEQ_LENGTH)
-
     def training_overrides(self, data: DataArgs) -> dict[str, Any]:
         return {"metric_for_best_model": self.main_metric, "greater_is_better": self.greater_is_better}

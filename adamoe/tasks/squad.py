@@ -356,14 +356,6 @@ class SquadTask:
         answers = self._answers(predictions, prepared, data)
         return {"eval_predictions.json": json.dumps(answers, indent=2, ensure_ascii=False) + "\n"}
 
-    def analysis_view(
-        self, rows: Dataset, tokenizer: PreTrainedTokenizerBase, data: DataArgs, model_config: PretrainedConfig
-    ) -> list:
-        """The validation rows as the model sees them, with words (`adamoe.analysis.views`)."""
-        from ..analysis.views import qa_view
-
-        return qa_view(rows, tokenizer, data.max_seq_length or MAX_SEQ_LENGTH, data.doc_stride)
-
     def training_overrides(self, data: DataArgs) -> dict[str, Any]:
         # Named explicitly because a wrapped model's forward signature may not show the span label names.
         return {

@@ -126,13 +126,5 @@ class SST2Task:
         rows = "".join(f"{i}\t{int(label)}\n" for i, label in enumerate(labels))
         return {"eval_predictions.tsv": "index\tprediction\n" + rows}
 
-    def analysis_view(
-        self, rows: Dataset, tokenizer: PreTrainedTokenizerBase, data: DataArgs, model_config: PretrainedConfig
-    ) -> list:
-        """The validation rows as the model sees them, with words (`adamoe.analysis.views`)."""
-        from ..analysis.views import classification_view
-
-        return classification_view(rows, tokenizer, data.max_seq_length or MAX_SEQ_LENGTH)
-
     def training_overrides(self, data: DataArgs) -> dict[str, Any]:
         return {"metric_for_best_model": self.main_metric, "greater_is_better": self.greater_is_better}

@@ -21,7 +21,7 @@ from .io import Schema, read_rows
 from .metrics import token_nll
 
 if TYPE_CHECKING:
-    from datasets import Dataset, DatasetDict
+    from datasets import DatasetDict
     from transformers import (
         EvalPrediction,
         PretrainedConfig,
@@ -111,14 +111,6 @@ class WikiTextTask:
         model: Any = None,
     ) -> dict[str, str]:
         return {}  # scored by perplexity: there is no predicted text to re-score
-
-    def analysis_view(
-        self, rows: Dataset, tokenizer: PreTrainedTokenizerBase, data: DataArgs, model_config: PretrainedConfig
-    ) -> list:
-        """The validation rows as the model sees them, with words (`adamoe.analysis.views`)."""
-        from ..analysis.views import wikitext_view
-
-        return wikitext_view(rows, tokenizer, data.block_size or min(MAX_BLOCK_SIZE, tokenizer.model_max_length))
 
     def training_overrides(self, data: DataArgs) -> dict[str, Any]:
         return {"metric_for_best_model": self.main_metric, "greater_is_better": self.greater_is_better}

@@ -133,21 +133,5 @@ class WMT19Task:
     ) -> dict[str, str]:
         return generated_prediction_files(predictions, tokenizer)
 
-    def analysis_view(
-        self, rows: Dataset, tokenizer: PreTrainedTokenizerBase, data: DataArgs, model_config: PretrainedConfig
-    ) -> list:
-        """The validation rows as the model sees them, with words (`adamoe.analysis.views`)."""
-        from ..analysis.views import seq2seq_view
-
-        source, target = data.direction.split("-")
-        prefix = source_prefix(
-            data, model_config, "translation", source=LANGUAGE_NAMES[source], target=LANGUAGE_NAMES[target]
-        )
-        pairs = list(rows["translation"])
-        return seq2seq_view(
-            [p[source] for p in pairs], [p[target] for p in pairs], tokenizer, model_config, prefix,
-            data.max_source_length or MAX_SOURCE_LENGTH, data.max_target_length or MAX_TARGET_LENGTH,
-        )  # fmt: skip
-
     def training_overrides(self, data: DataArgs) -> dict[str, Any]:
         return generation_overrides(self.main_metric, data.max_target_length or MAX_TARGET_LENGTH, data.num_beams)

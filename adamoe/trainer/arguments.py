@@ -9,7 +9,7 @@ from typing import Any
 
 from transformers import Seq2SeqTrainingArguments, TrainingArguments
 
-from ..run_config import is_secret_key
+from ..files import is_secret_key
 
 
 @dataclass

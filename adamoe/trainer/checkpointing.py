@@ -29,8 +29,8 @@ from safetensors import safe_open
 from torch import nn
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, rotate_checkpoints
 
-from ..modeling import CheckpointError
-from ..output_dir import honour_umask
+from ..files import honour_umask
+from ..patching.loading import CheckpointError
 from .data_order import CURRICULUM_STATE_NAME
 
 logger = logging.getLogger(__name__)
@@ -285,7 +285,7 @@ class AtomicCheckpointMixin:
             )
 
     def create_model_card(self, *args: Any, **kwargs: Any) -> None:
-        """The stock card, unless the output folder already has adamoe's (`adamoe.model_card`), which says how
+        """The stock card, unless the output folder already has adamoe's (`adamoe.run.model_card`), which says how
         to load the experts and which the stock one, written on every push, would replace."""
         card = os.path.join(self.args.output_dir, "README.md")
         if os.path.isfile(card):

@@ -13,7 +13,7 @@ from collections.abc import Callable
 
 import torch
 
-from ..stats import RoutingStats
+from ..moe.stats import RoutingStats
 
 
 class RoutingMeter:

@@ -24,7 +24,7 @@ from typing import Any
 import torch
 from transformers import TrainerCallback, TrainerControl, TrainerState, TrainingArguments
 
-from ..stats import RoutingStats
+from ..moe.stats import RoutingStats
 from .meters import RoutingMeter
 
 

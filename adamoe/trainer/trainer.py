@@ -60,10 +60,10 @@ from transformers.trainer_utils import (
     get_last_checkpoint,
 )
 
-from ..modeling import check_patched_consistently
-from ..patching import is_moe_model
-from ..router import RouterNumericsError
-from ..stats import RoutingStats, balance_loss, routing_stats
+from ..moe.router import RouterNumericsError
+from ..moe.stats import RoutingStats, balance_loss, routing_stats
+from ..patching.loading import check_patched_consistently
+from ..patching.patch import is_moe_model
 from .checkpointing import (
     LOSS_STATE_NAME,
     TIMING_STATE_NAME,

@@ -6,7 +6,7 @@ import sys
 import pytest
 from typer.testing import CliRunner
 
-import adamoe.finetune as recipes
+import adamoe.run.recipe as recipes
 from adamoe.cli import app
 
 runner = CliRunner()

@@ -15,7 +15,7 @@ from adamoe.reproduce import cpu_scale
 from adamoe.reproduce.cpu_scale import CPU_TASKS, SEEDS, CpuScale, CpuScaleUnavailableError, write_squad_split
 from adamoe.reproduce.runner import cell_name, cell_set, resolve, scale_seeds
 from adamoe.reproduce.tables import write_table
-from adamoe.run_config import FinetuneConfig
+from adamoe.run.config import FinetuneConfig
 
 runner = CliRunner()
 

@@ -8,7 +8,7 @@ import json
 import pytest
 from transformers import AutoTokenizer
 
-from adamoe.finetune import FinetuneConfig, finetune
+from adamoe.run.recipe import FinetuneConfig, finetune
 from adamoe.smoke import BUDGETS, TASK_NAMES, write_smoke_kit
 from adamoe.smoke.data import DE_ADJECTIVES, DE_NOUNS, DE_VERBS
 from adamoe.tasks import DataArgs, get_task

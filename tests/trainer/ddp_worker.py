@@ -1,6 +1,6 @@
 """One rank of the data-parallel test: `torchrun --nproc_per_node 2 ddp_worker.py RUN_CONFIG.json REPORT_DIR`.
 
-Runs the unchanged `adamoe.finetune.finetune` on the run config, and writes `REPORT_DIR/rank{r}.json` with what
+Runs the unchanged `adamoe.run.recipe.finetune` on the run config, and writes `REPORT_DIR/rank{r}.json` with what
 this rank saw: the sample indices of each training batch (and the curriculum epoch), its own routing counts, the
 files it asked to write, a checksum of its final parameters and the results `finetune` returned.
 
@@ -20,8 +20,8 @@ import torch
 from transformers import PreTrainedModel
 
 import adamoe
-import adamoe.finetune as recipes
-from adamoe.router import Router
+import adamoe.run.recipe as recipes
+from adamoe.moe.router import Router
 from adamoe.trainer import AdaMoETrainerMixin
 
 RANK = int(os.environ["RANK"])

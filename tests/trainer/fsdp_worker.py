@@ -1,6 +1,6 @@
 """One rank of the FSDP2 test: `torchrun --nproc_per_node 2 fsdp_worker.py RUN_CONFIG.json REPORT_DIR`.
 
-Runs the unchanged `adamoe.finetune.finetune` on a run config whose `training:` section asks the Trainer for
+Runs the unchanged `adamoe.run.recipe.finetune` on a run config whose `training:` section asks the Trainer for
 FSDP2 (`fsdp: true` and an `fsdp_config`), and records what this rank held:
 
 - `REPORT_DIR/rank{r}.json`: the local shard shape and the global shape of every MoE block's expert weights, the
@@ -32,7 +32,7 @@ from accelerate.state import AcceleratorState, PartialState
 from accelerate.utils import DistributedType
 from torch.distributed.tensor import DTensor
 
-import adamoe.finetune as recipes
+import adamoe.run.recipe as recipes
 from adamoe.trainer import AdaMoETrainerMixin, AtomicCheckpointMixin
 from adamoe.trainer.checkpointing import NonFiniteWeightsError
 

@@ -1,7 +1,7 @@
 """Start a worker script on several CPU processes with torchrun (gloo), as a user's launcher would.
 
 Used by the data-parallel and FSDP tests, whose workers (`ddp_worker.py`, `fsdp_worker.py`) run the unchanged
-`adamoe.finetune.finetune` and write per-rank reports.
+`adamoe.run.recipe.finetune` and write per-rank reports.
 """
 
 from __future__ import annotations

@@ -20,7 +20,7 @@ from tiny_run import sst2_rows, write_model_folder, write_sst2
 from transformers import AutoTokenizer
 
 import adamoe
-from adamoe.experts import Experts
+from adamoe.moe.experts import Experts
 from adamoe.tasks import DataArgs, get_task
 from adamoe.trainer import CURRICULUM_STATE_NAME, curriculum_order
 from adamoe.trainer.batching import sample_lengths, token_budget_batches

@@ -13,7 +13,7 @@ from transformers import TrainerCallback
 import adamoe
 from adamoe import MoEConfig
 from adamoe.cli._errors import user_errors
-from adamoe.router import Router, RouterNumericsError
+from adamoe.moe.router import Router, RouterNumericsError
 from adamoe.trainer import AdaMoETrainer, AdaMoETrainingArguments
 
 

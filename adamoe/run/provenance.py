@@ -2,18 +2,14 @@
 
 from __future__ import annotations
 
-import json
 import os
 import platform
 import subprocess
-import tempfile
 from importlib import metadata
 from pathlib import Path
 from typing import Any
 
 import torch
-
-from .output_dir import honour_umask
 
 PACKAGES = ("adamoe", "torch", "transformers", "datasets", "accelerate", "sacrebleu", "rouge-score")
 
@@ -30,7 +26,7 @@ def package_versions() -> dict[str, str | None]:
 
 def git_commit() -> str | None:
     """The commit of the adamoe checkout, with '-dirty' when it has uncommitted changes; None outside git."""
-    repo = Path(__file__).resolve().parents[1]
+    repo = Path(__file__).resolve().parents[2]
     try:
         commit = subprocess.run(
             ["git", "-C", str(repo), "rev-parse", "HEAD"], capture_output=True, text=True, check=True, timeout=10
@@ -67,23 +63,3 @@ def _cpu_name() -> str:
 def provenance() -> dict[str, Any]:
     """Versions, commit and hardware, as one JSON-ready dict."""
     return {"versions": package_versions(), "git_commit": git_commit(), "hardware": hardware()}
-
-
-def write_json_atomically(path: str | os.PathLike, payload: Any) -> None:
-    """Write JSON next to `path` and move it into place, so a crash never leaves half a file there."""
-    write_text_atomically(path, json.dumps(payload, indent=2, sort_keys=False, default=str) + "\n")
-
-
-def write_text_atomically(path: str | os.PathLike, text: str) -> None:
-    """Write `text` next to `path` and move it into place, so a crash never leaves half a file there."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-        honour_umask(tmp)  # mkstemp made it 0600
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise

@@ -18,8 +18,9 @@ from typing import Any
 
 import yaml
 
-from .config import MoEConfig
-from .tasks import DataArgs, get_task
+from ..files import is_secret_key
+from ..moe.config import MoEConfig
+from ..tasks import DataArgs, get_task
 
 
 class RunConfigError(ValueError):
@@ -27,7 +28,7 @@ class RunConfigError(ValueError):
 
 
 def _training_fields() -> dict[str, dataclasses.Field]:
-    from .trainer import AdaMoESeq2SeqTrainingArguments  # torch: only when a run config is built
+    from ..trainer import AdaMoESeq2SeqTrainingArguments  # torch: only when a run config is built
 
     return {f.name: f for f in dataclasses.fields(AdaMoESeq2SeqTrainingArguments)}
 
@@ -54,11 +55,6 @@ AT_LEAST_ONE = {
 }  # fmt: skip
 POSITIVE = {"learning_rate", "num_train_epochs", "logging_steps", "save_steps", "eval_steps"}
 NON_NEGATIVE = {"weight_decay", "warmup_steps", "warmup_ratio", "max_grad_norm", "doc_stride"}
-
-
-def is_secret_key(name: str) -> bool:
-    """`hub_token`, `token`, `hf_token`...: credentials, never written to a file (`max_tokens` is a count)."""
-    return name.lower() == "token" or name.lower().endswith("_token")
 
 
 def _numeric_kind(annotation: Any) -> type | None:
@@ -273,7 +269,7 @@ class FinetuneConfig:
 def _stored_moe_config(model: str) -> MoEConfig | None:
     """An adamoe checkpoint's MoE config; None for a dense model or one that cannot be read yet (a wrong path or
     an unreachable Hub id: loading the model explains that, once the run starts)."""
-    from .modeling import stored_moe_config  # transformers: only when a run config is built from a model
+    from ..patching.loading import stored_moe_config  # transformers: only when a run config is built from a model
 
     try:
         return stored_moe_config(model)
@@ -352,7 +348,7 @@ def run_data_args(folder: str | Path, **overrides: Any) -> DataArgs:
     return DataArgs(**values)
 
 
-PACKAGED_CONFIGS = Path(__file__).parent / "configs"
+PACKAGED_CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 
 
 def resolve_config_path(name_or_path: str | Path) -> Path:

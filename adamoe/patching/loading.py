@@ -21,12 +21,13 @@ from torch import nn
 from transformers import AutoConfig, AutoTokenizer, PretrainedConfig
 from transformers.utils import cached_file
 
-from .config import MoEConfig
-from .experts import fuse_gated_expert_weights
-from .patching import CONFIG_KEY, is_moe_model, moeify
+from ..moe.block import is_moe_model
+from ..moe.config import MoEConfig
+from ..moe.experts import fuse_gated_expert_weights
+from .patch import CONFIG_KEY, moe_config_of, moeify
 
 if TYPE_CHECKING:
-    from .tasks.base import Task
+    from ..tasks.base import Task
 
 logger = logging.getLogger(__name__)
 
@@ -37,13 +38,6 @@ SAFE_WEIGHTS, SAFE_INDEX, TORCH_WEIGHTS = "model.safetensors", "model.safetensor
 
 class CheckpointError(RuntimeError):
     """A checkpoint cannot be loaded as the MoE model its config describes."""
-
-
-def moe_config_of(model_or_config: Any) -> MoEConfig | None:
-    """The `MoEConfig` stored in a model's (or a transformers config's) `adamoe` entry, if any."""
-    config = getattr(model_or_config, "config", model_or_config)
-    stored = getattr(config, CONFIG_KEY, None)
-    return None if stored is None else MoEConfig.from_dict(dict(stored))
 
 
 def load_pretrained_quietly(model_class: Any, name_or_path: str, **kwargs: Any) -> nn.Module:

@@ -256,7 +256,7 @@ def register_ffn_spec(model_type: str, spec: FFNSpec, *, overwrite: bool = False
 
     Example:
         ```python
-        >>> from adamoe.architectures import FFN_SPECS, register_ffn_spec
+        >>> from adamoe.patching.dense import FFN_SPECS, register_ffn_spec
         >>> register_ffn_spec("camembert", FFN_SPECS["roberta"])
         ```
     """

@@ -4,7 +4,7 @@
 
 ```python
 from adamoe import MoEConfig
-from adamoe.finetune import FinetuneConfig, finetune
+from adamoe.run.recipe import FinetuneConfig, finetune
 from adamoe.tasks import DataArgs
 
 results = finetune(FinetuneConfig(task="sst2", model="bert-base-uncased", moe=MoEConfig(threshold=0.1),
@@ -12,7 +12,7 @@ results = finetune(FinetuneConfig(task="sst2", model="bert-base-uncased", moe=Mo
 print(results["metrics"]["accuracy"], results["train_time_s"])
 ```
 
-The run config itself (`FinetuneConfig`, its YAML form and validation) lives in `adamoe.run_config`.
+The run config itself (`FinetuneConfig`, its YAML form and validation) lives in `adamoe.run.config`.
 """
 
 from __future__ import annotations
@@ -31,14 +31,21 @@ import torch
 from transformers import AutoTokenizer, EvalPrediction, PreTrainedModel, set_seed
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, get_last_checkpoint
 
-from .config import MoEConfig
-from .model_card import write_model_card
-from .modeling import (
+from ..files import honour_umask, write_json_atomically, write_text_atomically
+from ..moe.config import MoEConfig
+from ..patching.loading import (
     from_pretrained,
     load_model,
     load_tokenizer,
     moe_config_of,
 )
+from ..patching.patch import is_moe_model, set_routing
+from ..tasks import DataArgs, get_task
+from ..tasks.base import Task
+from ..trainer import AdaMoESeq2SeqTrainer, AdaMoESeq2SeqTrainingArguments, AdaMoETrainer, AdaMoETrainingArguments
+from ..trainer.checkpointing import STAGING_DIR, check_resumable_without_fsdp, last_usable_checkpoint
+from .config import FinetuneConfig, RunConfigError, run_data_args
+from .model_card import write_model_card
 from .output_dir import (
     RESULTS_NAME,
     RUN_CONFIG_NAME,
@@ -46,15 +53,8 @@ from .output_dir import (
     RunLock,
     check_output_dir,
     clear_run_files,
-    honour_umask,
 )
-from .patching import is_moe_model, set_routing
-from .provenance import provenance, write_json_atomically, write_text_atomically
-from .run_config import FinetuneConfig, RunConfigError, run_data_args
-from .tasks import DataArgs, get_task
-from .tasks.base import Task
-from .trainer import AdaMoESeq2SeqTrainer, AdaMoESeq2SeqTrainingArguments, AdaMoETrainer, AdaMoETrainingArguments
-from .trainer.checkpointing import STAGING_DIR, check_resumable_without_fsdp, last_usable_checkpoint
+from .provenance import provenance
 
 logger = logging.getLogger(__name__)
 
@@ -71,7 +71,7 @@ TRAINING_DEFAULTS: dict[str, Any] = {
 
 
 def check_run_dir(config: FinetuneConfig) -> Path:
-    """Refuse an output folder this run may not write (see `adamoe.output_dir`); only looks, never writes.
+    """Refuse an output folder this run may not write (see `adamoe.run.output_dir`); only looks, never writes.
 
     With `resume`, the folder must hold a checkpoint of a run with the same task, model, MoE and data settings.
     """

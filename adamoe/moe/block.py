@@ -28,7 +28,7 @@ class MoEBlock(nn.Module):
         seq_first: the model passes `(seq_len, batch, hidden)` (FSMT) instead of `(batch, seq_len, hidden)`.
         output_dropout: dropout after the combine, where the replaced FFN module applied one itself (GPT-2).
         shared_expert: a module every token goes through, its output added to the mixture (Qwen2-MoE's
-            sigmoid-gated shared expert, `adamoe.native.SharedExpert`); None for none.
+            sigmoid-gated shared expert, `adamoe.patching.native.SharedExpert`); None for none.
     """
 
     def __init__(
@@ -99,6 +99,16 @@ class MoEBlock(nn.Module):
             f"layer={self.layer_name!r}, stack={self.stack}, gating={c.gating}, top_k={c.top_k}, "
             f"threshold={c.threshold}"
         )
+
+
+def moe_blocks(model: nn.Module) -> list[tuple[str, MoEBlock]]:
+    """`(module name, block)` for every MoE block of `model`, in model order."""
+    return [(name, module) for name, module in model.named_modules() if isinstance(module, MoEBlock)]
+
+
+def is_moe_model(model: nn.Module) -> bool:
+    """Whether `model` holds at least one MoE block."""
+    return any(isinstance(module, MoEBlock) for module in model.modules())
 
 
 def per_sample_grid(routing: RoutingDecision, values: torch.Tensor, seq_first: bool) -> torch.Tensor:

@@ -35,7 +35,7 @@ class Experts(nn.Module):
         bias: whether the projections have biases (BERT, GPT-2, BART, FSMT do; T5 and most gated FFNs do not;
             a gated FFN with biases has one on each half, and `b_in` is `(num_experts, 2 * ffn)`).
         dropout: dropout probability between the activation and the output projection.
-        dispatch: "auto", "grouped_mm" or "loop" (see `adamoe.dispatch`).
+        dispatch: "auto", "grouped_mm" or "loop" (see `adamoe.moe.dispatch`).
 
     Example:
         ```python
@@ -124,7 +124,7 @@ class Experts(nn.Module):
         return self.mix(hidden_states, sort_pairs(expert_index, weights, active, self.num_experts))
 
     def mix(self, hidden_states: torch.Tensor, layout: PairLayout) -> torch.Tensor:
-        """`forward` over pairs already sorted by `adamoe.dispatch.sort_pairs`: `(num_tokens, hidden)` out."""
+        """`forward` over pairs already sorted by `adamoe.moe.dispatch.sort_pairs`: `(num_tokens, hidden)` out."""
         compute_dtype = hidden_states.dtype
         if torch.is_autocast_enabled(hidden_states.device.type):
             # grouped_mm is not on autocast's cast lists, so cast by hand the way autocast casts a Linear.

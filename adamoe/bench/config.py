@@ -49,6 +49,29 @@ QUICK_SHAPES = {
 }
 
 
+@dataclass(frozen=True)
+class NativeShape:
+    """One MoE layer of a native MoE model: gated SiLU experts without biases, as Mixtral's and Qwen3-MoE's."""
+
+    name: str
+    hidden_size: int
+    ffn_size: int
+    num_experts: int
+    top_k: int  # k_max: the model's own fixed number of experts per token
+    cpu_divisor: int  # hidden and FFN are divided by this on CPU; experts and k_max stay
+
+
+NATIVE_SHAPES = {
+    "mixtral": NativeShape("mixtral", 4096, 14336, 8, 2, cpu_divisor=4),  # Mixtral-8x7B
+    "qwen3-moe": NativeShape("qwen3-moe", 2048, 768, 128, 8, cpu_divisor=2),  # Qwen3-30B-A3B
+}
+# `--quick`: the same expert counts and k_max at toy widths, for CI.
+QUICK_NATIVE_SHAPES = {
+    "mixtral": NativeShape("mixtral (quick)", 32, 112, 8, 2, cpu_divisor=1),
+    "qwen3-moe": NativeShape("qwen3-moe (quick)", 32, 12, 128, 8, cpu_divisor=1),
+}
+
+
 @dataclass
 class BenchConfig:
     """What `run_benchmark` measures. `None` fields take a per-device default (see `resolved`)."""
@@ -67,7 +90,7 @@ class BenchConfig:
         metadata={"help": "Forced two-expert shares of the layer section; 0 (top-1) and 1 (top-2) always run."},
     )
     native_shapes: tuple[str, ...] = field(
-        default=("mixtral", "qwen3-moe"), metadata={"help": "Names in bench_native.NATIVE_SHAPES."}
+        default=("mixtral", "qwen3-moe"), metadata={"help": "Names in NATIVE_SHAPES."}
     )
     skip_fractions: tuple[float, ...] = field(
         default=(0.0, 0.25, 0.5, 0.75),
@@ -117,8 +140,6 @@ class BenchConfig:
         for name in ("fractions", "skip_fractions"):
             if not all(0 <= f <= 1 for f in values[name]):
                 raise ValueError(f"{name} must lie in [0, 1], got {values[name]}.")
-        from .bench_native import NATIVE_SHAPES  # imported here: bench_native builds on this module
-
         unknown = set(values["sections"]) - set(SECTIONS)
         if (
             unknown

@@ -11,7 +11,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from .tasks.base import Task
+from ..tasks.base import Task
 
 CARD_NAME = "README.md"
 
@@ -123,7 +123,7 @@ model = adamoe.from_pretrained("PATH_OR_HUB_ID")
 
 def write_model_card(folder: str | Path, results: dict[str, Any], task: Task, run_config: dict[str, Any]) -> Path:
     """Write the card to `folder/README.md` atomically; returns its path."""
-    from .provenance import write_text_atomically
+    from ..files import write_text_atomically
 
     path = Path(folder) / CARD_NAME
     write_text_atomically(path, str(model_card(results, task, run_config)))

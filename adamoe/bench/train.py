@@ -10,12 +10,12 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from .bench import Case, measure
-from .bench_config import BenchConfig, Shape
-from .config import MoEConfig
-from .patching import moe_blocks, moeify, set_routing
-from .router import combine_weights
-from .stats import balance_loss, routing_stats
+from ..moe.config import MoEConfig
+from ..moe.router import combine_weights
+from ..moe.stats import balance_loss, routing_stats
+from ..patching.patch import moe_blocks, moeify, set_routing
+from .config import BenchConfig, Shape
+from .harness import Case, measure
 
 
 def build_model(shape: Shape, num_layers: int) -> nn.Module:

@@ -3,7 +3,7 @@
 These models already route every token through softmax gate probabilities to a fixed top-k of their experts.
 `moeify` keeps every pretrained weight and changes two things only: which of the top-k a token uses (the
 adaptive rule, up to k_max = the model's own `num_experts_per_tok` unless `MoEConfig.top_k` says otherwise)
-and how the token-expert pairs are computed (`adamoe.dispatch`, no work for a skipped slot).
+and how the token-expert pairs are computed (`adamoe.moe.dispatch`, no work for a skipped slot).
 
 - The router weight `(num_experts, hidden)` becomes the `Router`'s weight: the same `Parameter`, not a copy.
 - The experts' fused `gate_up_proj` `(num_experts, 2 * ffn, hidden)` (gate half first) and `down_proj`
@@ -194,7 +194,7 @@ def register_native_moe_spec(model_type: str, spec: NativeMoESpec, *, overwrite:
 
     Example:
         ```python
-        >>> from adamoe.native import NATIVE_MOE_SPECS, register_native_moe_spec
+        >>> from adamoe.patching.native import NATIVE_MOE_SPECS, register_native_moe_spec
         >>> register_native_moe_spec("my_moe", NATIVE_MOE_SPECS["qwen3_moe"])
         ```
     """

@@ -5,8 +5,8 @@ the model exactly as it was (never half patched). The MoE config is written into
 `adamoe`, which is how `save_pretrained`, Trainer checkpoints and `push_to_hub` carry it, with its "from the
 model" fields filled in.
 
-A dense model's FFNs are upcycled (`adamoe.architectures`); a native MoE model keeps its own router and
-experts, and only its routing rule and dispatch are replaced (`adamoe.native`).
+A dense model's FFNs are upcycled (`adamoe.patching.dense`); a native MoE model keeps its own router and
+experts, and only its routing rule and dispatch are replaced (`adamoe.patching.native`).
 """
 
 from __future__ import annotations
@@ -18,12 +18,12 @@ from typing import Any
 import torch
 from torch import nn
 
-from .architectures import FFN_SPECS, DenseFFN, FFNSpec, stack_of
-from .config import STRUCTURAL_FIELDS, VERSION_KEY, MoEConfig, MoEConfigError
-from .experts import Experts
-from .layer import MoEBlock
+from ..moe.block import MoEBlock, is_moe_model, moe_blocks
+from ..moe.config import STRUCTURAL_FIELDS, VERSION_KEY, MoEConfig, MoEConfigError
+from ..moe.experts import Experts
+from ..moe.router import Router
+from .dense import FFN_SPECS, DenseFFN, FFNSpec, stack_of
 from .native import NATIVE_MOE_SPECS, UNREPRODUCIBLE_ROUTING, NativeMoE, NativeMoESpec, looks_like_moe, moved_experts
-from .router import Router
 
 logger = logging.getLogger(__name__)
 
@@ -36,9 +36,16 @@ class UnsupportedArchitectureError(ValueError):
 
 def stored_config(config: MoEConfig) -> dict[str, Any]:
     """What `config.json` holds under `adamoe`: the config, and the adamoe version that wrote it."""
-    from . import __version__
+    from .. import __version__
 
     return {**config.to_dict(), VERSION_KEY: __version__}
+
+
+def moe_config_of(model_or_config: Any) -> MoEConfig | None:
+    """The `MoEConfig` stored in a model's (or a transformers config's) `adamoe` entry, if any."""
+    config = getattr(model_or_config, "config", model_or_config)
+    stored = getattr(config, CONFIG_KEY, None)
+    return None if stored is None else MoEConfig.from_dict(dict(stored))
 
 
 def set_routing(model: nn.Module, **changes: Any) -> MoEConfig:
@@ -55,8 +62,6 @@ def set_routing(model: nn.Module, **changes: Any) -> MoEConfig:
         >>> adamoe.set_routing(model, gating="adaptive", threshold=0.2)
         ```
     """
-    from .modeling import moe_config_of
-
     blocks = moe_blocks(model)
     stored = moe_config_of(model)
     if not blocks or stored is None:
@@ -77,16 +82,6 @@ def set_routing(model: nn.Module, **changes: Any) -> MoEConfig:
         block.router.config = dataclasses.replace(block.router.config, **changes)
     setattr(model.config, CONFIG_KEY, stored_config(new))
     return new
-
-
-def moe_blocks(model: nn.Module) -> list[tuple[str, MoEBlock]]:
-    """`(module name, block)` for every MoE block of `model`, in model order."""
-    return [(name, module) for name, module in model.named_modules() if isinstance(module, MoEBlock)]
-
-
-def is_moe_model(model: nn.Module) -> bool:
-    """Whether `model` holds at least one MoE block."""
-    return any(isinstance(module, MoEBlock) for module in model.modules())
 
 
 def _build_block(
@@ -406,8 +401,8 @@ def moeify(model: nn.Module, config: MoEConfig | None = None, *, initialize: boo
     """Replace the FFNs of `model` with adaptive-gated MoE blocks, in place, and return it.
 
     Args:
-        model: a Hugging Face model of a supported `model_type`: a dense one (`adamoe.architectures.FFN_SPECS`),
-            whose FFNs are upcycled into experts, or a native MoE (`adamoe.native.NATIVE_MOE_SPECS`: Mixtral,
+        model: a Hugging Face model of a supported `model_type`: a dense one (`adamoe.patching.dense.FFN_SPECS`),
+            whose FFNs are upcycled into experts, or a native MoE (`adamoe.patching.native.NATIVE_MOE_SPECS`: Mixtral,
             Qwen2-MoE, Qwen3-MoE, OLMoE), whose router and experts are kept and whose routing becomes adaptive.
         config: how to build the blocks; `MoEConfig()` when None. Its None fields come from the model (a native
             MoE's expert count, top-k and renormalisation; else 16 experts, k_max 2, renormalised).

@@ -19,7 +19,6 @@ from __future__ import annotations
 import fnmatch
 import os
 import shutil
-import stat
 from pathlib import Path
 
 RUN_CONFIG_NAME = "run_config.json"
@@ -197,34 +196,3 @@ class RunLock:
         (self.folder / LOCK_OWNER_NAME).unlink(missing_ok=True)
         (self.folder / LOCK_NAME).unlink(missing_ok=True)
         self._lock.release()
-
-
-def current_umask() -> int:
-    """The process umask (read from /proc where it can be, so no other thread sees it changed)."""
-    try:
-        for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith("Umask:"):
-                return int(line.split()[1], 8)
-    except OSError:
-        pass
-    mask = os.umask(0o022)
-    os.umask(mask)
-    return mask
-
-
-def honour_umask(path: str | os.PathLike) -> None:
-    """Give `path` (a file or a whole tree) the modes a plain `open`/`mkdir` would have given it.
-
-    Files written through `tempfile.mkstemp` or by safetensors are created 0600; once published they should be
-    as readable as every other file the user creates (0644 under umask 022).
-    """
-    mask = current_umask()
-    path = Path(path)
-    paths = [path, *path.rglob("*")] if path.is_dir() else [path]
-    for p in paths:
-        if p.is_symlink():
-            continue
-        mode = 0o777 if p.is_dir() else 0o666
-        if not p.is_dir() and os.stat(p).st_mode & stat.S_IXUSR:
-            mode = 0o777
-        os.chmod(p, mode & ~mask)

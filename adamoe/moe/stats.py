@@ -8,8 +8,7 @@ import torch
 from torch import nn
 
 from .balance import load_balancing_loss
-from .layer import MoEBlock, per_sample_grid
-from .patching import moe_blocks
+from .block import MoEBlock, moe_blocks, per_sample_grid
 
 
 @dataclass

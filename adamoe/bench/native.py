@@ -22,38 +22,15 @@ Run it alone: `python -m adamoe.bench --sections native --threads 1 --out bench-
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Any
 
 import torch
 from torch import nn
 
-from .bench import BenchConfig, backward_case, measure
-from .experts import Experts
-from .router import RoutingDecision, combine_weights
-
-
-@dataclass(frozen=True)
-class NativeShape:
-    """One MoE layer of a native MoE model: gated SiLU experts without biases, as Mixtral's and Qwen3-MoE's."""
-
-    name: str
-    hidden_size: int
-    ffn_size: int
-    num_experts: int
-    top_k: int  # k_max: the model's own fixed number of experts per token
-    cpu_divisor: int  # hidden and FFN are divided by this on CPU; experts and k_max stay
-
-
-NATIVE_SHAPES = {
-    "mixtral": NativeShape("mixtral", 4096, 14336, 8, 2, cpu_divisor=4),  # Mixtral-8x7B
-    "qwen3-moe": NativeShape("qwen3-moe", 2048, 768, 128, 8, cpu_divisor=2),  # Qwen3-30B-A3B
-}
-# `--quick`: the same expert counts and k_max at toy widths, for CI.
-QUICK_NATIVE_SHAPES = {
-    "mixtral": NativeShape("mixtral (quick)", 32, 112, 8, 2, cpu_divisor=1),
-    "qwen3-moe": NativeShape("qwen3-moe (quick)", 32, 12, 128, 8, cpu_divisor=1),
-}
+from ..moe.experts import Experts
+from ..moe.router import RoutingDecision, combine_weights
+from .config import NATIVE_SHAPES, QUICK_NATIVE_SHAPES, BenchConfig, NativeShape
+from .harness import backward_case, measure
 
 
 def native_shape(config: BenchConfig, name: str) -> tuple[NativeShape, int]:
