@@ -18,8 +18,7 @@ from typing import Any
 from datasets import Dataset
 from transformers import BatchEncoding, PretrainedConfig, PreTrainedTokenizerBase
 
-from ..tasks import DataArgs, cnn_dailymail, soda, squad, sst2, wikitext, wmt19
-from ..tasks.seq2seq import LANGUAGE_NAMES, source_prefix
+from ..tasks import DataArgs, get_task, soda, squad, sst2, wikitext
 from ..tasks.soda import build_example, turn_pairs
 
 
@@ -215,27 +214,16 @@ def dialogue_view(rows: Dataset, tokenizer: PreTrainedTokenizerBase, max_length:
     return examples
 
 
-def _translation_view(rows: Dataset, tokenizer: Any, data: DataArgs, model_config: PretrainedConfig) -> list[Example]:
-    source, target = data.direction.split("-")
-    prefix = source_prefix(
-        data, model_config, "translation", source=LANGUAGE_NAMES[source], target=LANGUAGE_NAMES[target]
-    )
-    pairs = list(rows["translation"])
-    return seq2seq_view(
-        [p[source] for p in pairs], [p[target] for p in pairs], tokenizer, model_config, prefix,
-        data.max_source_length or wmt19.MAX_SOURCE_LENGTH, data.max_target_length or wmt19.MAX_TARGET_LENGTH,
-    )  # fmt: skip
+def _pair_view(task: str) -> Any:
+    """The view of a sequence-to-sequence task: its own pairs, prefix and lengths (`Task.pair_format`)."""
+    form = get_task(task).pair_format
 
+    def view(rows: Dataset, tokenizer: Any, data: DataArgs, model_config: PretrainedConfig) -> list[Example]:
+        sources, targets = form.texts(rows, data)
+        prefix = form.prefix(data, model_config)
+        return seq2seq_view(sources, targets, tokenizer, model_config, prefix, *form.lengths(data))
 
-def _summarization_view(
-    rows: Dataset, tokenizer: Any, data: DataArgs, model_config: PretrainedConfig
-) -> list[Example]:
-    prefix = source_prefix(data, model_config, "summarization")
-    return seq2seq_view(
-        list(rows["article"]), list(rows["highlights"]), tokenizer, model_config, prefix,
-        data.max_source_length or cnn_dailymail.MAX_SOURCE_LENGTH,
-        data.max_target_length or cnn_dailymail.MAX_TARGET_LENGTH,
-    )  # fmt: skip
+    return view
 
 
 # Task name -> its view of the validation rows, with the defaults the task applies when DataArgs leaves a length
@@ -245,8 +233,8 @@ VIEWS: dict[str, Any] = {
     "squad": lambda rows, tok, data, cfg: qa_view(
         rows, tok, data.max_seq_length or squad.MAX_SEQ_LENGTH, data.doc_stride
     ),
-    "wmt19": _translation_view,
-    "cnn_dailymail": _summarization_view,
+    "wmt19": _pair_view("wmt19"),
+    "cnn_dailymail": _pair_view("cnn_dailymail"),
     "wikitext": lambda rows, tok, data, cfg: wikitext_view(
         rows, tok, data.block_size or min(wikitext.MAX_BLOCK_SIZE, tok.model_max_length)
     ),

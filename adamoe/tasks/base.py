@@ -1,8 +1,10 @@
-"""The task contract: `Task`, the data arguments every task reads, and the few helpers the task modules share.
+"""The task contract: `Task`, the data arguments every task reads, and the bodies every task shares.
 
-A task is one small module (see `registry.TASKS`) that knows where its data lives, how to turn rows into model
-inputs, which collator pads them, and how to score predictions. The trainer and the CLI only talk to this
-contract, so adding a task never touches them:
+A task is data plus the few functions in which tasks really differ. `Task` holds what it is (its data, model,
+metric and Hub task type) and points at its own `preprocess`, `compute_metrics` and `prediction_files`; what
+every task does alike (loading local files or the Hub, the best-model settings, the padding collator, reading
+logits out of an `EvalPrediction`) is written once here. The registry (`registry.TASKS`) lists one `Task` per
+module. The trainer and the CLI only talk to this contract, so adding a task never touches them:
 
 ```python
 task = TASKS["sst2"]
@@ -22,10 +24,11 @@ Every task's metrics come out of a plain `trainer.evaluate()`: QA post-processin
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal, Protocol
+from types import MappingProxyType
+from typing import TYPE_CHECKING, Any, Literal
 
 from .io import HubUnreachableError
 
@@ -37,19 +40,6 @@ if TYPE_CHECKING:
 TaskKind = Literal["classification", "qa", "seq2seq", "causal_lm"]
 DIRECTIONS = ("de-en", "en-de")
 SPLITS = ("train", "validation")
-
-
-def lazy_import(module: str, name: str) -> Any:
-    """A class attribute that imports `module.name` when first read, so that listing the tasks (`adamoe tasks`,
-    `--help`) needs neither torch nor transformers."""
-
-    class LazyAttribute:
-        def __get__(self, instance: object, owner: type) -> Any:
-            import importlib
-
-            return getattr(importlib.import_module(module), name)
-
-    return LazyAttribute()
 
 
 MetricsFn = Callable[["EvalPrediction"], dict[str, float]]
@@ -147,16 +137,26 @@ class PreparedData:
         eval: Evaluation features in model-input columns only (`eval_dataset` for the Trainer).
         eval_examples: QA only: the raw validation examples, for post-processing and the gold answers.
         eval_features: QA only: `eval` plus `example_id` and `offset_mapping`, row for row.
+        cache: Results a task derived from these features, kept for reuse within this data's lifetime.
     """
 
     train: Dataset | None
     eval: Dataset | None
     eval_examples: Dataset | None = None
     eval_features: Dataset | None = None
+    # What a task computed from these features and may need again (SQuAD: the answers post-processed from one
+    # set of logits, read by compute_metrics and then by prediction_files). It lives and dies with the data.
+    cache: dict[str, Any] = field(default_factory=dict, repr=False)
 
 
-class Task(Protocol):
-    """What every task module provides. Tasks are plain classes that match this shape; none inherits.
+Preprocess = Callable[["DatasetDict", "PreTrainedTokenizerBase", "DataArgs", "PretrainedConfig | None"], PreparedData]
+MetricsFactory = Callable[[PreparedData, "PreTrainedTokenizerBase", "DataArgs"], MetricsFn]
+PredictionFiles = Callable[..., dict[str, str]]
+
+
+@dataclass(frozen=True, eq=False)
+class Task:
+    """One task: a frozen description plus the functions in which it differs from the others.
 
     Attributes:
         name: Registry key and CLI `--task` value.
@@ -169,9 +169,23 @@ class Task(Protocol):
         metric_names: Keys of the dict `compute_metrics` returns.
         main_metric: The metric the paper reports (`metric_for_best_model`).
         greater_is_better: Whether a larger `main_metric` is better.
-        model_class: The transformers class that loads the model with the right head.
+        auto_model: The transformers Auto class that loads the model with the task's head (`model_class`).
+        read_file: Reads and checks one local data file.
+        offline_example: Example train and validation file names, for the message when the Hub is unreachable.
+        preprocess: `(raw, tokenizer, data, model_config=None) -> PreparedData`: rows into model features.
+        compute_metrics: `(prepared, tokenizer, data) -> compute_metrics`: the Trainer's `EvalPrediction` in,
+            metrics out.
+        prediction_files: `(predictions, prepared, tokenizer, data, model=None) -> {file name: text}`: the
+            validation predictions in the format official scorers read. `model` is there for a task that must
+            generate them (dialogue: its metric is the perplexity of the references); the others read
+            `predictions`.
+        data_collator: `(tokenizer, model=None) -> collator`: pads a list of features into a batch.
+        check_rows: `(rows, source, data) -> rows`: checks (or filters) one loaded split, `source` naming it.
         model_kwargs: Extra `from_pretrained` kwargs the head needs (e.g. `num_labels`).
         preprocess_logits_for_metrics: Reduces logits per batch before the Trainer stores them, or `None`.
+        extra_training_arguments: `TrainingArguments` fields the task needs beyond the best-model metric
+            (generation settings, label names), from the data arguments.
+        pair_format: Sequence-to-sequence tasks: how a row becomes a (source, target) pair (`seq2seq.PairFormat`).
     """
 
     name: str
@@ -184,48 +198,68 @@ class Task(Protocol):
     metric_names: tuple[str, ...]
     main_metric: str
     greater_is_better: bool
-    model_class: type
-    model_kwargs: dict[str, Any]
-    preprocess_logits_for_metrics: LogitsReducer | None
+    auto_model: str
+    read_file: Callable[[Path], Dataset]
+    offline_example: tuple[str, str]
+    preprocess: Preprocess
+    compute_metrics: MetricsFactory
+    prediction_files: PredictionFiles
+    data_collator: Callable[..., Any]
+    check_rows: Callable[[Dataset, str, DataArgs], Dataset] | None = None
+    model_kwargs: Mapping[str, Any] = field(default_factory=dict)
+    preprocess_logits_for_metrics: LogitsReducer | None = None
+    extra_training_arguments: Callable[[DataArgs], dict[str, Any]] | None = None
+    pair_format: Any = None
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "model_kwargs", MappingProxyType(dict(self.model_kwargs)))  # shared: read-only
+
+    @property
+    def model_class(self) -> type:
+        """The transformers class named by `auto_model`, imported on first use so that listing the tasks
+        (`adamoe tasks`, `--help`) needs neither torch nor transformers."""
+        import transformers
+
+        return getattr(transformers, self.auto_model)
 
     def load_raw(self, data: DataArgs) -> DatasetDict:
-        """Loads the raw rows: local files when `data` names any, the Hub otherwise."""
-        ...
+        """The raw rows: local files when `data` names any, the Hub otherwise; each split checked."""
+        raw = load_splits(
+            data, task=self.name, hub=self.hub_dataset, read_file=self.read_file, offline_example=self.offline_example
+        )
+        if self.check_rows is None:
+            return raw
+        from datasets import DatasetDict
 
-    def preprocess(
-        self,
-        raw: DatasetDict,
-        tokenizer: PreTrainedTokenizerBase,
-        data: DataArgs,
-        model_config: PretrainedConfig | None = None,
-    ) -> PreparedData:
-        """Tokenizes `raw` into model features (`model_config` picks model-specific bits such as T5 prefixes)."""
-        ...
-
-    def data_collator(self, tokenizer: PreTrainedTokenizerBase, model: Any = None) -> Callable:
-        """The collator that pads a list of features into a batch."""
-        ...
-
-    def compute_metrics(self, prepared: PreparedData, tokenizer: PreTrainedTokenizerBase, data: DataArgs) -> MetricsFn:
-        """The Trainer's `compute_metrics`: `EvalPrediction` over `prepared.eval` in, metrics out."""
-        ...
+        sources = {"train": data.train_file, "validation": data.validation_file}
+        return DatasetDict(
+            {split: self.check_rows(rows, sources[split] or f"{split} split", data) for split, rows in raw.items()}
+        )
 
     def training_overrides(self, data: DataArgs) -> dict[str, Any]:
-        """`TrainingArguments` fields this task needs (generation settings, best-model metric)."""
-        ...
+        """`TrainingArguments` fields this task needs: the best-model metric, and the task's own."""
+        overrides = {"metric_for_best_model": self.main_metric, "greater_is_better": self.greater_is_better}
+        if self.extra_training_arguments is not None:
+            overrides |= self.extra_training_arguments(data)
+        return overrides
 
-    def prediction_files(
-        self,
-        predictions: EvalPrediction,
-        prepared: PreparedData,
-        tokenizer: PreTrainedTokenizerBase,
-        data: DataArgs,
-        model: Any = None,
-    ) -> dict[str, str]:
-        """`{file name: text}` of the validation predictions in the format official scorers read (as the
-        transformers example scripts write them). `model` is there for a task that must generate them (dialogue:
-        its metric is the perplexity of the reference responses); the others read `predictions`."""
-        ...
+
+def logits_of(predictions: EvalPrediction) -> Any:
+    """The model's first output from an `EvalPrediction` (the Trainer hands a tuple when a model returns more)."""
+    out = predictions.predictions
+    return out[0] if isinstance(out, tuple) else out
+
+
+def padding_collator(tokenizer: PreTrainedTokenizerBase, model: Any = None) -> Any:
+    """Pads every feature of a batch to its longest row (`DataCollatorWithPadding`)."""
+    from transformers import DataCollatorWithPadding
+
+    return DataCollatorWithPadding(tokenizer)
+
+
+def no_prediction_files(predictions: EvalPrediction, prepared: PreparedData, *args: Any, **kwargs: Any) -> dict:
+    """For a task scored by perplexity over given text: there is no predicted text to re-score."""
+    return {}
 
 
 def load_splits(

@@ -3,21 +3,14 @@
 from __future__ import annotations
 
 from .base import Task
-from .cnn_dailymail import CNNDailyMailTask
-from .soda import SodaTask
-from .squad import SquadTask
-from .sst2 import SST2Task
-from .wikitext import WikiTextTask
-from .wmt19 import WMT19Task
+from .cnn_dailymail import CNN_DAILYMAIL
+from .soda import SODA
+from .squad import SQUAD
+from .sst2 import SST2
+from .wikitext import WIKITEXT
+from .wmt19 import WMT19
 
-TASKS: dict[str, Task] = {
-    "sst2": SST2Task(),
-    "squad": SquadTask(),
-    "wmt19": WMT19Task(),
-    "cnn_dailymail": CNNDailyMailTask(),
-    "wikitext": WikiTextTask(),
-    "soda": SodaTask(),
-}
+TASKS: dict[str, Task] = {task.name: task for task in (SST2, SQUAD, WMT19, CNN_DAILYMAIL, WIKITEXT, SODA)}
 
 
 def get_task(name: str) -> Task:

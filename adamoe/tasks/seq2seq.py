@@ -1,19 +1,25 @@
-"""Pieces shared by the two sequence-to-sequence tasks (wmt19, cnn_dailymail), as in HF `run_translation.py`
-and `run_summarization.py`: source prefixes per model type, source/target tokenization, the padding
-collator, and decoding generated ids for scoring.
+"""The one sequence-to-sequence implementation, used by translation (wmt19) and summarization (cnn_dailymail), as
+in HF `run_translation.py` and `run_summarization.py`: source prefixes per model type, source/target
+tokenization, the padding collator, generation settings, and decoding generated ids for scoring.
+
+A task differs only in its `PairFormat`: how a batch of rows becomes (source, target) texts, its prefix family
+and default lengths. `seq2seq_task` builds the whole `Task` from it and the task's description.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass
+from functools import partial
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from .base import DataArgs, PreparedData, prepare_splits
+from .base import DataArgs, PreparedData, Task, logits_of, prepare_splits
 
 if TYPE_CHECKING:
-    from datasets import DatasetDict
+    from datasets import Dataset, DatasetDict
     from transformers import DataCollatorForSeq2Seq, EvalPrediction, PretrainedConfig, PreTrainedTokenizerBase
 
 # model_type -> task family -> source prefix. T5 was pretrained on a multi-task mixture that names the task
@@ -61,25 +67,58 @@ def source_prefix(data: DataArgs, model_config: PretrainedConfig | None, family:
     return SOURCE_PREFIXES.get(model_type, {}).get(family, "").format(**fields)
 
 
-def prepare_pairs(
+@dataclass(frozen=True)
+class PairFormat:
+    """How a sequence-to-sequence task reads its rows: everything in which translation and summarization differ.
+
+    Args:
+        family: The key of `SOURCE_PREFIXES` ("translation", "summarization").
+        pairs: `(batch of raw rows, data) -> (sources, targets)`.
+        max_source_length: Source tokens kept when `DataArgs.max_source_length` is unset.
+        max_target_length: Target tokens kept (and generated) when `DataArgs.max_target_length` is unset.
+        prefix_fields: `data -> fields` that the family's prefix template is formatted with.
+        check_model: `(model_config, data) -> None`, raising `ValueError` for a model that cannot do the task.
+    """
+
+    family: str
+    pairs: Callable[[dict[str, list], DataArgs], tuple[list[str], list[str]]]
+    max_source_length: int
+    max_target_length: int
+    prefix_fields: Callable[[DataArgs], dict[str, str]] = lambda data: {}
+    check_model: Callable[[PretrainedConfig | None, DataArgs], None] | None = None
+
+    def lengths(self, data: DataArgs) -> tuple[int, int]:
+        """(source, target) token limits: the data arguments', else the task's defaults."""
+        return data.max_source_length or self.max_source_length, data.max_target_length or self.max_target_length
+
+    def prefix(self, data: DataArgs, model_config: PretrainedConfig | None) -> str:
+        """The text put before every source (`source_prefix`)."""
+        return source_prefix(data, model_config, self.family, **self.prefix_fields(data))
+
+    def texts(self, rows: Dataset, data: DataArgs) -> tuple[list[str], list[str]]:
+        """(sources, targets) of a whole split."""
+        return self.pairs(rows.to_dict(), data)
+
+
+def preprocess(
+    form: PairFormat,
     raw: DatasetDict,
     tokenizer: PreTrainedTokenizerBase,
     data: DataArgs,
-    pairs: Callable[[dict[str, list]], tuple[list[str], list[str]]],
-    *,
-    prefix: str,
-    max_source_length: int,
-    max_target_length: int,
+    model_config: PretrainedConfig | None = None,
 ) -> PreparedData:
-    """Tokenizes `prefix` + source as inputs and the target as `labels`, both truncated, for every split.
+    """Tokenizes prefix + source as inputs and the target as `labels`, both truncated, for every split.
 
-    `pairs` extracts the (sources, targets) texts from a batch of raw rows. No padding here: the collator pads
-    `labels` with -100, so padding never counts in the loss.
+    No padding here: the collator pads `labels` with -100, so padding never counts in the loss.
     """
+    if form.check_model is not None:
+        form.check_model(model_config, data)
+    prefix = form.prefix(data, model_config)
+    max_source_length, max_target_length = form.lengths(data)
     encode_targets = TARGET_ENCODERS.get(type(tokenizer).__name__)
 
     def tokenize(batch: dict[str, list]) -> dict[str, list]:
-        sources, targets = pairs(batch)
+        sources, targets = form.pairs(batch, data)
         features = tokenizer([prefix + s for s in sources], max_length=max_source_length, truncation=True)
         if encode_targets is None:
             labels = tokenizer(text_target=targets, max_length=max_target_length, truncation=True)["input_ids"]
@@ -98,16 +137,11 @@ def seq2seq_collator(tokenizer: PreTrainedTokenizerBase, model: Any = None) -> D
     return DataCollatorForSeq2Seq(tokenizer, model=model, label_pad_token_id=-100)
 
 
-def generation_overrides(main_metric: str, max_target_length: int, num_beams: int | None) -> dict[str, Any]:
+def generation_overrides(form: PairFormat, data: DataArgs) -> dict[str, Any]:
     """`Seq2SeqTrainingArguments` fields for scoring generated text rather than teacher-forced logits."""
-    overrides: dict[str, Any] = {
-        "predict_with_generate": True,
-        "generation_max_length": max_target_length,
-        "metric_for_best_model": main_metric,
-        "greater_is_better": True,
-    }
-    if num_beams is not None:
-        overrides["generation_num_beams"] = num_beams
+    overrides: dict[str, Any] = {"predict_with_generate": True, "generation_max_length": form.lengths(data)[1]}
+    if data.num_beams is not None:
+        overrides["generation_num_beams"] = data.num_beams
     return overrides
 
 
@@ -117,9 +151,7 @@ def decode_predictions(eval_pred: EvalPrediction, tokenizer: PreTrainedTokenizer
     The Trainer pads generated ids and labels across batches with -100, which is not a token id: it is
     mapped back to the pad token before decoding, and special tokens are skipped.
     """
-    predictions = eval_pred.predictions
-    if isinstance(predictions, tuple):
-        predictions = predictions[0]
+    predictions = logits_of(eval_pred)
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
 
     def decode(ids: np.ndarray) -> list[str]:
@@ -138,15 +170,42 @@ def generation_metrics(
     def compute_metrics(eval_pred: EvalPrediction) -> dict[str, float]:
         predictions, references = decode_predictions(eval_pred, tokenizer)
         metrics = score(predictions, references)
-        ids = eval_pred.predictions[0] if isinstance(eval_pred.predictions, tuple) else eval_pred.predictions
+        ids = logits_of(eval_pred)
         metrics["gen_len"] = float(np.mean(np.sum((ids != pad) & (ids >= 0), axis=1)))
         return metrics
 
     return compute_metrics
 
 
-def generated_prediction_files(predictions: EvalPrediction, tokenizer: PreTrainedTokenizerBase) -> dict[str, str]:
+def generated_prediction_files(
+    predictions: EvalPrediction, prepared: PreparedData, tokenizer: PreTrainedTokenizerBase, *args: Any, **kwargs: Any
+) -> dict[str, str]:
     """`generated_predictions.txt`: one generated text per validation example, in dataset order (line breaks
     inside a generation become spaces), as transformers' `run_translation.py` / `run_summarization.py` write it."""
     texts, _ = decode_predictions(predictions, tokenizer)
     return {"generated_predictions.txt": "".join(" ".join(text.split()) + "\n" for text in texts)}
+
+
+def seq2seq_task(
+    form: PairFormat,
+    score: Callable[[list[str], list[str]], dict[str, float]],
+    *,
+    read_file: Callable[[Path], Dataset],
+    **description: Any,
+) -> Task:
+    """A sequence-to-sequence `Task`: `form` says how rows become pairs, `score` how generations are scored
+    (`(predictions, references) -> metrics`), `description` the `Task`'s descriptive fields."""
+    return Task(
+        kind="seq2seq",
+        greater_is_better=True,
+        # FSMT is in the seq2seq auto mapping (transformers >= 5), so one class covers FSMT, T5, BART, Marian.
+        auto_model="AutoModelForSeq2SeqLM",
+        read_file=read_file,
+        preprocess=partial(preprocess, form),
+        compute_metrics=lambda prepared, tokenizer, data: generation_metrics(score, tokenizer),
+        prediction_files=generated_prediction_files,
+        data_collator=seq2seq_collator,
+        extra_training_arguments=partial(generation_overrides, form),
+        pair_format=form,
+        **description,
+    )

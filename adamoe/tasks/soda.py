@@ -16,7 +16,7 @@ from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from .base import DataArgs, MetricsFn, PreparedData, TaskKind, lazy_import, load_splits, prepare_splits
+from .base import DataArgs, PreparedData, Task, prepare_splits
 from .causal_lm import padding_lm_collator, perplexity_metrics
 from .io import DataFormatError, Schema, read_rows
 from .metrics import token_nll
@@ -108,65 +108,50 @@ def tokenize_dialogues(
     return {key: [example[key] for example in examples] for key in ("input_ids", "attention_mask", "labels")}
 
 
-class SodaTask:
-    name = "soda"
-    description = "Open-domain dialogue response modelling on social dialogues (SODA)."
-    kind: TaskKind = "causal_lm"
-    hub_dataset = ("allenai/soda", None)  # (path, config) of the default data on the Hub
-    hub_task_type = "text-generation"  # the Hub's task type, for model cards
-    default_model = "microsoft/DialoGPT-medium"
-    default_dataset = "SODA dialogues (allenai/soda)"
-    metric_names = ("perplexity", "nll")
-    main_metric = "perplexity"
-    greater_is_better = False
-    model_class = lazy_import("transformers", "AutoModelForCausalLM")
-    model_kwargs: dict[str, Any] = {}
-    preprocess_logits_for_metrics = staticmethod(token_nll)
+def preprocess(
+    raw: DatasetDict, tokenizer: PreTrainedTokenizerBase, data: DataArgs, model_config: PretrainedConfig | None = None
+) -> PreparedData:
+    if tokenizer.eos_token_id is None:
+        raise ValueError("soda needs a tokenizer with an EOS token: it separates context and response.")
+    max_length = data.max_seq_length or MAX_SEQ_LENGTH
+    if max_length < 3:
+        raise ValueError(f"max_seq_length must be at least 3 (EOS, a token, EOS), got {max_length}.")
+    return prepare_splits(raw, partial(tokenize_dialogues, tokenizer=tokenizer, max_length=max_length), data)
 
-    def load_raw(self, data: DataArgs) -> DatasetDict:
-        return load_splits(
-            data,
-            task=self.name,
-            hub=self.hub_dataset,
-            read_file=read_dialogue_file,
-            offline_example=("train.jsonl", "valid.jsonl"),
-        )
 
-    def preprocess(
-        self,
-        raw: DatasetDict,
-        tokenizer: PreTrainedTokenizerBase,
-        data: DataArgs,
-        model_config: PretrainedConfig | None = None,
-    ) -> PreparedData:
-        if tokenizer.eos_token_id is None:
-            raise ValueError("soda needs a tokenizer with an EOS token: it separates context and response.")
-        max_length = data.max_seq_length or MAX_SEQ_LENGTH
-        if max_length < 3:
-            raise ValueError(f"max_seq_length must be at least 3 (EOS, a token, EOS), got {max_length}.")
-        return prepare_splits(raw, partial(tokenize_dialogues, tokenizer=tokenizer, max_length=max_length), data)
+def prediction_files(
+    predictions: EvalPrediction,
+    prepared: PreparedData,
+    tokenizer: PreTrainedTokenizerBase,
+    data: DataArgs,
+    model: Any = None,
+) -> dict[str, str]:
+    """`generated_predictions.txt`: the model's greedy response to each validation context, one line per
+    (context, response) pair in dataset order, as `run_summarization.py` writes its generations."""
+    if model is None or prepared.eval is None:
+        return {}
+    return {"generated_predictions.txt": "".join(" ".join(t.split()) + "\n" for t in greedy_responses(
+        model, tokenizer, prepared.eval, max_new_tokens=data.max_target_length or MAX_RESPONSE_TOKENS
+    ))}  # fmt: skip
 
-    def data_collator(self, tokenizer: PreTrainedTokenizerBase, model: Any = None) -> Any:
-        return padding_lm_collator(tokenizer, model)
 
-    def compute_metrics(self, prepared: PreparedData, tokenizer: PreTrainedTokenizerBase, data: DataArgs) -> MetricsFn:
-        return perplexity_metrics
-
-    def prediction_files(
-        self,
-        predictions: EvalPrediction,
-        prepared: PreparedData,
-        tokenizer: PreTrainedTokenizerBase,
-        data: DataArgs,
-        model: Any = None,
-    ) -> dict[str, str]:
-        """`generated_predictions.txt`: the model's greedy response to each validation context, one line per
-        (context, response) pair in dataset order, as `run_summarization.py` writes its generations."""
-        if model is None or prepared.eval is None:
-            return {}
-        return {"generated_predictions.txt": "".join(" ".join(t.split()) + "\n" for t in greedy_responses(
-            model, tokenizer, prepared.eval, max_new_tokens=data.max_target_length or MAX_RESPONSE_TOKENS
-        ))}  # fmt: skip
-
-    def training_overrides(self, data: DataArgs) -> dict[str, Any]:
-        return {"metric_for_best_model": self.main_metric, "greater_is_better": self.greater_is_better}
+SODA = Task(
+    name="soda",
+    description="Open-domain dialogue response modelling on social dialogues (SODA).",
+    kind="causal_lm",
+    hub_dataset=("allenai/soda", None),
+    hub_task_type="text-generation",
+    default_model="microsoft/DialoGPT-medium",
+    default_dataset="SODA dialogues (allenai/soda)",
+    metric_names=("perplexity", "nll"),
+    main_metric="perplexity",
+    greater_is_better=False,
+    auto_model="AutoModelForCausalLM",
+    read_file=read_dialogue_file,
+    offline_example=("train.jsonl", "valid.jsonl"),
+    preprocess=preprocess,
+    compute_metrics=lambda prepared, tokenizer, data: perplexity_metrics,
+    prediction_files=prediction_files,
+    data_collator=padding_lm_collator,
+    preprocess_logits_for_metrics=token_nll,
+)

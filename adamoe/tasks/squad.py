@@ -23,18 +23,13 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from .base import DataArgs, MetricsFn, PreparedData, TaskKind, lazy_import, load_splits, tokenize_split
+from .base import DataArgs, MetricsFn, PreparedData, Task, padding_collator, tokenize_split
 from .io import DataFormatError, Schema, check_columns, check_file, read_rows
 from .metrics import squad_metrics
 
 if TYPE_CHECKING:
     from datasets import Dataset, DatasetDict
-    from transformers import (
-        DataCollatorWithPadding,
-        EvalPrediction,
-        PretrainedConfig,
-        PreTrainedTokenizerBase,
-    )
+    from transformers import EvalPrediction, PretrainedConfig, PreTrainedTokenizerBase
 
 SCHEMA = Schema(
     columns=("id", "context", "question", "answers"),
@@ -236,130 +231,101 @@ def postprocess_predictions(
     return predictions
 
 
-class SquadTask:
-    name = "squad"
-    description = "Extractive question answering over Wikipedia paragraphs (SQuAD v1.1)."
-    kind: TaskKind = "qa"
-    hub_dataset = ("rajpurkar/squad", None)  # (path, config) of the default data on the Hub
-    hub_task_type = "question-answering"  # the Hub's task type, for model cards
-    default_model = "bert-base-uncased"
-    default_dataset = "SQuAD v1.1 (rajpurkar/squad)"
-    metric_names = ("exact_match", "f1")
-    main_metric = "f1"
-    greater_is_better = True
-    model_class = lazy_import("transformers", "AutoModelForQuestionAnswering")
-    model_kwargs: dict[str, Any] = {}
-    preprocess_logits_for_metrics = None
+def preprocess(
+    raw: DatasetDict, tokenizer: PreTrainedTokenizerBase, data: DataArgs, model_config: PretrainedConfig | None = None
+) -> PreparedData:
+    if not tokenizer.is_fast:
+        raise ValueError("squad needs a fast (Rust-backed) tokenizer: windows map back through offset mappings.")
+    max_length = data.max_seq_length or MAX_SEQ_LENGTH
+    if data.doc_stride >= max_length:
+        raise ValueError(f"doc_stride ({data.doc_stride}) must be smaller than max_seq_length ({max_length}).")
+    windows = partial(tokenize_windows, tokenizer=tokenizer, max_length=max_length, stride=data.doc_stride)
+    train = tokenize_split(raw, "train", partial(windows, keep_offsets=False), data)
+    eval_features = tokenize_split(raw, "validation", partial(windows, keep_offsets=True), data)
+    eval_inputs = None
+    if eval_features is not None:
+        eval_inputs = eval_features.remove_columns([c for c in eval_features.column_names if c not in MODEL_INPUTS])
+    return PreparedData(
+        train=train, eval=eval_inputs, eval_examples=raw.get("validation"), eval_features=eval_features
+    )
 
-    def load_raw(self, data: DataArgs) -> DatasetDict:
-        raw = load_splits(
-            data,
-            task=self.name,
-            hub=self.hub_dataset,
-            read_file=read_squad_file,
-            offline_example=("train-v1.1.json", "dev-v1.1.json"),
+
+def answers(eval_pred: EvalPrediction, prepared: PreparedData, data: DataArgs) -> dict[str, str]:
+    """`{question id: answer text}` post-processed from `(start_logits, end_logits)` over `prepared.eval`.
+
+    The final evaluation scores the logits (compute_metrics) and then writes the same logits' answers
+    (prediction_files): one post-processing pass serves both, kept in `prepared.cache`. Weak references: a dead
+    array's id can be reused, a dead reference cannot match.
+    """
+    start_logits, end_logits = eval_pred.predictions[:2]
+    settings = (data.n_best_size, data.max_answer_length)
+    recent = prepared.cache.get("answers")
+    if recent is not None:
+        refs, recent_settings, found = recent
+        if recent_settings == settings and all(
+            ref() is obj for ref, obj in zip(refs, (start_logits, end_logits), strict=True)
+        ):
+            return found
+    found = postprocess_predictions(
+        prepared.eval_examples,
+        prepared.eval_features,
+        start_logits,
+        end_logits,
+        n_best_size=data.n_best_size,
+        max_answer_length=data.max_answer_length,
+    )
+    try:
+        prepared.cache["answers"] = (tuple(weakref.ref(obj) for obj in (start_logits, end_logits)), settings, found)
+    except TypeError:  # logits as plain lists: nothing to recognise them by
+        prepared.cache.pop("answers", None)
+    return found
+
+
+def compute_metrics(prepared: PreparedData, tokenizer: PreTrainedTokenizerBase, data: DataArgs) -> MetricsFn:
+    """Post-processes `(start_logits, end_logits)` over `prepared.eval` and scores against the gold answers.
+
+    The label ids the Trainer passes (window span labels) are ignored: a question is scored against all
+    of its gold answers, on the text recovered across all of its windows.
+    """
+
+    def compute(eval_pred: EvalPrediction) -> dict[str, float]:
+        predictions = answers(eval_pred, prepared, data)
+        examples = prepared.eval_examples
+        return squad_metrics(
+            [{"id": i, "prediction_text": text} for i, text in predictions.items()],
+            [{"id": i, "answers": a} for i, a in zip(examples["id"], examples["answers"], strict=True)],
         )
-        from datasets import DatasetDict
 
-        sources = {"train": data.train_file, "validation": data.validation_file}
-        return DatasetDict(
-            {
-                split: check_answers(rows, sources[split] or f"{split} split", skip_bad=data.skip_bad_examples)
-                for split, rows in raw.items()
-            }
-        )
+    return compute
 
-    def preprocess(
-        self,
-        raw: DatasetDict,
-        tokenizer: PreTrainedTokenizerBase,
-        data: DataArgs,
-        model_config: PretrainedConfig | None = None,
-    ) -> PreparedData:
-        if not tokenizer.is_fast:
-            raise ValueError("squad needs a fast (Rust-backed) tokenizer: windows map back through offset mappings.")
-        max_length = data.max_seq_length or MAX_SEQ_LENGTH
-        if data.doc_stride >= max_length:
-            raise ValueError(f"doc_stride ({data.doc_stride}) must be smaller than max_seq_length ({max_length}).")
-        windows = partial(tokenize_windows, tokenizer=tokenizer, max_length=max_length, stride=data.doc_stride)
-        train = tokenize_split(raw, "train", partial(windows, keep_offsets=False), data)
-        eval_features = tokenize_split(raw, "validation", partial(windows, keep_offsets=True), data)
-        eval_inputs = None
-        if eval_features is not None:
-            eval_inputs = eval_features.remove_columns(
-                [c for c in eval_features.column_names if c not in MODEL_INPUTS]
-            )
-        return PreparedData(
-            train=train, eval=eval_inputs, eval_examples=raw.get("validation"), eval_features=eval_features
-        )
 
-    def data_collator(self, tokenizer: PreTrainedTokenizerBase, model: Any = None) -> DataCollatorWithPadding:
-        from transformers import DataCollatorWithPadding
+def prediction_files(
+    predictions: EvalPrediction, prepared: PreparedData, tokenizer: Any, data: DataArgs, model: Any = None
+) -> dict[str, str]:
+    """`eval_predictions.json`: `{question id: answer text}`, what the official v1.1 `evaluate-v1.1.py` reads."""
+    found = answers(predictions, prepared, data)
+    return {"eval_predictions.json": json.dumps(found, indent=2, ensure_ascii=False) + "\n"}
 
-        return DataCollatorWithPadding(tokenizer)
 
-    def compute_metrics(self, prepared: PreparedData, tokenizer: PreTrainedTokenizerBase, data: DataArgs) -> MetricsFn:
-        """Post-processes `(start_logits, end_logits)` over `prepared.eval` and scores against the gold answers.
-
-        The label ids the Trainer passes (window span labels) are ignored: a question is scored against all
-        of its gold answers, on the text recovered across all of its windows.
-        """
-
-        def compute(eval_pred: EvalPrediction) -> dict[str, float]:
-            predictions = self._answers(eval_pred, prepared, data)
-            examples = prepared.eval_examples
-            return squad_metrics(
-                [{"id": i, "prediction_text": text} for i, text in predictions.items()],
-                [{"id": i, "answers": a} for i, a in zip(examples["id"], examples["answers"], strict=True)],
-            )
-
-        return compute
-
-    def _answers(self, eval_pred: EvalPrediction, prepared: PreparedData, data: DataArgs) -> dict[str, str]:
-        start_logits, end_logits = eval_pred.predictions[:2]
-        settings = (data.n_best_size, data.max_answer_length)
-        # The final evaluation scores the logits (compute_metrics) and then writes the same logits' answers
-        # (prediction_files): one post-processing pass serves both.
-        # Weak references: a dead array's id can be reused, a dead reference cannot match.
-        recent = getattr(self, "_recent_answers", None)
-        if recent is not None:
-            refs, recent_settings, answers = recent
-            if recent_settings == settings and all(
-                ref() is obj for ref, obj in zip(refs, (start_logits, end_logits, prepared), strict=True)
-            ):
-                return answers
-        answers = postprocess_predictions(
-            prepared.eval_examples,
-            prepared.eval_features,
-            start_logits,
-            end_logits,
-            n_best_size=data.n_best_size,
-            max_answer_length=data.max_answer_length,
-        )
-        try:
-            refs = tuple(weakref.ref(obj) for obj in (start_logits, end_logits, prepared))
-        except TypeError:  # logits as plain lists: nothing to recognise them by
-            self._recent_answers = None
-        else:
-            self._recent_answers = (refs, settings, answers)
-        return answers
-
-    def prediction_files(
-        self,
-        predictions: EvalPrediction,
-        prepared: PreparedData,
-        tokenizer: PreTrainedTokenizerBase,
-        data: DataArgs,
-        model: Any = None,
-    ) -> dict[str, str]:
-        """`eval_predictions.json`: `{question id: answer text}`, what the official v1.1 `evaluate-v1.1.py` reads."""
-        answers = self._answers(predictions, prepared, data)
-        return {"eval_predictions.json": json.dumps(answers, indent=2, ensure_ascii=False) + "\n"}
-
-    def training_overrides(self, data: DataArgs) -> dict[str, Any]:
-        # Named explicitly because a wrapped model's forward signature may not show the span label names.
-        return {
-            "label_names": ["start_positions", "end_positions"],
-            "metric_for_best_model": self.main_metric,
-            "greater_is_better": self.greater_is_better,
-        }
+SQUAD = Task(
+    name="squad",
+    description="Extractive question answering over Wikipedia paragraphs (SQuAD v1.1).",
+    kind="qa",
+    hub_dataset=("rajpurkar/squad", None),
+    hub_task_type="question-answering",
+    default_model="bert-base-uncased",
+    default_dataset="SQuAD v1.1 (rajpurkar/squad)",
+    metric_names=("exact_match", "f1"),
+    main_metric="f1",
+    greater_is_better=True,
+    auto_model="AutoModelForQuestionAnswering",
+    read_file=read_squad_file,
+    offline_example=("train-v1.1.json", "dev-v1.1.json"),
+    check_rows=lambda rows, source, data: check_answers(rows, source, skip_bad=data.skip_bad_examples),
+    preprocess=preprocess,
+    compute_metrics=compute_metrics,
+    prediction_files=prediction_files,
+    data_collator=padding_collator,
+    # Named explicitly because a wrapped model's forward signature may not show the span label names.
+    extra_training_arguments=lambda data: {"label_names": ["start_positions", "end_positions"]},
+)

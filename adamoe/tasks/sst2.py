@@ -12,18 +12,13 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from .base import DataArgs, MetricsFn, PreparedData, TaskKind, lazy_import, load_splits, prepare_splits
+from .base import DataArgs, MetricsFn, PreparedData, Task, logits_of, padding_collator, prepare_splits
 from .io import DataFormatError, Schema, read_rows
 from .metrics import accuracy
 
 if TYPE_CHECKING:
     from datasets import Dataset, DatasetDict
-    from transformers import (
-        DataCollatorWithPadding,
-        EvalPrediction,
-        PretrainedConfig,
-        PreTrainedTokenizerBase,
-    )
+    from transformers import EvalPrediction, PretrainedConfig, PreTrainedTokenizerBase
 
 SCHEMA = Schema(
     columns=("sentence", "label"),
@@ -50,81 +45,51 @@ def check_labels(rows: Dataset, source: str) -> Dataset:
     return rows
 
 
-class SST2Task:
-    name = "sst2"
-    description = "Binary sentiment classification of movie-review sentences (GLUE SST-2)."
-    kind: TaskKind = "classification"
-    hub_dataset = ("nyu-mll/glue", "sst2")  # (path, config) of the default data on the Hub
-    hub_task_type = "text-classification"  # the Hub's task type, for model cards
-    default_model = "bert-base-uncased"
-    default_dataset = "GLUE SST-2 (nyu-mll/glue, sst2)"
-    metric_names = ("accuracy",)
-    main_metric = "accuracy"
-    greater_is_better = True
-    model_class = lazy_import("transformers", "AutoModelForSequenceClassification")
-    model_kwargs: dict[str, Any] = {
-        "num_labels": 2,
-        "id2label": LABELS,
-        "label2id": {name: i for i, name in LABELS.items()},
-    }
-    preprocess_logits_for_metrics = None
+def preprocess(
+    raw: DatasetDict, tokenizer: PreTrainedTokenizerBase, data: DataArgs, model_config: PretrainedConfig | None = None
+) -> PreparedData:
+    max_length = data.max_seq_length or MAX_SEQ_LENGTH
 
-    def load_raw(self, data: DataArgs) -> DatasetDict:
-        raw = load_splits(
-            data,
-            task=self.name,
-            hub=self.hub_dataset,
-            read_file=partial(read_rows, schema=SCHEMA, formats=FORMATS),
-            offline_example=("train.tsv", "dev.tsv"),
-        )
-        from datasets import DatasetDict
+    def tokenize(batch: dict[str, list]) -> dict[str, list]:
+        features = tokenizer(batch["sentence"], max_length=max_length, truncation=True)
+        features["labels"] = [int(label) for label in batch["label"]]  # a float 1.0 would mean regression
+        return features
 
-        sources = {"train": data.train_file, "validation": data.validation_file}
-        return DatasetDict(
-            {split: check_labels(rows, sources[split] or f"{split} split") for split, rows in raw.items()}
-        )
+    return prepare_splits(raw, tokenize, data)
 
-    def preprocess(
-        self,
-        raw: DatasetDict,
-        tokenizer: PreTrainedTokenizerBase,
-        data: DataArgs,
-        model_config: PretrainedConfig | None = None,
-    ) -> PreparedData:
-        max_length = data.max_seq_length or MAX_SEQ_LENGTH
 
-        def tokenize(batch: dict[str, list]) -> dict[str, list]:
-            features = tokenizer(batch["sentence"], max_length=max_length, truncation=True)
-            features["labels"] = [int(label) for label in batch["label"]]  # a float 1.0 would mean regression
-            return features
+def compute_metrics(prepared: PreparedData, tokenizer: PreTrainedTokenizerBase, data: DataArgs) -> MetricsFn:
+    def compute(eval_pred: EvalPrediction) -> dict[str, float]:
+        return {"accuracy": accuracy(np.argmax(logits_of(eval_pred), axis=-1), eval_pred.label_ids)}
 
-        return prepare_splits(raw, tokenize, data)
+    return compute
 
-    def data_collator(self, tokenizer: PreTrainedTokenizerBase, model: Any = None) -> DataCollatorWithPadding:
-        from transformers import DataCollatorWithPadding
 
-        return DataCollatorWithPadding(tokenizer)
+def prediction_files(predictions: EvalPrediction, *args: Any, **kwargs: Any) -> dict[str, str]:
+    """`eval_predictions.tsv`: the GLUE submission format, `index<TAB>prediction` with 0/1 labels."""
+    labels = np.argmax(logits_of(predictions), axis=-1)
+    rows = "".join(f"{i}\t{int(label)}\n" for i, label in enumerate(labels))
+    return {"eval_predictions.tsv": "index\tprediction\n" + rows}
 
-    def compute_metrics(self, prepared: PreparedData, tokenizer: PreTrainedTokenizerBase, data: DataArgs) -> MetricsFn:
-        def compute(eval_pred: EvalPrediction) -> dict[str, float]:
-            logits = eval_pred.predictions[0] if isinstance(eval_pred.predictions, tuple) else eval_pred.predictions
-            return {"accuracy": accuracy(np.argmax(logits, axis=-1), eval_pred.label_ids)}
 
-        return compute
-
-    def prediction_files(
-        self,
-        predictions: EvalPrediction,
-        prepared: PreparedData,
-        tokenizer: PreTrainedTokenizerBase,
-        data: DataArgs,
-        model: Any = None,
-    ) -> dict[str, str]:
-        """`eval_predictions.tsv`: the GLUE submission format, `index<TAB>prediction` with 0/1 labels."""
-        logits = predictions.predictions[0] if isinstance(predictions.predictions, tuple) else predictions.predictions
-        labels = np.argmax(logits, axis=-1)
-        rows = "".join(f"{i}\t{int(label)}\n" for i, label in enumerate(labels))
-        return {"eval_predictions.tsv": "index\tprediction\n" + rows}
-
-    def training_overrides(self, data: DataArgs) -> dict[str, Any]:
-        return {"metric_for_best_model": self.main_metric, "greater_is_better": self.greater_is_better}
+SST2 = Task(
+    name="sst2",
+    description="Binary sentiment classification of movie-review sentences (GLUE SST-2).",
+    kind="classification",
+    hub_dataset=("nyu-mll/glue", "sst2"),
+    hub_task_type="text-classification",
+    default_model="bert-base-uncased",
+    default_dataset="GLUE SST-2 (nyu-mll/glue, sst2)",
+    metric_names=("accuracy",),
+    main_metric="accuracy",
+    greater_is_better=True,
+    auto_model="AutoModelForSequenceClassification",
+    read_file=partial(read_rows, schema=SCHEMA, formats=FORMATS),
+    offline_example=("train.tsv", "dev.tsv"),
+    check_rows=lambda rows, source, data: check_labels(rows, source),
+    preprocess=preprocess,
+    compute_metrics=compute_metrics,
+    prediction_files=prediction_files,
+    data_collator=padding_collator,
+    model_kwargs={"num_labels": 2, "id2label": LABELS, "label2id": {name: i for i, name in LABELS.items()}},
+)

@@ -15,18 +15,14 @@ from functools import partial
 from itertools import chain
 from typing import TYPE_CHECKING, Any
 
-from .base import DataArgs, MetricsFn, PreparedData, TaskKind, lazy_import, load_splits, prepare_splits, tokenize_split
+from .base import DataArgs, PreparedData, Task, no_prediction_files, prepare_splits, tokenize_split
 from .causal_lm import perplexity_metrics
 from .io import Schema, read_rows
 from .metrics import token_nll
 
 if TYPE_CHECKING:
     from datasets import DatasetDict
-    from transformers import (
-        EvalPrediction,
-        PretrainedConfig,
-        PreTrainedTokenizerBase,
-    )
+    from transformers import PretrainedConfig, PreTrainedTokenizerBase
 
 SCHEMA = Schema(
     columns=("text",),
@@ -50,67 +46,46 @@ def group_texts(batch: dict[str, list], block_size: int) -> dict[str, list]:
     return blocks
 
 
-class WikiTextTask:
-    name = "wikitext"
-    description = "Causal language modelling of Wikipedia articles (WikiText-103, raw)."
-    kind: TaskKind = "causal_lm"
-    hub_dataset = ("Salesforce/wikitext", "wikitext-103-raw-v1")  # (path, config) of the default data on the Hub
-    hub_task_type = "text-generation"  # the Hub's task type, for model cards
-    default_model = "gpt2-medium"
-    default_dataset = "WikiText-103 raw (Salesforce/wikitext, wikitext-103-raw-v1)"
-    metric_names = ("perplexity", "nll")
-    main_metric = "perplexity"
-    greater_is_better = False
-    model_class = lazy_import("transformers", "AutoModelForCausalLM")
-    model_kwargs: dict[str, Any] = {}
-    preprocess_logits_for_metrics = staticmethod(token_nll)
+def preprocess(
+    raw: DatasetDict, tokenizer: PreTrainedTokenizerBase, data: DataArgs, model_config: PretrainedConfig | None = None
+) -> PreparedData:
+    block_size = data.block_size or min(MAX_BLOCK_SIZE, tokenizer.model_max_length)
+    from datasets import DatasetDict
 
-    def load_raw(self, data: DataArgs) -> DatasetDict:
-        return load_splits(
-            data,
-            task=self.name,
-            hub=self.hub_dataset,
-            read_file=partial(read_rows, schema=SCHEMA, formats=FORMATS),
-            offline_example=("wiki.train.tokens", "wiki.valid.tokens"),
-        )
+    tokenized = DatasetDict(
+        {split: tokenize_split(raw, split, lambda batch: tokenizer(batch["text"]), data) for split in raw}
+    )
+    prepared = prepare_splits(tokenized, partial(group_texts, block_size=block_size), data)
+    for split, blocks in (("train", prepared.train), ("validation", prepared.eval)):
+        if blocks is not None and len(blocks) == 0:
+            raise ValueError(f"The {split} split has fewer than block_size={block_size} tokens; lower block_size.")
+    return prepared
 
-    def preprocess(
-        self,
-        raw: DatasetDict,
-        tokenizer: PreTrainedTokenizerBase,
-        data: DataArgs,
-        model_config: PretrainedConfig | None = None,
-    ) -> PreparedData:
-        block_size = data.block_size or min(MAX_BLOCK_SIZE, tokenizer.model_max_length)
-        from datasets import DatasetDict
 
-        tokenized = DatasetDict(
-            {split: tokenize_split(raw, split, lambda batch: tokenizer(batch["text"]), data) for split in raw}
-        )
-        prepared = prepare_splits(tokenized, partial(group_texts, block_size=block_size), data)
-        for split, blocks in (("train", prepared.train), ("validation", prepared.eval)):
-            if blocks is not None and len(blocks) == 0:
-                raise ValueError(f"The {split} split has fewer than block_size={block_size} tokens; lower block_size.")
-        return prepared
+def block_collator(tokenizer: PreTrainedTokenizerBase, model: Any = None) -> Any:
+    """Every block has exactly block_size tokens, so nothing needs padding."""
+    from transformers import default_data_collator
 
-    def data_collator(self, tokenizer: PreTrainedTokenizerBase, model: Any = None) -> Any:
-        # Every block has exactly block_size tokens, so nothing needs padding.
-        from transformers import default_data_collator
+    return default_data_collator
 
-        return default_data_collator
 
-    def compute_metrics(self, prepared: PreparedData, tokenizer: PreTrainedTokenizerBase, data: DataArgs) -> MetricsFn:
-        return perplexity_metrics
-
-    def prediction_files(
-        self,
-        predictions: EvalPrediction,
-        prepared: PreparedData,
-        tokenizer: PreTrainedTokenizerBase,
-        data: DataArgs,
-        model: Any = None,
-    ) -> dict[str, str]:
-        return {}  # scored by perplexity: there is no predicted text to re-score
-
-    def training_overrides(self, data: DataArgs) -> dict[str, Any]:
-        return {"metric_for_best_model": self.main_metric, "greater_is_better": self.greater_is_better}
+WIKITEXT = Task(
+    name="wikitext",
+    description="Causal language modelling of Wikipedia articles (WikiText-103, raw).",
+    kind="causal_lm",
+    hub_dataset=("Salesforce/wikitext", "wikitext-103-raw-v1"),
+    hub_task_type="text-generation",
+    default_model="gpt2-medium",
+    default_dataset="WikiText-103 raw (Salesforce/wikitext, wikitext-103-raw-v1)",
+    metric_names=("perplexity", "nll"),
+    main_metric="perplexity",
+    greater_is_better=False,
+    auto_model="AutoModelForCausalLM",
+    read_file=partial(read_rows, schema=SCHEMA, formats=FORMATS),
+    offline_example=("wiki.train.tokens", "wiki.valid.tokens"),
+    preprocess=preprocess,
+    compute_metrics=lambda prepared, tokenizer, data: perplexity_metrics,
+    prediction_files=no_prediction_files,
+    data_collator=block_collator,
+    preprocess_logits_for_metrics=token_nll,
+)

@@ -14,24 +14,16 @@ and `en` columns as CSV/TSV.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
-from .base import DataArgs, MetricsFn, PreparedData, TaskKind, lazy_import, load_splits
+from .base import DataArgs
 from .io import DataFormatError, Schema, read_rows
 from .metrics import sacrebleu_score
-from .seq2seq import (
-    LANGUAGE_NAMES,
-    generated_prediction_files,
-    generation_metrics,
-    generation_overrides,
-    prepare_pairs,
-    seq2seq_collator,
-    source_prefix,
-)
+from .seq2seq import LANGUAGE_NAMES, PairFormat, seq2seq_task
 
 if TYPE_CHECKING:
-    from datasets import Dataset, DatasetDict
-    from transformers import EvalPrediction, PretrainedConfig, PreTrainedTokenizerBase
+    from datasets import Dataset
+    from transformers import PretrainedConfig
 
 SCHEMA = Schema(
     columns=("translation",),
@@ -66,72 +58,34 @@ def check_model_direction(model_config: PretrainedConfig | None, source: str, ta
         )
 
 
-class WMT19Task:
-    name = "wmt19"
-    description = "German-English news translation (WMT19), de-en or en-de."
-    kind: TaskKind = "seq2seq"
-    hub_dataset = ("wmt/wmt19", "de-en")  # (path, config) of the default data on the Hub
-    hub_task_type = "translation"  # the Hub's task type, for model cards
-    default_model = "facebook/wmt19-de-en"
-    default_dataset = "WMT19 de-en (wmt/wmt19, de-en)"
-    metric_names = ("bleu", "gen_len")
-    main_metric = "bleu"
-    greater_is_better = True
-    # FSMT is in the seq2seq auto mapping (transformers >= 5), so one class covers FSMT, T5, BART, Marian.
-    model_class = lazy_import("transformers", "AutoModelForSeq2SeqLM")
-    model_kwargs: dict[str, Any] = {}
-    preprocess_logits_for_metrics = None
+def translation_pairs(batch: dict[str, list], data: DataArgs) -> tuple[list[str], list[str]]:
+    source, target = data.direction.split("-")
+    return [pair[source] for pair in batch["translation"]], [pair[target] for pair in batch["translation"]]
 
-    def load_raw(self, data: DataArgs) -> DatasetDict:
-        return load_splits(
-            data,
-            task=self.name,
-            hub=self.hub_dataset,
-            read_file=read_translation_file,
-            offline_example=("train.jsonl", "valid.jsonl"),
-        )
 
-    def preprocess(
-        self,
-        raw: DatasetDict,
-        tokenizer: PreTrainedTokenizerBase,
-        data: DataArgs,
-        model_config: PretrainedConfig | None = None,
-    ) -> PreparedData:
-        source, target = data.direction.split("-")
-        check_model_direction(model_config, source, target)
-        prefix = source_prefix(
-            data, model_config, "translation", source=LANGUAGE_NAMES[source], target=LANGUAGE_NAMES[target]
-        )
+def language_names(data: DataArgs) -> dict[str, str]:
+    source, target = data.direction.split("-")
+    return {"source": LANGUAGE_NAMES[source], "target": LANGUAGE_NAMES[target]}
 
-        def pairs(batch: dict[str, list]) -> tuple[list[str], list[str]]:
-            return [pair[source] for pair in batch["translation"]], [pair[target] for pair in batch["translation"]]
 
-        return prepare_pairs(
-            raw,
-            tokenizer,
-            data,
-            pairs,
-            prefix=prefix,
-            max_source_length=data.max_source_length or MAX_SOURCE_LENGTH,
-            max_target_length=data.max_target_length or MAX_TARGET_LENGTH,
-        )
-
-    def data_collator(self, tokenizer: PreTrainedTokenizerBase, model: Any = None) -> Any:
-        return seq2seq_collator(tokenizer, model)
-
-    def compute_metrics(self, prepared: PreparedData, tokenizer: PreTrainedTokenizerBase, data: DataArgs) -> MetricsFn:
-        return generation_metrics(lambda preds, refs: {"bleu": sacrebleu_score(preds, refs)}, tokenizer)
-
-    def prediction_files(
-        self,
-        predictions: EvalPrediction,
-        prepared: PreparedData,
-        tokenizer: PreTrainedTokenizerBase,
-        data: DataArgs,
-        model: Any = None,
-    ) -> dict[str, str]:
-        return generated_prediction_files(predictions, tokenizer)
-
-    def training_overrides(self, data: DataArgs) -> dict[str, Any]:
-        return generation_overrides(self.main_metric, data.max_target_length or MAX_TARGET_LENGTH, data.num_beams)
+WMT19 = seq2seq_task(
+    PairFormat(
+        family="translation",
+        pairs=translation_pairs,
+        max_source_length=MAX_SOURCE_LENGTH,
+        max_target_length=MAX_TARGET_LENGTH,
+        prefix_fields=language_names,
+        check_model=lambda model_config, data: check_model_direction(model_config, *data.direction.split("-")),
+    ),
+    lambda predictions, references: {"bleu": sacrebleu_score(predictions, references)},
+    read_file=read_translation_file,
+    name="wmt19",
+    description="German-English news translation (WMT19), de-en or en-de.",
+    hub_dataset=("wmt/wmt19", "de-en"),
+    hub_task_type="translation",
+    default_model="facebook/wmt19-de-en",
+    default_dataset="WMT19 de-en (wmt/wmt19, de-en)",
+    metric_names=("bleu", "gen_len"),
+    main_metric="bleu",
+    offline_example=("train.jsonl", "valid.jsonl"),
+)

@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import inspect
+import importlib
 import typing
 
 import pytest
 
-from adamoe.tasks import TASKS, DataArgs, Task, get_task
+from adamoe.tasks import TASKS, DataArgs, get_task
 from adamoe.tasks.base import TaskKind
 
 # Paper Table 2/3: task -> (model, main metric, kind).
@@ -19,9 +19,6 @@ PAPER = {
     "wikitext": ("gpt2-medium", "perplexity", "causal_lm"),
     "soda": ("microsoft/DialoGPT-medium", "perplexity", "causal_lm"),
 }
-PROTOCOL_MEMBERS = list(inspect.get_annotations(Task)) + [
-    name for name, member in vars(Task).items() if inspect.isfunction(member) and not name.startswith("_")
-]
 
 
 def test_registry_holds_the_paper_tasks():
@@ -33,8 +30,6 @@ def test_registry_holds_the_paper_tasks():
 @pytest.mark.parametrize("name", list(PAPER))
 def test_task_exposes_the_contract(name):
     task = get_task(name)
-    missing = [member for member in PROTOCOL_MEMBERS if not hasattr(task, member)]
-    assert not missing
     assert task.name == name
     assert (task.default_model, task.main_metric, task.kind) == PAPER[name]
     assert task.kind in typing.get_args(TaskKind)
@@ -45,8 +40,8 @@ def test_task_exposes_the_contract(name):
     overrides = task.training_overrides(DataArgs())
     assert overrides["metric_for_best_model"] == task.main_metric
     assert overrides.get("predict_with_generate", False) == (task.kind == "seq2seq")
-    # The module docstring names the paper row it reproduces.
-    assert "paper Table 3" in inspect.getmodule(type(task)).__doc__
+    # The task's module (one per task) has a docstring that names the paper row it reproduces.
+    assert "paper Table 3" in importlib.import_module(f"adamoe.tasks.{name}").__doc__
 
 
 def test_data_args_are_validated():
