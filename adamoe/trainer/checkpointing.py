@@ -31,7 +31,7 @@ from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, rotate_checkpoints
 
 from ..files import honour_umask
 from ..patching.loading import CheckpointError
-from .data_order import CURRICULUM_STATE_NAME
+from .state import RunState
 
 logger = logging.getLogger(__name__)
 
@@ -185,10 +185,6 @@ def _fsync_dir(folder: Path) -> None:
         os.close(fd)
 
 
-TIMING_STATE_NAME = "adamoe_timing.pt"
-LOSS_STATE_NAME = "adamoe_train_loss.json"
-
-
 class NonFiniteWeightsError(RuntimeError):
     """The weights or optimizer state became NaN or infinite: training diverged, and no checkpoint is saved."""
 
@@ -295,20 +291,18 @@ class AtomicCheckpointMixin:
         super().create_model_card(*args, **kwargs)
 
     def _save_adamoe_state(self, folder: str) -> None:
-        """Write the curriculum and timing state into a checkpoint folder (collectives: call on every rank)."""
+        """Write adamoe's run state (`state.RunState`) into a checkpoint folder (collectives: call on every rank)."""
         sampler = self.training_order
         if sampler is not None:
             sampler.sync()
-        timing_state = self.timing.state_dict(reduce_sum=self.timing.reduce_sum)
-        loss_sum = self._loss_sum_so_far()
-        if not self.args.should_save:
-            return
-        os.makedirs(folder, exist_ok=True)
-        if sampler is not None:
-            torch.save(sampler.state_dict(), os.path.join(folder, CURRICULUM_STATE_NAME))
-        torch.save(timing_state, os.path.join(folder, TIMING_STATE_NAME))
-        with open(os.path.join(folder, LOSS_STATE_NAME), "w") as f:
-            json.dump({"loss_sum": loss_sum, "global_step": self.state.global_step}, f)
+        state = RunState(
+            global_step=self.state.global_step,
+            loss_sum=self._loss_sum_so_far(),
+            timing=self.timing.state_dict(reduce_sum=self.timing.reduce_sum),
+            curriculum=None if sampler is None else sampler.state_dict(),
+        )
+        if self.args.should_save:
+            state.save(folder)
 
     def save_model(self, output_dir: str | None = None, _internal_call: bool = False) -> None:
         """The stock `save_model`, written into a staging folder and then moved file by file into `output_dir`,

@@ -3,20 +3,19 @@
 With `curriculum=True` (the paper's routing-aware curriculum, `curriculum.py`) the training set is ordered by the
 samples' routing complexity from the second epoch on; with `max_tokens` it is batched by token budgets
 (`batching.py`), reordered per epoch, by the curriculum when it is on. Either way the order object is
-`trainer.training_order`, whose state every checkpoint holds (`CURRICULUM_STATE_NAME`) and a resumed run
+`trainer.training_order`, whose state every checkpoint holds (`state.CURRICULUM_STATE_NAME`) and a resumed run
 restores, so the resumed epoch trains the same batches in the same order.
 
-It reads `self._is_moe` and `self._resume_checkpoint`, set by `AdaMoETrainerMixin`.
+It reads `self._is_moe`, `self._resume_checkpoint` and `self._resumed` (the checkpoint's `RunState`), set by
+`AdaMoETrainerMixin`.
 """
 
 from __future__ import annotations
 
 import logging
-import os
 from typing import Any
 
 import datasets
-import torch
 from torch.utils.data import DataLoader, IterableDataset, Sampler
 from transformers.trainer_utils import has_length
 
@@ -25,8 +24,6 @@ from .curriculum import CurriculumSampler
 from .indexing import SAMPLE_INDEX_KEY, IndexedDataset
 
 logger = logging.getLogger(__name__)
-
-CURRICULUM_STATE_NAME = "adamoe_curriculum.pt"
 
 
 class DataOrderMixin:
@@ -110,13 +107,8 @@ class DataOrderMixin:
 
     def _restore_curriculum(self, sampler: CurriculumSampler | TokenBudgetBatchSampler) -> None:
         """Load the curriculum state of the checkpoint being resumed, if any."""
-        if self._resume_checkpoint is None:
-            return
-        path = os.path.join(self._resume_checkpoint, CURRICULUM_STATE_NAME)
-        if os.path.isfile(path):
-            sampler.load_state_dict(torch.load(path, weights_only=True))
-        else:
-            logger.warning(f"{path} not found: the curriculum starts afresh (random order until vectors exist).")
+        if self._resume_checkpoint is not None:
+            self._resumed.restore_curriculum(sampler, self._resume_checkpoint)
 
     def _set_signature_columns_if_needed(self) -> None:
         # `remove_unused_columns` drops every feature the model's forward does not accept; "sample_index" must

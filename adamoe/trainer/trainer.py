@@ -36,10 +36,7 @@ own modules.
 
 from __future__ import annotations
 
-import inspect
-import json
 import logging
-import os
 import time
 from typing import Any
 
@@ -64,17 +61,13 @@ from ..moe.router import RouterNumericsError
 from ..moe.stats import RoutingStats, balance_loss, routing_stats
 from ..patching.loading import check_patched_consistently
 from ..patching.patch import is_moe_model
-from .checkpointing import (
-    LOSS_STATE_NAME,
-    TIMING_STATE_NAME,
-    AtomicCheckpointMixin,
-    check_checkpoint_files,
-    check_resumable_without_fsdp,
-)
+from .accumulation import loss_is_scaled_for_accumulation, micro_batches, model_normalises_by_num_items
+from .checkpointing import AtomicCheckpointMixin, check_checkpoint_files, check_resumable_without_fsdp
 from .console import CompactPrinterCallback, CompactProgressCallback, JsonLinesLogCallback
 from .data_order import DataOrderMixin
 from .indexing import SAMPLE_INDEX_KEY, IndexCollator
 from .meters import RoutingMeter
+from .state import RunState
 from .timing import TimingCallback, count_tokens
 
 logger = logging.getLogger(__name__)
@@ -101,13 +94,10 @@ class AdaMoETrainerMixin:
                 "fsdp is set, but accelerate did not enable FSDP (it does only on GPUs and other accelerators, not "
                 "on CPU): every process holds the whole model, as in plain data-parallel training."
             )
-        if self.model_accepts_loss_kwargs and not _normalises_by_num_items(self.accelerator.unwrap_model(self.model)):
-            # transformers takes a `**kwargs` in `forward` to mean "my loss is already normalised by
-            # num_items_in_batch", but most task heads (BERT/RoBERTa classification and QA, T5, BART, FSMT) take
-            # **kwargs and still return a per-batch mean, so under gradient accumulation the loss, its gradient and
-            # the logs grow with the number of micro-batches (huggingface/transformers#47688). Such heads get the
-            # stock division by the number of micro-batches instead.
-            self.model_accepts_loss_kwargs = False
+        if self.model_accepts_loss_kwargs and not model_normalises_by_num_items(
+            self.accelerator.unwrap_model(self.model)
+        ):
+            self.model_accepts_loss_kwargs = False  # the stock division by micro-batches instead (accumulation.py)
         self.data_collator = IndexCollator(self.data_collator)
         self.timing = TimingCallback(
             target_loss=getattr(self.args, "target_loss", None),
@@ -124,13 +114,12 @@ class AdaMoETrainerMixin:
         self.add_callback(JsonLinesLogCallback())
         self.training_order = None
         self._resume_checkpoint: str | None = None
+        self._resumed = RunState()  # the state of the checkpoint being resumed (state.py)
         self._interval_routing = RoutingMeter()
         self._reset_interval(step=0)
         # The training loss summed over optimizer steps (as the stock loop sums it), this `train()` call's and the
         # resumed checkpoint's, so that `run_training_loss` covers the whole run.
         self._run_loss_sum = torch.zeros((), device=self.args.device)
-        self._loss_sum_before = 0.0
-        self.resumed_global_step = 0
         if getattr(self.args, "curriculum", False):
             if not self._is_moe:
                 logger.warning("curriculum=True is ignored: the model has no MoE blocks, so no routing to order by.")
@@ -194,22 +183,11 @@ class AdaMoETrainerMixin:
         sample_index: torch.Tensor | None,
         num_items_in_batch: torch.Tensor | int | None,
     ) -> torch.Tensor:
-        # Mirror `training_step`: a loss normalised by `num_items_in_batch` is already a share of the accumulated
-        # step; a per-batch mean is divided by the number of micro-batches afterwards. The balance loss is always a
-        # per-batch mean, so it is divided here in the first case, and the sums below are per-optimizer-step values
-        # that add up, like the Trainer's logged "loss", to task + balance.
-        # `loss_is_scaled_for_ga` (an explicit override) is newer than transformers 5.17, which has only the rule
-        # below.
-        if getattr(self, "loss_is_scaled_for_ga", None) is not None:
-            scaled_for_ga = self.loss_is_scaled_for_ga
-        else:
-            scaled_for_ga = (
-                self.model_accepts_loss_kwargs and num_items_in_batch is not None
-            ) or self.compute_loss_func is not None
-        micro_batches = getattr(self, "current_gradient_accumulation_steps", 1)  # set per step by the loop
-        self._task_loss_sum += task_loss.detach().float().to(self._task_loss_sum.device) / (
-            1 if scaled_for_ga else micro_batches
-        )
+        # The task loss as the Trainer will scale it, and the balance loss scaled alike (accumulation.py); the sums
+        # below are per-optimizer-step values that add up, like the Trainer's logged "loss", to task + balance.
+        scaled = loss_is_scaled_for_accumulation(self, num_items_in_batch)
+        micro = micro_batches(self)
+        self._task_loss_sum += task_loss.detach().float().to(self._task_loss_sum.device) / (1 if scaled else micro)
 
         stats: RoutingStats | None = None
         loss = task_loss
@@ -217,8 +195,8 @@ class AdaMoETrainerMixin:
             unwrapped = self.accelerator.unwrap_model(model)
             balance = balance_loss(unwrapped)
             stats = routing_stats(unwrapped)
-            loss = task_loss + (balance / micro_batches if scaled_for_ga else balance)
-            self._balance_loss_sum += balance.detach().float().to(self._balance_loss_sum.device) / micro_batches
+            loss = task_loss + (balance / micro if scaled else balance)
+            self._balance_loss_sum += balance.detach().float().to(self._balance_loss_sum.device) / micro
             self._interval_routing.add(stats)
             if self.training_order is not None and sample_index is not None:
                 if stats.per_sample is None:
@@ -235,13 +213,18 @@ class AdaMoETrainerMixin:
         self._run_loss_sum += loss.detach().float().to(self._run_loss_sum.device)
         return loss
 
+    @property
+    def resumed_global_step(self) -> int:
+        """The optimizer steps of the checkpoint this `train()` call resumed (0 for a fresh start)."""
+        return self._resumed.global_step
+
     def _loss_sum_so_far(self) -> float:
         """The summed training loss of every step up to now, this rank's or, under data parallelism, the mean over
         ranks (a collective: call on every rank)."""
         local = self._run_loss_sum
         if self.accelerator.num_processes > 1:
             local = self._reduce_sum(local) / self.accelerator.num_processes
-        return self._loss_sum_before + float(local)
+        return self._resumed.loss_sum + float(local)
 
     def run_training_loss(self, train_output: TrainOutput) -> float:
         """The mean training loss per optimizer step over the whole run, and over all ranks (a collective: call on
@@ -324,44 +307,22 @@ class AdaMoETrainerMixin:
             checkpoint = get_last_checkpoint(self.args.output_dir)  # None: the stock train raises below
         self._resume_checkpoint = checkpoint if isinstance(checkpoint, str) else None
         self._run_loss_sum.zero_()
-        self._loss_sum_before, self.resumed_global_step = 0.0, 0
+        self._resumed = RunState()
         if self._resume_checkpoint is not None:
             # A damaged file would otherwise surface as a raw safetensors or zip error deep in the stock loader.
             check_checkpoint_files(self._resume_checkpoint)
             if not self.is_fsdp_enabled:  # the stock loader would raise a bare ValueError for it
                 check_resumable_without_fsdp(self._resume_checkpoint)
-            timing_path = os.path.join(self._resume_checkpoint, TIMING_STATE_NAME)
-            if os.path.isfile(timing_path):
+            self._resumed = RunState.load(self._resume_checkpoint)
+            if self._resumed.timing is not None:
                 # Counts in the file are summed over ranks: one rank carries them on, or they would be counted W times.
-                self.timing.load_state_dict(
-                    torch.load(timing_path, weights_only=True), with_counts=self.args.process_index == 0
-                )
-            self.resumed_global_step = TrainerState.load_from_json(
-                os.path.join(self._resume_checkpoint, "trainer_state.json")
-            ).global_step
-            loss_path = os.path.join(self._resume_checkpoint, LOSS_STATE_NAME)
-            if os.path.isfile(loss_path):
-                with open(loss_path) as f:
-                    self._loss_sum_before = float(json.load(f)["loss_sum"])
+                self.timing.load_state_dict(self._resumed.timing, with_counts=self.args.process_index == 0)
         try:
             return super().train(
                 resume_from_checkpoint=resume_from_checkpoint, trial=trial, ignore_keys_for_eval=ignore_keys_for_eval
             )
         finally:
             self._resume_checkpoint = None
-
-
-def _normalises_by_num_items(model: nn.Module) -> bool:
-    """Whether `model`'s loss is normalised by the `num_items_in_batch` the Trainer passes under gradient
-    accumulation: an explicit `accepts_loss_kwargs` says so; otherwise the heads that do it call
-    `self.loss_function(..., **kwargs)` in `forward` (e.g. GPT-2), the others compute a per-batch mean."""
-    if hasattr(model, "accepts_loss_kwargs"):
-        return bool(model.accepts_loss_kwargs)
-    try:
-        source = inspect.getsource(type(model).forward)
-    except (OSError, TypeError):  # no source (compiled, interactive): keep the Trainer's own assumption
-        return True
-    return "loss_function" in source
 
 
 class _CheckpointCallback(TrainerCallback):

@@ -1,6 +1,6 @@
 """The transformers behaviour behind each private Trainer method adamoe overrides, pinned on the *stock* Trainer:
 if transformers changes it, these fail here (in both CI environments, the newest transformers and the oldest
-claimed) rather than on a user's GPU. And `_normalises_by_num_items` against what each supported head's loss
+claimed) rather than on a user's GPU. And `model_normalises_by_num_items` against what each supported head's loss
 actually does with `num_items_in_batch`."""
 
 from __future__ import annotations
@@ -16,8 +16,8 @@ from tiny_models import ARCHITECTURES, Arch
 from trainer_toys import pad_collate, tiny_bert, toy_dataset
 from transformers import Trainer, TrainingArguments
 
+from adamoe.trainer.accumulation import model_normalises_by_num_items
 from adamoe.trainer.indexing import SAMPLE_INDEX_KEY
-from adamoe.trainer.trainer import _normalises_by_num_items
 
 
 def _stock(train_kwargs: dict[str, Any], cls: type = Trainer, **overrides: Any) -> Trainer:
@@ -99,4 +99,4 @@ def test_normalises_by_num_items_says_what_the_head_does(arch: Arch) -> None:
     torch.manual_seed(0)
     counted = model(**inputs, num_items_in_batch=torch.tensor(1000 * inputs["input_ids"].numel())).loss
     uses_the_count = not torch.allclose(plain, counted)
-    assert _normalises_by_num_items(model) == uses_the_count, type(model).__name__
+    assert model_normalises_by_num_items(model) == uses_the_count, type(model).__name__
