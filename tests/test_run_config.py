@@ -172,3 +172,36 @@ def test_from_sources_keeps_an_adamoe_checkpoints_structure(tmp_path):
     config = FinetuneConfig.from_sources(None, {"task": "sst2", "model": str(tmp_path / "moe"), "moe": {}})
     assert (config.moe.num_experts, config.moe.gating) == (3, "top2")
     assert FinetuneConfig.from_sources(None, {"task": "sst2", "model": str(dense), "moe": {}}).moe == MoEConfig()
+
+
+def test_the_flag_table_names_real_keys_and_every_finetune_flag():
+    """One table maps `adamoe finetune`'s flags to run-config keys: each key exists in its section, and each flag
+    of the command (the MoE ones aside, which build `moe` through MoEConfig) is in the table."""
+    import dataclasses
+
+    import typer
+
+    from adamoe.cli import app
+    from adamoe.run.config import FLAG_KEYS, FinetuneConfig, flag_overrides
+    from adamoe.tasks import DataArgs
+    from adamoe.trainer import AdaMoESeq2SeqTrainingArguments
+
+    sections = {
+        None: {f.name for f in dataclasses.fields(FinetuneConfig)},
+        "data": {f.name for f in dataclasses.fields(DataArgs)},
+        "training": {f.name for f in dataclasses.fields(AdaMoESeq2SeqTrainingArguments)},
+    }
+    for flag, keys in FLAG_KEYS.items():
+        for section, key in keys:
+            assert key in sections[section], (flag, section, key)
+    command = typer.main.get_command(app).commands["finetune"]
+    given = {opt for param in command.params for opt in param.opts if opt.startswith("--")}
+    moe_flags = {
+        "--gating", "--threshold", "--num-experts", "--top-k", "--threshold-on", "--combine", "--expert-init",
+        "--aux-loss-coef", "--every-n-layers",
+    }  # fmt: skip
+    assert given - moe_flags - {"--config", "--analyze", "--help"} == set(FLAG_KEYS)
+    assert flag_overrides({"--batch-size": 8, "--resume": True, "--seed": None}) == {
+        "resume": True,
+        "training": {"per_device_train_batch_size": 8, "per_device_eval_batch_size": 8},
+    }

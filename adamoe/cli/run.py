@@ -38,11 +38,6 @@ from ._options import (
 console = Console()
 
 
-def _set(section: dict[str, Any], **values: Any) -> None:
-    """Copy the flags the user gave (not None) into a run-config section."""
-    section.update({k: v for k, v in values.items() if v is not None})
-
-
 @friendly_errors
 @uses_hub
 def finetune_command(
@@ -125,47 +120,41 @@ def finetune_command(
     from accelerate import PartialState
 
     from ..run import recipe as recipes
-    from ..run.config import FinetuneConfig
+    from ..run.config import FinetuneConfig, flag_overrides
 
     flags = moe_overrides(
         gating=gating, threshold=threshold, num_experts=num_experts, top_k=top_k, threshold_on=threshold_on,
         combine=combine, expert_init=expert_init, aux_loss_coef=aux_loss_coef, every_n_layers=every_n_layers,
     )  # fmt: skip
-    overrides: dict[str, Any] = {"moe": None if gating is Gating.dense else flags}
-    _set(
-        overrides,
-        task=task.value if task is not None else None,
-        model=model,
-        output_dir=str(output_dir) if output_dir is not None else None,
-        keep_checkpoints=keep_checkpoints or None,
-        resume=resume or None,
-        overwrite=overwrite or None,
+    overrides = flag_overrides(
+        {
+            "--task": task.value if task is not None else None,
+            "--model": model,
+            "--output-dir": str(output_dir) if output_dir is not None else None,
+            "--keep-checkpoints": keep_checkpoints or None,  # a switch left off is not given
+            "--resume": resume or None,
+            "--overwrite": overwrite or None,
+            "--train-file": str(train_file) if train_file else None,
+            "--validation-file": str(validation_file) if validation_file else None,
+            "--max-train-samples": max_train_samples,
+            "--max-eval-samples": max_eval_samples,
+            "--direction": direction,
+            "--skip-bad-examples": skip_bad_examples or None,
+            "--epochs": epochs,
+            "--max-steps": max_steps,
+            "--batch-size": batch_size,
+            "--max-tokens": max_tokens,
+            "--lr": lr,
+            "--bf16": bf16,
+            "--seed": seed,
+            "--curriculum": curriculum,
+            "--target-loss": target_loss,
+            "--hub-model-id": hub_model_id,
+            "--push-to-hub": push_to_hub or None,
+            "--report-to": report_to,
+        }
     )
-    _set(
-        overrides.setdefault("data", {}),
-        train_file=str(train_file) if train_file else None,
-        validation_file=str(validation_file) if validation_file else None,
-        max_train_samples=max_train_samples,
-        max_eval_samples=max_eval_samples,
-        direction=direction,
-        skip_bad_examples=skip_bad_examples or None,
-    )
-    _set(
-        overrides.setdefault("training", {}),
-        num_train_epochs=epochs,
-        max_steps=max_steps,
-        per_device_train_batch_size=batch_size,
-        per_device_eval_batch_size=batch_size,
-        max_tokens=max_tokens,
-        learning_rate=lr,
-        bf16=bf16,
-        seed=seed,
-        curriculum=curriculum,
-        target_loss=target_loss,
-        hub_model_id=hub_model_id,
-        push_to_hub=push_to_hub or None,
-        report_to=report_to,
-    )
+    overrides["moe"] = None if gating is Gating.dense else flags
     run_config = FinetuneConfig.from_sources(config, overrides)
     results = recipes.finetune(run_config)
     if not PartialState().is_main_process:  # under torchrun every rank returns; one report is enough

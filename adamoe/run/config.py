@@ -33,19 +33,56 @@ def _training_fields() -> dict[str, dataclasses.Field]:
     return {f.name: f for f in dataclasses.fields(AdaMoESeq2SeqTrainingArguments)}
 
 
-# The command-line flag behind a config key, so an error names what the user typed.
-FLAGS = {
-    "learning_rate": "--lr",
-    "num_train_epochs": "--epochs",
-    "max_steps": "--max-steps",
-    "per_device_train_batch_size": "--batch-size",
-    "per_device_eval_batch_size": "--batch-size",
-    "max_tokens": "--max-tokens",
-    "seed": "--seed",
-    "target_loss": "--target-loss",
-    "max_train_samples": "--max-train-samples",
-    "max_eval_samples": "--max-eval-samples",
+# Each `adamoe finetune` flag and the run-config keys it sets, as (section, key), section None for a top-level key.
+# The CLI builds its overrides from this one table (`flag_overrides`), and an error names the flag behind a key
+# from it (`FLAGS`). The MoE flags build the `moe` section through `MoEConfig` (cli/_options.py).
+FLAG_KEYS: dict[str, tuple[tuple[str | None, str], ...]] = {
+    "--task": ((None, "task"),),
+    "--model": ((None, "model"),),
+    "--output-dir": ((None, "output_dir"),),
+    "--keep-checkpoints": ((None, "keep_checkpoints"),),
+    "--resume": ((None, "resume"),),
+    "--overwrite": ((None, "overwrite"),),
+    "--train-file": (("data", "train_file"),),
+    "--validation-file": (("data", "validation_file"),),
+    "--max-train-samples": (("data", "max_train_samples"),),
+    "--max-eval-samples": (("data", "max_eval_samples"),),
+    "--direction": (("data", "direction"),),
+    "--skip-bad-examples": (("data", "skip_bad_examples"),),
+    "--epochs": (("training", "num_train_epochs"),),
+    "--max-steps": (("training", "max_steps"),),
+    "--batch-size": (("training", "per_device_train_batch_size"), ("training", "per_device_eval_batch_size")),
+    "--max-tokens": (("training", "max_tokens"),),
+    "--lr": (("training", "learning_rate"),),
+    "--bf16": (("training", "bf16"),),
+    "--seed": (("training", "seed"),),
+    "--curriculum": (("training", "curriculum"),),
+    "--target-loss": (("training", "target_loss"),),
+    "--hub-model-id": (("training", "hub_model_id"),),
+    "--push-to-hub": (("training", "push_to_hub"),),
+    "--report-to": (("training", "report_to"),),
 }
+FLAGS = {key: flag for flag, keys in FLAG_KEYS.items() for _, key in keys}  # config key -> the flag that sets it
+
+
+def flag_overrides(values: dict[str, Any]) -> dict[str, Any]:
+    """The nested run-config override of the flags given (`None`: not given), through `FLAG_KEYS`.
+
+    Example:
+        ```python
+        >>> flag_overrides({"--lr": 1e-4, "--task": "sst2", "--seed": None})
+        {'task': 'sst2', 'training': {'learning_rate': 0.0001}}
+        ```
+    """
+    overrides: dict[str, Any] = {}
+    for flag, value in values.items():
+        if value is None:
+            continue
+        for section, key in FLAG_KEYS[flag]:
+            (overrides if section is None else overrides.setdefault(section, {}))[key] = value
+    return overrides
+
+
 # Lower bounds of the numeric fields a user sets most; `None` stays allowed where the field's default is None.
 AT_LEAST_ONE = {
     "per_device_train_batch_size", "per_device_eval_batch_size", "gradient_accumulation_steps", "max_tokens",
