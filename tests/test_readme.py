@@ -46,7 +46,7 @@ def offline(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
 def _local(model_id: str, offline: dict[str, Path]) -> str:
     """The tiny folder standing in for a Hub model id (by family)."""
     family = "mixtral" if "mixtral" in model_id.lower() or "qwen3" in model_id.lower() else None
-    family = family or ("llama" if "llama" in model_id.lower() else "bert")
+    family = family or ("llama" if "llama" in model_id.lower() or "smollm2" in model_id.lower() else "bert")
     return str(offline[family])
 
 

