@@ -27,6 +27,25 @@ import pytest  # noqa: E402
 from tiny_models import ARCHITECTURES, Arch  # noqa: E402
 
 
+@pytest.fixture
+def gpt2_tokenizer(tmp_path_factory: pytest.TempPathFactory):
+    """Byte-level BPE tokenizer with no merges (one token per byte) and GPT-2's `<|endoftext|>` EOS.
+
+    Function-scoped: the causal-LM collator sets its pad token, which must not leak between tests.
+    """
+    import json
+
+    from tokenizers.pre_tokenizers import ByteLevel
+    from transformers import GPT2Tokenizer
+
+    folder = tmp_path_factory.mktemp("gpt2_tokenizer")
+    vocab = {char: i for i, char in enumerate(sorted(ByteLevel.alphabet()))}
+    vocab["<|endoftext|>"] = len(vocab)
+    (folder / "vocab.json").write_text(json.dumps(vocab), encoding="utf-8")
+    (folder / "merges.txt").write_text("#version: 0.2\n", encoding="utf-8")
+    return GPT2Tokenizer.from_pretrained(str(folder))
+
+
 @pytest.fixture(scope="session")
 def smoke_kit(tmp_path_factory: pytest.TempPathFactory):
     """One offline kit (`adamoe.smoke`) per test session, shared by the analysis, kit and reproduce tests."""

@@ -19,6 +19,7 @@ from datasets import Dataset
 from transformers import BatchEncoding, PretrainedConfig, PreTrainedTokenizerBase
 
 from ..tasks import DataArgs, get_task, soda, squad, sst2, wikitext
+from ..tasks.prompting import uses_prompts
 from ..tasks.soda import build_example, turn_pairs
 
 
@@ -250,6 +251,14 @@ def build_view(
         raise ValueError(
             f"adamoe analyze maps sub-word pieces back to words with a fast tokenizer's word_ids(); "
             f"{type(tokenizer).__name__} is a slow tokenizer (e.g. FSMT's)."
+        )
+    prompted = (task == "soda" and getattr(tokenizer, "chat_template", None)) or (
+        get_task(task).pair_format is not None and uses_prompts(model_config)
+    )
+    if prompted:
+        raise ValueError(
+            f"adamoe analyze does not yet map the decoder-only prompt formulation of {task} back to words; it "
+            "analyses encoder-decoder models and DialoGPT-style dialogue."
         )
     return VIEWS[task](rows, tokenizer, data, model_config)
 

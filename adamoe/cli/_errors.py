@@ -20,7 +20,7 @@ def user_errors() -> tuple[type[BaseException], ...]:
     from ..patching.patch import UnsupportedArchitectureError
     from ..run.config import RunConfigError
     from ..run.output_dir import OutputDirError
-    from ..tasks import DataFormatError, HubUnreachableError
+    from ..tasks import DataFormatError, HubUnreachableError, TaskInputError
     from ..trainer.checkpointing import NonFiniteWeightsError
 
     return (
@@ -34,6 +34,7 @@ def user_errors() -> tuple[type[BaseException], ...]:
         OutputDirError,
         RouterNumericsError,
         RunConfigError,
+        TaskInputError,
         UnsupportedArchitectureError,
     )
 

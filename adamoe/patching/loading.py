@@ -304,9 +304,10 @@ def load_model(task: Task, name_or_path: str, moe: MoEConfig | None) -> nn.Modul
             f"checkpoint's structure ({found}: --num-experts / --every-n-layers, or the `moe` section of --config), "
             "or start from the dense model it was converted from."
         )
+    model_class = task.model_class_for(config)
     if stored is not None or moe is not None:
-        return from_pretrained(source, moe=moe, model_class=task.model_class, config=config, **gguf)
-    return detach_quantizer(load_pretrained_quietly(task.model_class, source, config=config, **gguf))
+        return from_pretrained(source, moe=moe, model_class=model_class, config=config, **gguf)
+    return detach_quantizer(load_pretrained_quietly(model_class, source, config=config, **gguf))
 
 
 def load_tokenizer(name_or_path: str) -> Any:

@@ -1,7 +1,7 @@
 """The paper's six fine-tuning tasks behind one `Task` contract; see `base` for how a trainer drives them."""
 
 from .base import DataArgs, PreparedData, Task, TaskKind
-from .io import DataFormatError, HubUnreachableError
+from .io import DataFormatError, HubUnreachableError, TaskInputError
 from .metrics import (
     accuracy,
     perplexity,
@@ -24,6 +24,7 @@ __all__ = [
     "HubUnreachableError",
     "PreparedData",
     "Task",
+    "TaskInputError",
     "TaskKind",
     "accuracy",
     "get_task",

@@ -30,7 +30,7 @@ from pathlib import Path
 from types import MappingProxyType
 from typing import TYPE_CHECKING, Any, Literal
 
-from .io import HubUnreachableError
+from .io import HubUnreachableError, TaskInputError
 
 if TYPE_CHECKING:
     import torch
@@ -170,6 +170,8 @@ class Task:
         main_metric: The metric the paper reports (`metric_for_best_model`).
         greater_is_better: Whether a larger `main_metric` is better.
         auto_model: The transformers Auto class that loads the model with the task's head (`model_class`).
+        decoder_auto_model: For a task with a decoder-only formulation (`prompting.py`), the Auto class that loads a
+            decoder-only model for it (`model_class_for`).
         read_file: Reads and checks one local data file.
         offline_example: Example train and validation file names, for the message when the Hub is unreachable.
         preprocess: `(raw, tokenizer, data, model_config=None) -> PreparedData`: rows into model features.
@@ -210,6 +212,7 @@ class Task:
     preprocess_logits_for_metrics: LogitsReducer | None = None
     extra_training_arguments: Callable[[DataArgs], dict[str, Any]] | None = None
     pair_format: Any = None
+    decoder_auto_model: str | None = None
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "model_kwargs", MappingProxyType(dict(self.model_kwargs)))  # shared: read-only
@@ -221,6 +224,32 @@ class Task:
         import transformers
 
         return getattr(transformers, self.auto_model)
+
+    def model_class_for(self, config: PretrainedConfig) -> type:
+        """The class that loads a model of `config` with this task's head: `model_class`, or for a decoder-only
+        model of a task with a decoder-only formulation, `decoder_auto_model`.
+
+        Raises:
+            TaskInputError: transformers has no head of this task for the model type; the message says what to use.
+        """
+        import transformers
+
+        auto = self.model_class
+        if self.decoder_auto_model is not None and not getattr(config, "is_encoder_decoder", False):
+            auto = getattr(transformers, self.decoder_auto_model)
+        if type(config) not in auto._model_mapping:
+            usable = "an encoder-decoder model (FSMT, BART, T5) or a decoder-only LLM (Llama, Qwen, Mistral)"
+            if self.kind == "classification":
+                usable = "an encoder (BERT, RoBERTa) or a decoder with a classification head (Llama, Qwen, Mistral)"
+            elif self.kind == "qa":
+                usable = "an encoder (BERT, RoBERTa) or a decoder with a QA head (Llama, Qwen, Mistral)"
+            elif self.kind == "causal_lm":
+                usable = "a causal language model (GPT-2, Llama, Qwen)"
+            raise TaskInputError(
+                f"{self.name} needs {auto.__name__}, which transformers does not provide for {config.model_type} "
+                f"models; use {usable}."
+            )
+        return auto
 
     def load_raw(self, data: DataArgs) -> DatasetDict:
         """The raw rows: local files when `data` names any, the Hub otherwise; each split checked."""

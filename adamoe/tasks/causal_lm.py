@@ -1,4 +1,5 @@
-"""Pieces shared by the two causal language-modelling tasks (wikitext, soda): perplexity over predicted tokens.
+"""Pieces shared by the causal language-modelling tasks and the decoder-only formulations: perplexity over
+predicted tokens, padding, and generation from prompts.
 
 Perplexity must be exp(total NLL / number of predicted tokens). The Trainer's `eval_loss` is a mean of
 per-batch means, which equals that only when every batch predicts the same number of tokens (true for
@@ -47,3 +48,28 @@ def perplexity_metrics(eval_pred: EvalPrediction) -> dict[str, float]:
     rows = np.asarray(rows, dtype=np.float64)  # (num_rows, 2): summed NLL, predicted tokens
     total_nll, n_tokens = float(rows[:, 0].sum()), int(rows[:, 1].sum())
     return {"perplexity": perplexity_from_losses(total_nll, n_tokens), "nll": total_nll / n_tokens}
+
+
+def left_padded(prompts: list[list[int]], pad: int, device: Any = None) -> tuple[Any, Any]:
+    """`(input_ids, attention_mask)`, each `(batch, longest prompt)`, padded on the left so that every prompt ends
+    where generation starts."""
+    import torch
+
+    width = max(len(p) for p in prompts)
+    ids = torch.tensor([[pad] * (width - len(p)) + list(p) for p in prompts], device=device)
+    mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in prompts], device=device)
+    return ids, mask
+
+
+def generate_continuations(
+    model: Any, prompts: list[list[int]], *, pad: int, eos: int, max_new_tokens: int, **generate_kwargs: Any
+) -> Any:
+    """`(batch, new tokens)`: what a decoder-only model generates after each prompt (greedy unless
+    `generate_kwargs` say otherwise), one left-padded batch; rows that stop early are padded with `pad`."""
+    import torch
+
+    ids, mask = left_padded(prompts, pad, device=next(model.parameters()).device)
+    settings = {"do_sample": False, **generate_kwargs, "max_new_tokens": max_new_tokens}
+    with torch.no_grad():
+        out = model.generate(input_ids=ids, attention_mask=mask, pad_token_id=pad, eos_token_id=eos, **settings)
+    return out[:, ids.shape[1] :]

@@ -13,6 +13,7 @@ from functools import partial
 
 from .io import Schema, read_rows
 from .metrics import ROUGE_TYPES, rouge_scores
+from .prompting import PromptFormat
 from .seq2seq import PairFormat, seq2seq_task
 
 SCHEMA = Schema(
@@ -31,6 +32,7 @@ CNN_DAILYMAIL = seq2seq_task(
         pairs=lambda batch, data: (batch["article"], batch["highlights"]),
         max_source_length=MAX_SOURCE_LENGTH,
         max_target_length=MAX_TARGET_LENGTH,
+        prompt=PromptFormat("Summarize this news article in a few sentences.", "Summary:"),
     ),
     rouge_scores,
     read_file=partial(read_rows, schema=SCHEMA, formats=FORMATS),

@@ -24,6 +24,11 @@ class DataFormatError(ValueError):
     """A local data file is empty, unreadable, or lacks the columns a task needs."""
 
 
+class TaskInputError(ValueError):
+    """A model or tokenizer that cannot do the task as configured (no EOS token, an example longer than the
+    model's context, a head the model type lacks); the message says what to change."""
+
+
 class HubUnreachableError(ConnectionError):
     """The Hugging Face Hub could not be reached and no local data files were given."""
 

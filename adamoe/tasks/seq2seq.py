@@ -2,8 +2,11 @@
 in HF `run_translation.py` and `run_summarization.py`: source prefixes per model type, source/target
 tokenization, the padding collator, generation settings, and decoding generated ids for scoring.
 
-A task differs only in its `PairFormat`: how a batch of rows becomes (source, target) texts, its prefix family
-and default lengths. `seq2seq_task` builds the whole `Task` from it and the task's description.
+A task differs only in its `PairFormat`: how a batch of rows becomes (source, target) texts, its prefix family,
+default lengths and how it asks a decoder-only model (`prompting.PromptFormat`). `seq2seq_task` builds the whole
+`Task` from it and the task's description. An encoder-decoder model (FSMT, BART, T5) gets the source as encoder
+input and the target as labels; a decoder-only one (Llama, Qwen, GPT-2) gets `prompt + target` with labels on the
+target only (`prompting.py`), and the trainer generates from the prompt to score it.
 """
 
 from __future__ import annotations
@@ -17,6 +20,8 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from .base import DataArgs, PreparedData, Task, logits_of, prepare_splits
+from .causal_lm import ensure_pad_token
+from .prompting import PromptFormat, prompt_examples, uses_prompts
 
 if TYPE_CHECKING:
     from datasets import Dataset, DatasetDict
@@ -76,7 +81,8 @@ class PairFormat:
         pairs: `(batch of raw rows, data) -> (sources, targets)`.
         max_source_length: Source tokens kept when `DataArgs.max_source_length` is unset.
         max_target_length: Target tokens kept (and generated) when `DataArgs.max_target_length` is unset.
-        prefix_fields: `data -> fields` that the family's prefix template is formatted with.
+        prompt: How a decoder-only model is asked; its texts are formatted with `prefix_fields`.
+        prefix_fields: `data -> fields` that the family's prefix template and the prompt are formatted with.
         check_model: `(model_config, data) -> None`, raising `ValueError` for a model that cannot do the task.
     """
 
@@ -84,6 +90,7 @@ class PairFormat:
     pairs: Callable[[dict[str, list], DataArgs], tuple[list[str], list[str]]]
     max_source_length: int
     max_target_length: int
+    prompt: PromptFormat
     prefix_fields: Callable[[DataArgs], dict[str, str]] = lambda data: {}
     check_model: Callable[[PretrainedConfig | None, DataArgs], None] | None = None
 
@@ -94,6 +101,21 @@ class PairFormat:
     def prefix(self, data: DataArgs, model_config: PretrainedConfig | None) -> str:
         """The text put before every source (`source_prefix`)."""
         return source_prefix(data, model_config, self.family, **self.prefix_fields(data))
+
+    def prompt_examples(
+        self, batch: dict[str, list], tokenizer: Any, data: DataArgs, model_config: PretrainedConfig | None
+    ) -> dict[str, list[list[int]]]:
+        """The decoder-only features of a batch of rows (`prompting.prompt_examples`)."""
+        fields = self.prefix_fields(data)
+        return prompt_examples(
+            *self.pairs(batch, data),
+            tokenizer,
+            model_config,
+            instruction=self.prompt.instruction.format(**fields),
+            answer_prefix=self.prompt.answer_prefix.format(**fields),
+            max_source_length=self.lengths(data)[0],
+            max_target_length=self.lengths(data)[1],
+        )
 
     def texts(self, rows: Dataset, data: DataArgs) -> tuple[list[str], list[str]]:
         """(sources, targets) of a whole split."""
@@ -109,8 +131,11 @@ def preprocess(
 ) -> PreparedData:
     """Tokenizes prefix + source as inputs and the target as `labels`, both truncated, for every split.
 
-    No padding here: the collator pads `labels` with -100, so padding never counts in the loss.
+    No padding here: the collator pads `labels` with -100, so padding never counts in the loss. A decoder-only
+    model gets the prompt formulation instead (`prompting.py`).
     """
+    if uses_prompts(model_config):
+        return prepare_splits(raw, lambda batch: form.prompt_examples(batch, tokenizer, data, model_config), data)
     if form.check_model is not None:
         form.check_model(model_config, data)
     prefix = form.prefix(data, model_config)
@@ -131,10 +156,11 @@ def preprocess(
 
 
 def seq2seq_collator(tokenizer: PreTrainedTokenizerBase, model: Any = None) -> DataCollatorForSeq2Seq:
-    """Pads inputs with the pad token and labels with -100; with `model`, also builds `decoder_input_ids`."""
+    """Pads inputs with the pad token and labels with -100; with an encoder-decoder `model`, also builds
+    `decoder_input_ids`. A decoder-only model's tokenizer may lack a pad token: EOS stands in (`ensure_pad_token`)."""
     from transformers import DataCollatorForSeq2Seq
 
-    return DataCollatorForSeq2Seq(tokenizer, model=model, label_pad_token_id=-100)
+    return DataCollatorForSeq2Seq(ensure_pad_token(tokenizer), model=model, label_pad_token_id=-100)
 
 
 def generation_overrides(form: PairFormat, data: DataArgs) -> dict[str, Any]:
@@ -200,6 +226,7 @@ def seq2seq_task(
         greater_is_better=True,
         # FSMT is in the seq2seq auto mapping (transformers >= 5), so one class covers FSMT, T5, BART, Marian.
         auto_model="AutoModelForSeq2SeqLM",
+        decoder_auto_model="AutoModelForCausalLM",
         read_file=read_file,
         preprocess=partial(preprocess, form),
         compute_metrics=lambda prepared, tokenizer, data: generation_metrics(score, tokenizer),

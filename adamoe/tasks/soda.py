@@ -1,10 +1,11 @@
 """Dialogue response modelling: SODA, microsoft/DialoGPT-medium, perplexity (paper Table 3, "DialoGPT / SODA / PPL").
 
-Every pair of consecutive turns of a dialogue becomes one example in DialoGPT's format,
-`context<eos>response<eos>`, where only the response and its closing EOS carry labels (the context gets
--100). Perplexity is exp(total NLL / response tokens) over the validation pairs (see `causal_lm`). When a
-pair exceeds `max_seq_length` (default 256) the context loses its oldest tokens first, so the scored
-response stays whole whenever it fits.
+Every pair of consecutive turns of a dialogue becomes one example in DialoGPT's format, `context<eos>response<eos>`,
+where only the response and its closing EOS carry labels (the context gets -100); with a tokenizer that has a chat
+template (an instruction-tuned LLM such as SmolLM2) the context is the user turn and the response the assistant's,
+labelled alike (`prompting.py`). Perplexity is exp(total NLL / response tokens) over the validation pairs (see
+`causal_lm`). When a pair exceeds `max_seq_length` (default 256) the context loses its oldest tokens first, so the
+scored response stays whole whenever it fits.
 
 Local files: JSON lines `{"dialogue": [turn, turn, ...]}` (the Hub schema; other columns are ignored), or the
 same as JSON/Parquet.
@@ -17,9 +18,10 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from .base import DataArgs, PreparedData, Task, prepare_splits
-from .causal_lm import padding_lm_collator, perplexity_metrics
+from .causal_lm import generate_continuations, padding_lm_collator, perplexity_metrics
 from .io import DataFormatError, Schema, read_rows
 from .metrics import token_nll
+from .prompting import prompt_examples, prompt_of
 
 if TYPE_CHECKING:
     from datasets import Dataset, DatasetDict
@@ -65,30 +67,16 @@ def greedy_responses(
     model: Any, tokenizer: PreTrainedTokenizerBase, features: Dataset, max_new_tokens: int, batch_size: int = 16
 ) -> list[str]:
     """The greedy continuation of each feature's context (its tokens up to the first label), up to EOS."""
-    import torch
-
     eos = tokenizer.eos_token_id
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else eos
-    prompts = []
-    for input_ids, labels in zip(features["input_ids"], features["labels"], strict=True):
-        context_length = next((i for i, label in enumerate(labels) if label != -100), len(labels))
-        prompts.append(input_ids[:context_length])  # context<eos>: what the response is predicted from
-    device = next(model.parameters()).device
+    prompts = [prompt_of(ids, labels) for ids, labels in zip(features["input_ids"], features["labels"], strict=True)]
     was_training, texts = model.training, []
     model.eval()
     try:
         for start in range(0, len(prompts), batch_size):
             batch = prompts[start : start + batch_size]
-            width = max(len(p) for p in batch)
-            # Left padding, so every prompt ends where generation starts.
-            ids = torch.tensor([[pad] * (width - len(p)) + p for p in batch], device=device)
-            mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in batch], device=device)
-            with torch.no_grad():
-                out = model.generate(
-                    input_ids=ids, attention_mask=mask, max_new_tokens=max_new_tokens, do_sample=False,
-                    pad_token_id=pad, eos_token_id=eos,
-                )  # fmt: skip
-            for row in out[:, width:].tolist():
+            out = generate_continuations(model, batch, pad=pad, eos=eos, max_new_tokens=max_new_tokens)
+            for row in out.tolist():
                 response = row[: row.index(eos)] if eos in row else row
                 texts.append(tokenizer.decode(response, skip_special_tokens=True).strip())
     finally:
@@ -97,9 +85,20 @@ def greedy_responses(
 
 
 def tokenize_dialogues(
-    batch: dict[str, list], tokenizer: PreTrainedTokenizerBase, max_length: int
+    batch: dict[str, list],
+    tokenizer: PreTrainedTokenizerBase,
+    max_length: int,
+    model_config: PretrainedConfig | None = None,
 ) -> dict[str, list[list[int]]]:
+    """DialoGPT's `context<eos>response<eos>`, or with a chat template (an instruction-tuned LLM) the context as the
+    user turn and the response as the assistant's (`prompting.py`); labels on the response and its EOS only, the
+    context losing its oldest tokens first."""
     contexts, responses = turn_pairs(batch)
+    if getattr(tokenizer, "chat_template", None):
+        return prompt_examples(
+            contexts, responses, tokenizer, model_config, instruction="", answer_prefix="",
+            max_source_length=max_length, max_target_length=max_length, max_length=max_length, keep_source_end=True,
+        )  # fmt: skip
     context_ids = tokenizer(contexts, add_special_tokens=False)["input_ids"]
     response_ids = tokenizer(responses, add_special_tokens=False)["input_ids"]
     examples = [
@@ -116,7 +115,8 @@ def preprocess(
     max_length = data.max_seq_length or MAX_SEQ_LENGTH
     if max_length < 3:
         raise ValueError(f"max_seq_length must be at least 3 (EOS, a token, EOS), got {max_length}.")
-    return prepare_splits(raw, partial(tokenize_dialogues, tokenizer=tokenizer, max_length=max_length), data)
+    tokenize = partial(tokenize_dialogues, tokenizer=tokenizer, max_length=max_length, model_config=model_config)
+    return prepare_splits(raw, tokenize, data)
 
 
 def prediction_files(

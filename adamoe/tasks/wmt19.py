@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING
 from .base import DataArgs
 from .io import DataFormatError, Schema, read_rows
 from .metrics import sacrebleu_score
+from .prompting import PromptFormat
 from .seq2seq import LANGUAGE_NAMES, PairFormat, seq2seq_task
 
 if TYPE_CHECKING:
@@ -74,6 +75,7 @@ WMT19 = seq2seq_task(
         pairs=translation_pairs,
         max_source_length=MAX_SOURCE_LENGTH,
         max_target_length=MAX_TARGET_LENGTH,
+        prompt=PromptFormat("Translate this {source} text into {target}.", "{target}:"),
         prefix_fields=language_names,
         check_model=lambda model_config, data: check_model_direction(model_config, *data.direction.split("-")),
     ),

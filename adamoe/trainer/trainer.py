@@ -65,6 +65,7 @@ from .accumulation import loss_is_scaled_for_accumulation, micro_batches, model_
 from .checkpointing import AtomicCheckpointMixin, check_checkpoint_files, check_resumable_without_fsdp
 from .console import CompactPrinterCallback, CompactProgressCallback, JsonLinesLogCallback
 from .data_order import DataOrderMixin
+from .generation import decoder_only_prediction_step
 from .indexing import SAMPLE_INDEX_KEY, IndexCollator
 from .meters import RoutingMeter
 from .state import RunState
@@ -365,4 +366,18 @@ class AdaMoETrainer(AdaMoETrainerMixin, DataOrderMixin, AtomicCheckpointMixin, T
 
 class AdaMoESeq2SeqTrainer(AdaMoETrainerMixin, DataOrderMixin, AtomicCheckpointMixin, Seq2SeqTrainer):
     """`transformers.Seq2SeqTrainer` (`predict_with_generate`) with the same additions as `AdaMoETrainer`;
-    use it with `AdaMoESeq2SeqTrainingArguments`."""
+    use it with `AdaMoESeq2SeqTrainingArguments`. A decoder-only model generates from each example's prompt
+    (`generation.py`), so the generation tasks take a decoder-only LLM as well as an encoder-decoder model."""
+
+    def prediction_step(
+        self,
+        model: nn.Module,
+        inputs: dict[str, Any],
+        prediction_loss_only: bool,
+        ignore_keys: list[str] | None = None,
+        **gen_kwargs: Any,
+    ) -> tuple[torch.Tensor | None, torch.Tensor | None, torch.Tensor | None]:
+        config = getattr(self.accelerator.unwrap_model(model), "config", None)
+        if prediction_loss_only or not self.args.predict_with_generate or getattr(config, "is_encoder_decoder", True):
+            return super().prediction_step(model, inputs, prediction_loss_only, ignore_keys=ignore_keys, **gen_kwargs)
+        return decoder_only_prediction_step(self, model, inputs)

@@ -14,7 +14,6 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-from tokenizers.pre_tokenizers import ByteLevel
 from transformers import BertTokenizer, FSMTTokenizer, GPT2Tokenizer, PreTrainedTokenizerBase, T5Tokenizer
 
 # tests/tasks/conftest.py -> repo root is parents[2]; the shared data sits next to the repo.
@@ -45,20 +44,6 @@ def bert_tokenizer(tmp_path_factory: pytest.TempPathFactory) -> PreTrainedTokeni
     folder = tmp_path_factory.mktemp("bert_tokenizer")
     (folder / "vocab.txt").write_text("\n".join(vocab) + "\n", encoding="utf-8")
     return BertTokenizer.from_pretrained(str(folder))
-
-
-@pytest.fixture
-def gpt2_tokenizer(tmp_path_factory: pytest.TempPathFactory) -> PreTrainedTokenizerBase:
-    """Byte-level BPE tokenizer with no merges (one token per byte) and GPT-2's `<|endoftext|>` EOS.
-
-    Function-scoped: the causal-LM collator sets its pad token, which must not leak between tests.
-    """
-    folder = tmp_path_factory.mktemp("gpt2_tokenizer")
-    vocab = {char: i for i, char in enumerate(sorted(ByteLevel.alphabet()))}
-    vocab["<|endoftext|>"] = len(vocab)
-    (folder / "vocab.json").write_text(json.dumps(vocab), encoding="utf-8")
-    (folder / "merges.txt").write_text("#version: 0.2\n", encoding="utf-8")
-    return GPT2Tokenizer.from_pretrained(str(folder))
 
 
 @pytest.fixture(scope="session")
