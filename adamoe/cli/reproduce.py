@@ -66,9 +66,9 @@ def reproduce_command(
     task_names = [t.value for t in tasks] if tasks else None
     cpu = None
     if scale is Scale.cpu:
-        from ..reproduce.cpu_scale import CPU_TASKS, CpuScale
+        from ..reproduce.cpu_scale import DEFAULT_CPU_TASKS, CpuScale
 
-        cpu = CpuScale.locate(data_root, tasks=task_names or CPU_TASKS)
+        cpu = CpuScale.locate(data_root, tasks=task_names or DEFAULT_CPU_TASKS)
     report = reproduce(int(table.value), tasks=task_names, scale=scale.value, output_dir=output_dir, cpu=cpu)
     console.print(
         f"Table {report.table} ({report.scale}): ran {len(report.ran)}, skipped {len(report.skipped)} finished, "

@@ -71,14 +71,31 @@ def cpu_columns(table: int, columns: list[tuple[str, str, str]]) -> list[tuple[s
     return out
 
 
-def cpu_scale_note(seeds: Sequence[int]) -> str:
+def cpu_scale_note(seeds: Sequence[int], tasks: Sequence[str] = ("sst2", "squad")) -> str:
+    """What the cpu scale trained, for the tables' header: MiniLM for the BERT rows, SmolLM2 for the decoder rows."""
+    minilm = (
+        "the pretrained all-MiniLM-L6-v2 (6 layers, hidden 384) with every FFN upcycled into 16 experts, "
+        f"fine-tuned on the real SST-2 sample ({SETTINGS['sst2'].max_train_samples:,} training sentences, 500 to "
+        "evaluate) and the SQuAD v1.1 sample split by article (three train, the fourth evaluates)"
+    )
+    decoders = [t for t in tasks if SETTINGS[t].model == "smollm2"]
+    if not decoders:
+        what, parts = "a 6-layer model (NOT the paper's BERT-base)", [minilm]
+        seeds_text = f"over {len(seeds)} seeds ({', '.join(str(s) for s in seeds)})"
+    else:
+        steps = "/".join(str(s) for s in sorted({SETTINGS[t].max_steps for t in decoders}))
+        smollm2 = (
+            "the pretrained Llama SmolLM2-135M-Instruct (30 layers, hidden 576) with every FFN upcycled into 4 "
+            f"experts, fine-tuned for {steps} steps on the shared {', '.join(decoders)} samples, the generation tasks "
+            "in their decoder-only prompt form"
+        )
+        what = "small models (NOT the paper's BERT-base, GPT-2, DialoGPT, FSMT or BART)"
+        parts = ([minilm] if set(tasks) - set(decoders) else []) + [smollm2]
+        seeds_text = f"over the seeds run ({', '.join(str(s) for s in seeds)}; some rows run fewer for the budget)"
     return (
-        "**CPU scale on real weights, a 6-layer model (NOT the paper's BERT-base)**: the pretrained "
-        "all-MiniLM-L6-v2 (6 layers, hidden 384) with every FFN upcycled into 16 experts, fine-tuned on the real "
-        f"SST-2 sample ({SETTINGS['sst2'].max_train_samples:,} training sentences, 500 to evaluate) and the SQuAD "
-        "v1.1 sample split by article (three train, the fourth evaluates), on one torch thread of a shared 2-core "
-        "CPU, for short budgets (`adamoe/reproduce/cpu_scale.py`). Every figure is the mean ± standard deviation over "
-        f"{len(seeds)} seeds ({', '.join(str(s) for s in seeds)}); a figure from fewer seeds says (n=...)."
+        f"**CPU scale on real weights, {what}**: {'; and '.join(parts)}, on one torch thread of a shared 2-core "
+        f"CPU, for short budgets (`adamoe/reproduce/cpu_scale.py`). Every figure is the mean ± standard deviation "
+        f"{seeds_text}; a figure from fewer seeds says (n=...)."
     )
 
 

@@ -40,7 +40,7 @@ from ..files import write_json_atomically
 from ..run.config import FinetuneConfig
 from ..run.recipe import finetune
 from ..smoke import SmokeTask, one_thread, write_smoke_kit
-from .cpu_scale import CPU_TASKS, SEEDS, CpuScale, CpuTask
+from .cpu_scale import DEFAULT_CPU_TASKS, SEEDS, CpuScale, CpuTask
 from .experiments import EXPERIMENTS_DIR, SCALES, TABLES, Experiment, load_experiments
 from .normalise import loss_curve
 from .tables import write_table
@@ -207,7 +207,7 @@ def reproduce(
     """
     root = Path(output_dir) / scale
     if scale == "cpu" and not tasks:
-        tasks = list(CPU_TASKS)
+        tasks = list(DEFAULT_CPU_TASKS)
     cells = cell_set(table, tasks, experiments_dir)
     report = ReproduceReport(table=table, scale=scale, root=root)
     task_names = sorted({e.task for e in cells})
@@ -219,6 +219,8 @@ def reproduce(
         # comparison rather than one scheme in every seed.
         for seed in seeds:
             for experiment in cells:
+                if cpu is not None and not cpu.runs(experiment.task, experiment.scheme, seed):
+                    continue  # a cell this scale leaves out for its budget (cpu_scale.SETTINGS)
                 outcome = run_cell(experiment, root, kit, scale, seed)
                 bucket = {"ran": report.ran, "skipped": report.skipped, "reused": report.reused}[outcome]
                 bucket.append(cell_name(experiment, seed))

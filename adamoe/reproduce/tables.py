@@ -278,7 +278,7 @@ def render_markdown(
     """The table as markdown; `results_by_seed` (several seeds) adds the ± columns' notes and the timing appendix."""
     columns = COLUMNS[table] if results_by_seed is None else cpu_columns(table, COLUMNS[table])
     if results_by_seed is not None:
-        scale_note = cpu_scale_note(list(results_by_seed))
+        scale_note = cpu_scale_note(list(results_by_seed), sorted({row["task"] for row in rows}))
     elif scale == "smoke":
         scale_note = (
             "**Smoke scale**: tiny randomly initialised models on the generated smoke kit, a few dozen CPU steps per "

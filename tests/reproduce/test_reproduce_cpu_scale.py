@@ -11,7 +11,7 @@ from typer.testing import CliRunner
 
 from adamoe.cli import app
 from adamoe.reproduce import cpu_scale
-from adamoe.reproduce.cpu_scale import CPU_TASKS, SEEDS, CpuScale, CpuScaleUnavailableError, write_squad_split
+from adamoe.reproduce.cpu_scale import DEFAULT_CPU_TASKS, SEEDS, CpuScale, CpuScaleUnavailableError, write_squad_split
 from adamoe.reproduce.runner import cell_name, cell_set, resolve, scale_seeds
 from adamoe.reproduce.tables import write_table
 from adamoe.run.config import FinetuneConfig
@@ -35,13 +35,15 @@ def write_data(root):
 @pytest.fixture
 def scale(tmp_path):
     # A stand-in model folder: nothing is loaded, only paths are resolved.
-    return CpuScale(model_dir=tmp_path / "minilm", data_root=write_data(tmp_path / "data"))
+    return CpuScale(
+        models=dict.fromkeys(DEFAULT_CPU_TASKS, tmp_path / "minilm"), data_root=write_data(tmp_path / "data")
+    )
 
 
 @pytest.mark.parametrize("table", [3, 5, 6])
 def test_every_cell_resolves_to_minilm_on_the_real_files_at_each_seed(scale, tmp_path, table):
     kit = scale.prepare(tmp_path / "cpu")
-    cells = cell_set(table, list(CPU_TASKS))
+    cells = cell_set(table, list(DEFAULT_CPU_TASKS))
     assert {e.task for e in cells} == {"sst2", "squad"}
     assert scale_seeds("cpu", scale) == SEEDS == (42, 43, 44)
     for experiment in cells:
@@ -50,7 +52,7 @@ def test_every_cell_resolves_to_minilm_on_the_real_files_at_each_seed(scale, tmp
             config = resolve(experiment, kit, run_dir, seed)
             FinetuneConfig.from_dict(config)  # a valid run config
             training, data = config["training"], config["data"]
-            assert config["model"] == str(scale.model_dir) and training["seed"] == seed
+            assert config["model"] == str(scale.models[experiment.task]) and training["seed"] == seed
             assert run_dir.name == f"{experiment.id}-seed{seed}"
             assert "max_steps" not in training  # epochs decide, so Table 6's own epochs hold
             if experiment.task == "sst2":
@@ -120,8 +122,8 @@ def test_a_missing_model_package_says_how_to_install_it(tmp_path, monkeypatch):
 
 
 def test_other_tasks_are_refused(scale):
-    with pytest.raises(CpuScaleUnavailableError, match="sst2, squad"):
-        scale.prepare("unused", ["wmt19"])
+    with pytest.raises(CpuScaleUnavailableError, match="covers sst2, squad, wikitext, soda, wmt19, cnn_dailymail"):
+        scale.prepare("unused", ["mnli"])
 
 
 def test_the_cli_exits_2_with_the_message_when_data_are_absent(tmp_path):
@@ -129,8 +131,8 @@ def test_the_cli_exits_2_with_the_message_when_data_are_absent(tmp_path):
     result = runner.invoke(app, args)
     assert result.exit_code == 2, result.output
     assert "--data-root" in result.output and not (tmp_path / "o").exists()
-    result = runner.invoke(app, [*args[:5], "--tasks", "wmt19", *args[5:]])
-    assert result.exit_code == 2 and "sst2, squad" in result.output
+    result = runner.invoke(app, [*args[:5], "--tasks", "wmt19", *args[5:]])  # a decoder row: its own files
+    assert result.exit_code == 2 and "translation/multi30k_de_en_train5k.jsonl" in result.output
 
 
 def write_seed_cell(root, cell_id, seed, *, metric, curve, cpu, wall, two=None, flops=None, cpu_curve=None):
@@ -204,3 +206,47 @@ def test_the_cpu_column_reads_the_stamped_cpu_clock_when_every_curve_has_it(tmp_
     rows = {r["cell"]: r for r in _csv(outputs["csv"])}
     assert float(rows["table3-sst2-adaptive"]["norm_cpu_time"]) == pytest.approx(0.6)
     assert float(rows["table3-sst2-adaptive"]["norm_time"]) == pytest.approx(0.5)
+
+
+def write_decoder_data(root):
+    """Stand-ins for the shared decoder samples: WikiText articles, dialogues, translation pairs, articles."""
+    (root / "wikitext").mkdir(parents=True)
+    articles = [
+        f" = Article {i} = \n" + "".join(f" line {i}.{j} of the article .\n" for j in range(8)) for i in range(5)
+    ]
+    (root / "wikitext" / "wikitext2_valid.txt").write_text("".join(articles))
+    (root / "dialogue").mkdir()
+    dialogues = [json.dumps({"dialogue": [f"hi {i}", f"hello {i}"]}) + "\n" for i in range(60)]
+    (root / "dialogue" / "dailydialog_sample1500.jsonl").write_text("".join(dialogues))
+    (root / "translation").mkdir()
+    for name in ("multi30k_de_en_train5k", "multi30k_de_en_validation"):
+        pair = json.dumps({"translation": {"de": "Ein Hund.", "en": "A dog."}})
+        (root / "translation" / f"{name}.jsonl").write_text(pair + "\n")
+    (root / "summarization").mkdir()
+    rows = [json.dumps({"id": str(i), "article": f"Story {i}.", "highlights": "Short."}) + "\n" for i in range(20)]
+    (root / "summarization" / "cnn_dailymail_sample60.jsonl").write_text("".join(rows))
+    return root
+
+
+DECODER_TASKS = ("wikitext", "soda", "wmt19", "cnn_dailymail")
+
+
+def test_the_decoder_rows_train_smollm2_on_held_out_splits(tmp_path):
+    models = dict.fromkeys(DECODER_TASKS, tmp_path / "SmolLM2-135M-Instruct.Q4_1.gguf")
+    scale = CpuScale(models=models, data_root=write_decoder_data(tmp_path / "data"))
+    kit = scale.prepare(tmp_path / "cpu", DECODER_TASKS)
+    for experiment in cell_set(3, list(DECODER_TASKS)):
+        config = resolve(experiment, kit, tmp_path / "run", 42)
+        FinetuneConfig.from_dict(config)  # a valid run config
+        assert config["model"].endswith(".gguf") and config["training"]["max_steps"] == 16
+        if experiment.scheme != "dense":
+            assert (config["moe"]["num_experts"], config["moe"]["expert_init"]) == (4, "upcycle")
+    # WikiText splits at an article heading, so no article is in both halves.
+    train = kit["wikitext"].train_file.read_text()
+    validation = kit["wikitext"].validation_file.read_text()
+    assert validation.startswith(" = Article 4 = ") and "Article 4" not in train and train.count(" = Article") == 4
+    assert len(kit["soda"].validation_file.read_text().splitlines()) == 50
+    assert len(kit["cnn_dailymail"].validation_file.read_text().splitlines()) == 10
+    # Translation and summarisation run dense, top-2 and adaptive at one seed; the others every scheme and seed.
+    assert not scale.runs("wmt19", "top1", 42) and not scale.runs("cnn_dailymail", "adaptive", 43)
+    assert scale.runs("cnn_dailymail", "adaptive", 42) and scale.runs("soda", "top1", 44)
