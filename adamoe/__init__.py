@@ -15,6 +15,7 @@ __version__ = "0.1.0"
 _EXPORTS = {
     "CheckpointError": "patching.loading",
     "DenseFFN": "patching.dense",
+    "ExportError": "patching.export",
     "FFNSpec": "patching.dense",
     "FFN_SPECS": "patching.dense",
     "LayerRoutingStats": "moe.stats",
@@ -30,6 +31,7 @@ _EXPORTS = {
     "UnsupportedArchitectureError": "patching.patch",
     "balance_loss": "moe.stats",
     "check_patched_consistently": "patching.loading",
+    "export_native": "patching.export",
     "from_pretrained": "patching.loading",
     "is_moe_model": "moe.block",
     "moe_blocks": "moe.block",
@@ -48,6 +50,7 @@ __all__ = [
     "__version__",
     "CheckpointError",
     "DenseFFN",
+    "ExportError",
     "FFNSpec",
     "FFN_SPECS",
     "LayerRoutingStats",
@@ -63,6 +66,7 @@ __all__ = [
     "UnsupportedArchitectureError",
     "balance_loss",
     "check_patched_consistently",
+    "export_native",
     "from_pretrained",
     "is_moe_model",
     "moe_blocks",
@@ -90,6 +94,7 @@ if TYPE_CHECKING:
         routing_stats,
     )
     from .patching.dense import FFN_SPECS, DenseFFN, FFNSpec, register_ffn_spec
+    from .patching.export import ExportError, export_native
     from .patching.loading import CheckpointError, check_patched_consistently, from_pretrained
     from .patching.native import NATIVE_MOE_SPECS, NativeMoE, NativeMoESpec, register_native_moe_spec
     from .patching.patch import (

@@ -21,6 +21,7 @@ app = typer.Typer(
 app.command("finetune")(run.finetune_command)
 app.command("evaluate")(run.evaluate_command)
 app.command("convert")(run.convert_command)
+app.command("export")(run.export_command)
 app.command("tasks")(run.tasks_command)
 app.command("reproduce")(reproduce.reproduce_command)
 app.command("analyze")(analyze.analyze_command)

@@ -15,6 +15,7 @@ def user_errors() -> tuple[type[BaseException], ...]:
     that `--help` imports none of the modules that define them)."""
     from ..moe.config import MoEConfigError
     from ..moe.router import RouterNumericsError
+    from ..patching.export import ExportError
     from ..patching.gguf import GGUFError
     from ..patching.loading import CheckpointError
     from ..patching.patch import UnsupportedArchitectureError
@@ -26,6 +27,7 @@ def user_errors() -> tuple[type[BaseException], ...]:
     return (
         CheckpointError,
         DataFormatError,
+        ExportError,
         FileNotFoundError,
         GGUFError,
         HubUnreachableError,

@@ -66,7 +66,20 @@ def finetune_command(
     lr: Annotated[
         float | None, typer.Option("--lr", help="Peak learning rate. [default: the config's, else 5e-05]")
     ] = None,
-    bf16: Annotated[bool | None, typer.Option("--bf16/--no-bf16", help="bf16 mixed precision.")] = None,
+    bf16: Annotated[
+        bool | None,
+        typer.Option("--bf16/--no-bf16", help="bf16 mixed precision (autocast; the router and combine stay float32)."),
+    ] = None,
+    gradient_checkpointing: Annotated[
+        bool | None,
+        typer.Option(
+            "--gradient-checkpointing/--no-gradient-checkpointing",
+            help="Recompute activations in the backward pass: less memory, more compute (non-reentrant).",
+        ),
+    ] = None,
+    gradient_accumulation_steps: Annotated[
+        int | None, typer.Option(help="Micro-batches per optimizer step. [default: 1]")
+    ] = None,
     seed: Annotated[int | None, typer.Option(help="Random seed. [default: 42]")] = None,
     max_train_samples: Annotated[int | None, typer.Option(help="Use the first N training rows.")] = None,
     max_eval_samples: MaxEvalOpt = None,
@@ -146,6 +159,8 @@ def finetune_command(
             "--max-tokens": max_tokens,
             "--lr": lr,
             "--bf16": bf16,
+            "--gradient-checkpointing": gradient_checkpointing,
+            "--gradient-accumulation-steps": gradient_accumulation_steps,
             "--seed": seed,
             "--curriculum": curriculum,
             "--target-loss": target_loss,
@@ -321,3 +336,28 @@ def tasks_command() -> None:
     for name, task in TASKS.items():
         table.add_row(name, task.default_dataset, task.default_model, task.main_metric, task.kind)
     console.print(table)
+
+
+@friendly_errors
+@uses_hub
+def export_command(
+    model: Annotated[
+        str, typer.Option("--model", "-m", help="An adamoe checkpoint (a run's output folder or Hub id).")
+    ],
+    output_dir: Annotated[Path, typer.Option("--output-dir", "-o", help="Where to write the native MoE checkpoint.")],
+    overwrite: Annotated[
+        bool, typer.Option("--overwrite", help="Replace the model or run in --output-dir (its own files only).")
+    ] = False,
+) -> None:
+    """Write an adamoe checkpoint in its family's native MoE format, which transformers and serving engines load
+    without adamoe: an upcycled Llama or Mistral as Mixtral, a patched Mixtral, Qwen3-MoE or OLMoE as itself. A
+    served model runs the format's fixed top-k; adaptive routing at inference needs adamoe.
+
+    Example: adamoe export --model runs/wikitext-smollm2 -o smollm2-moe-mixtral
+    """
+    from ..run import recipe as recipes
+
+    native = recipes.export(model, str(output_dir), overwrite=overwrite)
+    console.print(
+        f"Saved a {type(native).__name__} checkpoint (fixed top-{native.config.num_experts_per_tok}) to {output_dir}"
+    )

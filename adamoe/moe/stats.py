@@ -192,6 +192,17 @@ def routing_stats(model: nn.Module) -> RoutingStats:
     )
 
 
+# Reentrant activation checkpointing runs the checkpointed forward under no_grad and recomputes it in backward, so
+# the routing a block keeps for the balance loss carries no graph: training would silently stop balancing.
+LOST_GRADIENT = (
+    "The balance loss of {name} has no gradient: the block ran its forward without autograd, as reentrant "
+    "gradient checkpointing (use_reentrant=True) does, so training would silently stop balancing the routers. Use "
+    "non-reentrant checkpointing, transformers' default: model.gradient_checkpointing_enable("
+    "gradient_checkpointing_kwargs={{'use_reentrant': False}}), or gradient_checkpointing_kwargs="
+    "{{'use_reentrant': false}} in the run config's training section."
+)
+
+
 def balance_loss(model: nn.Module) -> torch.Tensor:
     """The paper's Eq. 4 summed over the MoE layers of the last forward, times `aux_loss_coef`.
 
@@ -205,8 +216,11 @@ def balance_loss(model: nn.Module) -> torch.Tensor:
         ```
     """
     total = torch.zeros((), device=next(model.parameters()).device)
-    for _, block in _routed_blocks(model):
+    for name, block in _routed_blocks(model):
         routing = block.last_routing
+        if block.training and torch.is_grad_enabled() and block.router.weight.requires_grad:
+            if not routing.probs.requires_grad:
+                raise RuntimeError(LOST_GRADIENT.format(name=name))
         if block.config.aux_loss_coef > 0:
             layer_loss = load_balancing_loss(routing.probs, routing.expert_index[:, 0], routing.token_mask)
             total = total + block.config.aux_loss_coef * layer_loss

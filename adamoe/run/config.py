@@ -55,6 +55,8 @@ FLAG_KEYS: dict[str, tuple[tuple[str | None, str], ...]] = {
     "--max-tokens": (("training", "max_tokens"),),
     "--lr": (("training", "learning_rate"),),
     "--bf16": (("training", "bf16"),),
+    "--gradient-checkpointing": (("training", "gradient_checkpointing"),),
+    "--gradient-accumulation-steps": (("training", "gradient_accumulation_steps"),),
     "--seed": (("training", "seed"),),
     "--curriculum": (("training", "curriculum"),),
     "--target-loss": (("training", "target_loss"),),

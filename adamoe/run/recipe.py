@@ -156,16 +156,19 @@ def build_trainer(
         prepared = task.preprocess(raw, tokenizer, data, model.config)
     seq2seq = task.kind == "seq2seq"
     trainer_class = AdaMoESeq2SeqTrainer if seq2seq else AdaMoETrainer
-    trainer = trainer_class(
-        model=model,
-        args=args,
-        train_dataset=prepared.train if train else None,
-        eval_dataset=prepared.eval,
-        data_collator=task.data_collator(tokenizer, model),
-        processing_class=tokenizer,
-        compute_metrics=task.compute_metrics(prepared, tokenizer, config.data),
-        preprocess_logits_for_metrics=task.preprocess_logits_for_metrics,
-    )
+    try:
+        trainer = trainer_class(
+            model=model,
+            args=args,
+            train_dataset=prepared.train if train else None,
+            eval_dataset=prepared.eval,
+            data_collator=task.data_collator(tokenizer, model),
+            processing_class=tokenizer,
+            compute_metrics=task.compute_metrics(prepared, tokenizer, config.data),
+            preprocess_logits_for_metrics=task.preprocess_logits_for_metrics,
+        )
+    except ValueError as err:  # the trainers' checks of the settings against this model (checkpointing, devices)
+        raise RunConfigError(f"The training settings do not fit this model: {err}") from err
     trainer.prepared = prepared
     return trainer
 
@@ -360,22 +363,47 @@ def convert(
     only) only with `overwrite`: a run's `results.json` would otherwise describe weights it no longer holds.
     `before_writing` sees the patched model before anything is written (the CLI prints its size there).
     """
-    source = Path(name_or_path).expanduser()
-    out = check_output_dir(output_dir, overwrite=overwrite, resume=False, what="model")
-    if source.exists() and source.resolve() == out:
-        raise OutputDirError(
-            f"--output-dir {output_dir} is the model being converted; write the MoE checkpoint to a new folder."
-        )
+    out = _model_folder(name_or_path, output_dir, overwrite=overwrite, action="converted")
     model = from_pretrained(name_or_path, moe=moe, model_class=model_class, **hf_kwargs)
     if before_writing is not None:
         before_writing(model)
+    _write_model_folder(out, name_or_path, model.save_pretrained, overwrite=overwrite)
+    return model
+
+
+def export(name_or_path: str, output_dir: str, *, overwrite: bool = False) -> PreTrainedModel:
+    """Write a patched checkpoint in its family's native MoE format (`adamoe.patching.export`), with its tokenizer.
+
+    Checked before anything is written: the output folder (as for `convert`), and that the model can be exported.
+    """
+    from ..patching.export import check_exportable, export_native
+
+    out = _model_folder(name_or_path, output_dir, overwrite=overwrite, action="exported")
+    model = from_pretrained(name_or_path)
+    check_exportable(model)
+    return _write_model_folder(out, name_or_path, lambda folder: export_native(model, folder), overwrite=overwrite)
+
+
+def _model_folder(name_or_path: str, output_dir: str, *, overwrite: bool, action: str) -> Path:
+    """The checked output folder of a model written from `name_or_path`: never the input itself, and a folder
+    that holds a model or a run is replaced (its own files only) only with `overwrite`."""
+    source = Path(name_or_path).expanduser()
+    out = check_output_dir(output_dir, overwrite=overwrite, resume=False, what="model")
+    if source.exists() and source.resolve() == out:
+        raise OutputDirError(f"--output-dir {output_dir} is the model being {action}; write it to a new folder.")
+    return out
+
+
+def _write_model_folder(out: Path, name_or_path: str, save: Callable[[str], Any], *, overwrite: bool) -> Any:
+    """`save(folder)` into `out` under the folder's lock, then the source's tokenizer beside it; returns what
+    `save` returned."""
     with RunLock(out):
         check_output_dir(out, overwrite=overwrite, resume=False, what="model")
         clear_run_files(out)
-        model.save_pretrained(str(out))
+        saved = save(str(out))
         honour_umask(out)
         try:
             load_tokenizer(name_or_path).save_pretrained(str(out))
         except (OSError, ValueError):
-            logger.warning("%s has no tokenizer to copy; the converted checkpoint holds only the model.", name_or_path)
-    return model
+            logger.warning("%s has no tokenizer to copy; the checkpoint holds only the model.", name_or_path)
+    return saved

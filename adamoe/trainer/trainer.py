@@ -58,7 +58,7 @@ from transformers.trainer_utils import (
 )
 
 from ..moe.router import RouterNumericsError
-from ..moe.stats import RoutingStats, balance_loss, routing_stats
+from ..moe.stats import LOST_GRADIENT, RoutingStats, balance_loss, routing_stats
 from ..patching.loading import check_patched_consistently
 from ..patching.patch import is_moe_model
 from .accumulation import loss_is_scaled_for_accumulation, micro_batches, model_normalises_by_num_items
@@ -138,6 +138,12 @@ class AdaMoETrainerMixin:
         # initialised FFNs; training it would silently fine-tune the wrong model.
         check_patched_consistently(model)
         self._is_moe = is_moe_model(model)
+        # transformers 5.25 renames gradient_checkpointing to activation_checkpointing; 5.17 knows only the old name.
+        enabled = getattr(self.args, "activation_checkpointing", None) or self.args.gradient_checkpointing
+        kwargs = getattr(self.args, "activation_checkpointing_kwargs", None) or self.args.gradient_checkpointing_kwargs
+        if self._is_moe and enabled and (kwargs or {}).get("use_reentrant", False):
+            # Found here, before training starts; balance_loss would find it at the first step (moe/stats.py).
+            raise ValueError(LOST_GRADIENT.format(name="every MoE block"))
         if self._is_moe and self.args.n_gpu > 1:
             # nn.DataParallel replicates the blocks per step and their routing never reaches the original.
             raise ValueError("MoE models need one process per GPU (torchrun / accelerate launch), not DataParallel.")
