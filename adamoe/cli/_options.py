@@ -22,6 +22,11 @@ class Gating(str, Enum):
     dense = "dense"
 
 
+class Rule(str, Enum):
+    gap = "gap"
+    top_p = "top_p"
+
+
 class ThresholdOn(str, Enum):
     normalized = "normalized"
     raw = "raw"
@@ -59,7 +64,17 @@ TopKOpt = Annotated[
 ]
 ThresholdOpt = Annotated[
     float | None,
-    typer.Option(help="Adaptive-gating threshold T in [0, 1] on the gate-probability gap. [default: 0.1]"),
+    typer.Option(
+        help="The adaptive rule's parameter in [0, 1]: T on the gate-probability gap (gap rule), p (top_p). "
+        "[default: 0.1]"
+    ),
+]
+RuleOpt = Annotated[
+    Rule | None,
+    typer.Option(
+        help="The adaptive rule: gap (the paper's) or top_p (experts until their probability reaches --threshold). "
+        "[default: gap]"
+    ),
 ]
 NumExpertsOpt = Annotated[
     int | None, typer.Option("--num-experts", help="Experts per MoE layer. [default: a native MoE's own, else 16]")
@@ -91,11 +106,13 @@ def moe_overrides(
     aux_loss_coef: float | None = None,
     every_n_layers: int | None = None,
     top_k: int | None = None,
+    rule: Rule | None = None,
 ) -> dict[str, Any]:
     """The MoE fields the user set on the command line (unset flags are None and left out)."""
     given = {
         "gating": gating.value if gating is not None and gating is not Gating.dense else None,
         "threshold": threshold,
+        "rule": rule.value if rule else None,
         "num_experts": num_experts,
         "top_k": top_k,
         "threshold_on": threshold_on.value if threshold_on else None,

@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 GATINGS = ("adaptive", "top1", "top2", "topk")
+RULE_NAMES = ("gap", "top_p")  # the adaptive rules of rules.RULES
 THRESHOLD_ON = ("normalized", "raw")
 COMBINES = ("normalized", "gate")
 EXPERT_INITS = ("upcycle", "random")
@@ -78,11 +79,19 @@ class MoEConfig:
             "only, not which parameters exist."
         },
     )
+    rule: Literal["gap", "top_p"] = field(
+        default="gap",
+        metadata={
+            "help": "The adaptive rule: 'gap' (the paper's: each further expert while its gap to the top-1 "
+            "probability is <= threshold) or 'top_p' (experts in decreasing probability until their cumulative "
+            "probability reaches threshold, Huang et al. 2024); see adamoe/moe/rules.py. Routing only."
+        },
+    )
     threshold: float = field(
         default=0.1,
         metadata={
-            "help": "Adaptive-gating threshold T in [0, 1]. T = 0: only exact ties add an expert; T = 1: every "
-            "token uses top_k."
+            "help": "The adaptive rule's parameter in [0, 1]: T of the gap rule (0: only exact ties add an "
+            "expert; 1: every token uses top_k), p of top_p (0: top-1; 1: top_k)."
         },
     )
     threshold_on: Literal["normalized", "raw"] = field(
@@ -142,6 +151,7 @@ class MoEConfig:
 
     def __post_init__(self) -> None:
         self._check_choice("gating", GATINGS)
+        self._check_choice("rule", RULE_NAMES)
         self._check_choice("threshold_on", THRESHOLD_ON)
         if self.combine is not None:
             self._check_choice("combine", COMBINES)

@@ -17,6 +17,7 @@ import torch
 from torch import nn
 
 from .config import MoEConfig
+from .rules import active_slots
 
 
 class RouterNumericsError(FloatingPointError):
@@ -62,16 +63,24 @@ class RoutingDecision:
 
 
 def select_top_k(
-    probs: torch.Tensor, *, gating: str, threshold: float, threshold_on: str = "normalized", top_k: int = 2
+    probs: torch.Tensor,
+    *,
+    gating: str,
+    threshold: float,
+    threshold_on: str = "normalized",
+    top_k: int = 2,
+    rule: str = "gap",
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Apply the gating rule with at most `top_k` experts per token.
 
     Args:
         probs: `(num_tokens, num_experts)` softmax gate probabilities, `num_experts >= top_k`.
         gating: "adaptive", "top1", "top2" or "topk".
-        threshold: T; any float is accepted here (T < 0: only the top-1 expert, T >= 1: all top_k).
-        threshold_on: "normalized" compares (p1 - p_i) / (p1 + p_i) with T, "raw" compares p1 - p_i.
+        threshold: the rule's parameter (T of the gap rule, p of top-p); any float is accepted here (T < 0: only
+            the top-1 expert, T >= 1: all top_k).
+        threshold_on: "normalized" compares (p1 - p_i) / (p1 + p_i) with T, "raw" compares p1 - p_i (gap rule).
         top_k: k_max, the width of the returned tensors.
+        rule: the adaptive rule, a key of `rules.RULES` ("gap", the paper's, or "top_p").
 
     Returns:
         `expert_index` `(num_tokens, top_k)` in decreasing gate probability, and `active` `(num_tokens, top_k)`
@@ -86,15 +95,7 @@ def select_top_k(
     elif gating == "topk":
         active = torch.ones_like(expert_index, dtype=torch.bool)
     elif gating == "adaptive":
-        p1 = top_probs[:, :1]  # (num_tokens, 1)
-        gap = p1 - top_probs  # (num_tokens, top_k)
-        if threshold_on == "normalized":
-            # p1 + p_i > 0 always (softmax), and the normalised gap stays in [0, 1] however many experts.
-            gap = gap / (p1 + top_probs)
-        # "While": a token stops at its first expert outside T. The gap grows with i, so this only guards the
-        # prefix contract against a non-monotone gap, never changes the paper's rule.
-        active = (gap <= threshold).cumprod(dim=-1).bool()
-        active[:, 0] = True  # the top-1 expert is used even when T < 0
+        active = active_slots(top_probs, rule=rule, threshold=threshold, threshold_on=threshold_on)
     else:
         raise ValueError(f"Unknown gating {gating!r}.")
     return expert_index, active.contiguous()
@@ -186,6 +187,7 @@ class Router(nn.Module):
             threshold=self.config.threshold,
             threshold_on=self.config.threshold_on,
             top_k=k,
+            rule=self.config.rule,
         )
         weights = combine_weights(probs, expert_index, active, combine=self.config.combine)
         return RoutingDecision(probs, expert_index, active, weights)
