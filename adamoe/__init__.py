@@ -19,6 +19,7 @@ _EXPORTS = {
     "FFNSpec": "patching.dense",
     "FFN_SPECS": "patching.dense",
     "LayerRoutingStats": "moe.stats",
+    "LoraError": "patching.lora",
     "MoEBlock": "moe.block",
     "MoEConfig": "moe.config",
     "MoEConfigError": "moe.config",
@@ -34,6 +35,8 @@ _EXPORTS = {
     "export_native": "patching.export",
     "from_pretrained": "patching.loading",
     "is_moe_model": "moe.block",
+    "load_lora": "patching.lora",
+    "lora_config": "patching.lora",
     "moe_blocks": "moe.block",
     "moe_config_of": "patching.patch",
     "moeify": "patching.patch",
@@ -54,6 +57,7 @@ __all__ = [
     "FFNSpec",
     "FFN_SPECS",
     "LayerRoutingStats",
+    "LoraError",
     "MoEBlock",
     "MoEConfig",
     "MoEConfigError",
@@ -69,6 +73,8 @@ __all__ = [
     "export_native",
     "from_pretrained",
     "is_moe_model",
+    "load_lora",
+    "lora_config",
     "moe_blocks",
     "moe_config_of",
     "moeify",
@@ -96,6 +102,7 @@ if TYPE_CHECKING:
     from .patching.dense import FFN_SPECS, DenseFFN, FFNSpec, register_ffn_spec
     from .patching.export import ExportError, export_native
     from .patching.loading import CheckpointError, check_patched_consistently, from_pretrained
+    from .patching.lora import LoraError, load_lora, lora_config
     from .patching.native import NATIVE_MOE_SPECS, NativeMoE, NativeMoESpec, register_native_moe_spec
     from .patching.patch import (
         UnsupportedArchitectureError,

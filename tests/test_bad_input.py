@@ -58,6 +58,9 @@ def files(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
         "moe_list.yaml": "task: sst2\nmoe: [1, 2]\n",
         "training_number.yaml": "task: sst2\ntraining: 5\n",
         "lr_text.yaml": "task: sst2\ntraining:\n  learning_rate: fast\n",
+        "bool_text.yaml": "task: sst2\ntraining:\n  curriculum: 'false'\n",
+        "reentrant.yaml": "task: sst2\ntraining:\n  gradient_checkpointing: true\n"
+        "  gradient_checkpointing_kwargs: {use_reentrant: true}\n",
         # Nine levels of nine aliases: 9**9 values once expanded.
         "anchors.yaml": "task: sst2\n"
         + "".join(f"l{i}: &l{i} [{', '.join([f'*l{i - 1}'] * 9)}]\n" for i in range(1, 10)).replace(
@@ -95,6 +98,15 @@ def _run_holding(files: dict[str, Path], name: str, *, checkpoint: Path | None =
         (out / "results.json").write_text("{}")
     else:
         shutil.copytree(checkpoint, out / "checkpoint-4")
+    return out
+
+
+def _model_as_run(files: dict[str, Path]) -> Path:
+    """A dense model folder that is also an earlier run's output folder (`-m DIR -o DIR`)."""
+    out = files["root"] / "model-as-run"
+    shutil.rmtree(out, ignore_errors=True)
+    shutil.copytree(files["dense"], out)
+    (out / "run_config.json").write_text("{}")
     return out
 
 
@@ -208,6 +220,21 @@ CASES += [
         ("lr_text.yaml", "training.learning_rate (--lr) must be a number, got 'fast'"),
     ),
     Case("YAML anchors that explode", _yaml("anchors.yaml"), ("anchors.yaml", "aliases expand to more than")),
+    Case(
+        'the string "false" where a boolean belongs',
+        _yaml("bool_text.yaml"),
+        ("bool_text.yaml", "training.curriculum (--curriculum) must be true or false, got 'false'"),
+    ),
+    Case(
+        "reentrant gradient checkpointing on an MoE model",
+        lambda f: _base(f) + ["--config", str(f["reentrant.yaml"])],
+        ("training settings do not fit this model", "reentrant gradient checkpointing", "use_reentrant': False"),
+    ),
+    Case(
+        "the model folder is the output folder",
+        lambda f: _base(f, model=str(_model_as_run(f)), out="model-as-run") + ["--overwrite"],
+        ("is in --output-dir", "would replace the model it starts from", "new folder"),
+    ),
     Case(
         "resume from a checkpoint without weights",
         lambda f: _base(f, out="no-weights") + ["--resume"],

@@ -16,6 +16,8 @@ from transformers import (
     MixtralForCausalLM,
     Qwen2Config,
     Qwen2ForCausalLM,
+    Qwen3Config,
+    Qwen3ForCausalLM,
 )
 from typer.testing import CliRunner
 
@@ -55,6 +57,16 @@ def test_an_upcycled_llama_becomes_a_mixtral_checkpoint(tmp_path):
     assert (config["model_type"], config["num_local_experts"], config["num_experts_per_tok"]) == ("mixtral", 4, 2)
     assert "adamoe" not in config
     assert isinstance(assert_native_equals_fixed_top_k(model, tmp_path / "native"), MixtralForCausalLM)
+
+
+def test_an_upcycled_qwen3_becomes_a_qwen3_moe_checkpoint(tmp_path):
+    torch.manual_seed(0)
+    config = Qwen3Config(**SIZE, **HEADS, head_dim=8)  # head_dim is not hidden / heads: it must travel
+    moe = adamoe.MoEConfig(num_experts=4, upcycle_noise=0.2, router_init_std=1.0, threshold=0.1)
+    model = adamoe.moeify(Qwen3ForCausalLM(config), moe).eval()
+    adamoe.export_native(model, tmp_path / "native")
+    native = assert_native_equals_fixed_top_k(model, tmp_path / "native")
+    assert type(native).__name__ == "Qwen3MoeForCausalLM" and native.config.norm_topk_prob
 
 
 def test_a_fine_tuned_native_mixtral_goes_back_to_its_own_format(tmp_path):

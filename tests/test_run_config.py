@@ -182,7 +182,7 @@ def test_the_flag_table_names_real_keys_and_every_finetune_flag():
     import typer
 
     from adamoe.cli import app
-    from adamoe.run.config import FLAG_KEYS, FinetuneConfig, flag_overrides
+    from adamoe.run.config import FLAG_KEYS, LORA_FIELDS, FinetuneConfig, flag_overrides
     from adamoe.tasks import DataArgs
     from adamoe.trainer import AdaMoESeq2SeqTrainingArguments
 
@@ -190,6 +190,7 @@ def test_the_flag_table_names_real_keys_and_every_finetune_flag():
         None: {f.name for f in dataclasses.fields(FinetuneConfig)},
         "data": {f.name for f in dataclasses.fields(DataArgs)},
         "training": {f.name for f in dataclasses.fields(AdaMoESeq2SeqTrainingArguments)},
+        "lora": set(LORA_FIELDS),
     }
     for flag, keys in FLAG_KEYS.items():
         for section, key in keys:
@@ -198,10 +199,48 @@ def test_the_flag_table_names_real_keys_and_every_finetune_flag():
     given = {opt for param in command.params for opt in param.opts if opt.startswith("--")}
     moe_flags = {
         "--gating", "--threshold", "--num-experts", "--top-k", "--threshold-on", "--combine", "--expert-init",
-        "--aux-loss-coef", "--every-n-layers",
+        "--aux-loss-coef", "--every-n-layers", "--rule",
     }  # fmt: skip
     assert given - moe_flags - {"--config", "--analyze", "--help"} == set(FLAG_KEYS)
     assert flag_overrides({"--batch-size": 8, "--resume": True, "--seed": None}) == {
         "resume": True,
         "training": {"per_device_train_batch_size": 8, "per_device_eval_batch_size": 8},
     }
+
+
+def test_save_steps_alone_saves_on_those_steps_and_booleans_are_booleans():
+    """A run given save_steps saves on those steps (adamoe's default strategy is once an epoch, which would
+    ignore them); a boolean setting takes only true or false, never a string that reads as true."""
+    config = FinetuneConfig.from_dict({"task": "sst2", "training": {"save_steps": 5}})
+    assert config.training["save_strategy"] == "steps"
+    chosen = FinetuneConfig.from_dict({"task": "sst2", "training": {"save_steps": 5, "save_strategy": "epoch"}})
+    assert chosen.training["save_strategy"] == "epoch"  # an explicit strategy stands
+    for values, field in [
+        ({"training": {"curriculum": "false"}}, "training.curriculum"),
+        ({"data": {"skip_bad_examples": "no"}}, "data.skip_bad_examples"),
+        ({"overwrite": "yes"}, "overwrite"),
+    ]:
+        with pytest.raises(RunConfigError, match=f"{field}.* must be true or false"):
+            FinetuneConfig.from_dict({"task": "sst2", **values})
+    assert (
+        FinetuneConfig.from_dict({"task": "sst2", "training": {"curriculum": False}}).training["curriculum"] is False
+    )
+
+
+def test_a_run_folder_written_before_a_field_existed_still_resumes(tmp_path):
+    """run_config.json from an older adamoe lacks fields added since (here the MoE `rule`); they had their
+    defaults then, so --resume accepts it, and still refuses a real difference."""
+    from adamoe.run.output_dir import OutputDirError
+    from adamoe.run.recipe import check_run_dir
+
+    out = tmp_path / "run"
+    (out / "checkpoint-2").mkdir(parents=True)
+    config = FinetuneConfig.from_dict({"task": "sst2", "model": "m", "output_dir": str(out), "resume": True})
+    saved = config.to_dict()
+    del saved["moe"]["rule"]
+    (out / "run_config.json").write_text(json.dumps(saved))
+    assert check_run_dir(config) == out.resolve()
+    saved["moe"]["threshold"] = 0.3
+    (out / "run_config.json").write_text(json.dumps(saved))
+    with pytest.raises(OutputDirError, match=r"differs in \['moe'\]"):
+        check_run_dir(config)

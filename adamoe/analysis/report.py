@@ -26,6 +26,7 @@ from transformers import AutoTokenizer
 from ..files import write_json_atomically
 from ..patching.loading import load_model, moe_config_of
 from ..run.config import run_data_args
+from ..run.output_dir import check_report_dir
 from ..run.provenance import provenance
 from ..tasks import DataArgs, get_task
 from .collect import RoutingCollection, collect_routing
@@ -66,6 +67,10 @@ def checkpoint_data(checkpoint: str | Path, **overrides: Any) -> DataArgs:
     return run_data_args(checkpoint, train_file=None, **overrides)
 
 
+# What a report writes into its folder (check_report_dir).
+REPORT_FILES = ("analysis.md", "analysis.json", "gate_confidence.png", "two_expert_per_layer.png", "top_words.png")
+
+
 def analyze(
     checkpoint: str | Path,
     task: str,
@@ -74,6 +79,7 @@ def analyze(
     *,
     batch_size: int = 16,
     top_k: int = 25,
+    overwrite: bool = False,
 ) -> AnalysisReport:
     """Route the task's validation data through `checkpoint` and report how (see the module docstring).
 
@@ -85,10 +91,12 @@ def analyze(
         output_dir: where the report goes; None: `checkpoint/analysis`.
         batch_size: examples per forward.
         top_k: words listed in the report.
+        overwrite: replace an earlier report in `output_dir` (a folder holding anything else is always refused).
     """
     task_def = get_task(task)
     data = dataclasses.replace(data, train_file=None) if data is not None else checkpoint_data(checkpoint)
     out = Path(output_dir) if output_dir is not None else Path(checkpoint) / "analysis"
+    out = check_report_dir(out, REPORT_FILES, overwrite=overwrite)  # before anything is loaded or written
     out.mkdir(parents=True, exist_ok=True)
     tokenizer = AutoTokenizer.from_pretrained(str(checkpoint))
     model = load_model(task_def, str(checkpoint), None)

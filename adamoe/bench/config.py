@@ -10,6 +10,13 @@ import dataclasses
 from dataclasses import dataclass, field
 
 SECTIONS = ("layer", "train", "native")
+DTYPES = ("float32", "bfloat16", "float16")
+
+
+class BenchConfigError(ValueError):
+    """A benchmark setting that cannot run; the message names the flag and what it accepts."""
+
+
 # The speed targets (native: the worst shape), checked against the results of the device they name.
 TARGETS = {
     "cpu": {"layer top1/top2": 0.65, "layer adaptive20/top2": 0.72, "native skip50/topk": 0.65},
@@ -112,12 +119,27 @@ class BenchConfig:
     quick: bool = field(default=False, metadata={"help": "Toy shapes, few tokens, one repeat: a smoke test."})
     seed: int = field(default=0, metadata={"help": "Seed of the weights, inputs and forced routings."})
     output_dir: str | None = field(default="bench-results", metadata={"help": "Where bench.json/bench.md go."})
+    overwrite: bool = field(default=False, metadata={"help": "Replace an earlier bench.json/bench.md in --out."})
 
     def resolved(self) -> BenchConfig:
-        """A copy with every per-device default filled in."""
+        """A copy with every per-device default filled in, checked.
+
+        Raises:
+            BenchConfigError: a value the benchmark cannot run with (the message names the flag).
+        """
         import torch
 
-        cuda = torch.device(self.device).type == "cuda"
+        try:
+            cuda = torch.device(self.device).type == "cuda"
+        except RuntimeError as err:
+            raise BenchConfigError(f"--device {self.device!r} is not a device: {err}") from err
+        if cuda and not torch.cuda.is_available():
+            raise BenchConfigError(
+                f"--device {self.device} needs a GPU and a CUDA build of torch; this torch ({torch.__version__}) sees "
+                "none. Use --device cpu here."
+            )
+        if self.dtype is not None and self.dtype not in DTYPES:
+            raise BenchConfigError(f"--dtype must be one of {', '.join(DTYPES)}, got {self.dtype!r}.")
         values = dataclasses.asdict(self)
         defaults = {
             "dtype": "bfloat16" if cuda else "float32",
@@ -139,15 +161,17 @@ class BenchConfig:
         values["skip_fractions"] = tuple(sorted({0.0, *map(float, values["skip_fractions"])}))
         for name in ("fractions", "skip_fractions"):
             if not all(0 <= f <= 1 for f in values[name]):
-                raise ValueError(f"{name} must lie in [0, 1], got {values[name]}.")
+                flag = "--" + name.replace("_", "-")
+                raise BenchConfigError(f"{flag} must lie in [0, 1], got {values[name]}.")
         unknown = set(values["sections"]) - set(SECTIONS)
         if (
             unknown
             or not set(values["shapes"]) <= set(SHAPES)
             or not set(values["native_shapes"]) <= set(NATIVE_SHAPES)
         ):
-            raise ValueError(
-                f"sections must be in {SECTIONS}, shapes in {tuple(SHAPES)}, native shapes in {tuple(NATIVE_SHAPES)}."
+            raise BenchConfigError(
+                f"--sections must be in {SECTIONS}, --shapes in {tuple(SHAPES)}, --native-shapes in "
+                f"{tuple(NATIVE_SHAPES)}."
             )
         return BenchConfig(**values)
 

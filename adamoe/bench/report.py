@@ -43,6 +43,7 @@ from typing import Any
 
 import torch
 
+from ..run.output_dir import check_report_dir
 from .config import TARGETS, BenchConfig
 from .harness import environment
 from .layer import bench_layer
@@ -127,6 +128,9 @@ def to_markdown(report: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
+REPORT_FILES = ("bench.json", "bench.md")  # what a benchmark writes into its folder
+
+
 def run_benchmark(config: BenchConfig | None = None) -> dict[str, Any]:
     """Run the benchmark; write `bench.json` and `bench.md` into `config.output_dir` (unless None).
 
@@ -142,6 +146,8 @@ def run_benchmark(config: BenchConfig | None = None) -> dict[str, Any]:
         ```
     """
     config = (config or BenchConfig()).resolved()
+    if config.output_dir is not None:  # before minutes of measuring: a folder it may not write fails first
+        check_report_dir(config.output_dir, REPORT_FILES, overwrite=config.overwrite, flag="--out")
     device = torch.device(config.device)
     dtype = getattr(torch, config.dtype)
     threads = torch.get_num_threads()

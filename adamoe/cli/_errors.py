@@ -13,11 +13,13 @@ import typer
 def user_errors() -> tuple[type[BaseException], ...]:
     """The errors whose message already says what was wrong and what to do (imported when a command fails, so
     that `--help` imports none of the modules that define them)."""
+    from ..bench.config import BenchConfigError
     from ..moe.config import MoEConfigError
     from ..moe.router import RouterNumericsError
     from ..patching.export import ExportError
     from ..patching.gguf import GGUFError
     from ..patching.loading import CheckpointError
+    from ..patching.lora import LoraError
     from ..patching.patch import UnsupportedArchitectureError
     from ..run.config import RunConfigError
     from ..run.output_dir import OutputDirError
@@ -25,12 +27,14 @@ def user_errors() -> tuple[type[BaseException], ...]:
     from ..trainer.checkpointing import NonFiniteWeightsError
 
     return (
+        BenchConfigError,
         CheckpointError,
         DataFormatError,
         ExportError,
         FileNotFoundError,
         GGUFError,
         HubUnreachableError,
+        LoraError,
         MoEConfigError,
         NonFiniteWeightsError,
         OutputDirError,

@@ -26,6 +26,7 @@ def analyze_command(
     output_dir: Annotated[
         Path | None, typer.Option("--output-dir", "-o", help="Where the report goes; default CHECKPOINT/analysis.")
     ] = None,
+    overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace an earlier report in the folder.")] = False,
 ) -> None:
     """Routing analysis of a checkpoint on validation data: gate confidence, per-layer two-expert share, top words.
 
@@ -41,7 +42,12 @@ def analyze_command(
         max_eval_samples=max_eval_samples,
     )
     report = analyze(
-        str(checkpoint), task.value, data, output_dir or checkpoint / "analysis", batch_size=batch_size or 16
+        str(checkpoint),
+        task.value,
+        data,
+        output_dir or checkpoint / "analysis",
+        batch_size=batch_size or 16,
+        overwrite=overwrite,
     )
     console.print(f"Two-expert fraction: {report.two_expert_fraction:.3f} over {report.num_tokens} token-layers")
     for kind, path in report.outputs.items():

@@ -12,7 +12,8 @@ from typing import Annotated, Any
 
 import typer
 
-from ..bench.config import BenchConfig
+from ..bench.config import BenchConfig, BenchConfigError
+from ._errors import friendly_errors
 
 LIST_FIELDS = {"sections": str, "shapes": str, "mixtral_loop": str, "fractions": float}
 LIST_FIELDS |= {"native_shapes": str, "skip_fractions": float}
@@ -40,6 +41,7 @@ def _option(f: dataclasses.Field) -> tuple[Any, Any]:
     return Annotated[kind, option], default
 
 
+@friendly_errors
 def bench_command(**values: Any) -> None:
     from ..bench.report import run_benchmark, to_markdown
 
@@ -49,7 +51,13 @@ def bench_command(**values: Any) -> None:
         elif values[name] == ["none"]:
             values[name] = ()
         else:
-            values[name] = tuple(map(LIST_FIELDS[name], values[name]))
+            try:
+                values[name] = tuple(map(LIST_FIELDS[name], values[name]))
+            except ValueError as err:
+                flag = "--" + name.replace("_", "-")
+                raise BenchConfigError(
+                    f"{flag} takes {LIST_FIELDS[name].__name__} values, got {values[name]}."
+                ) from err
     report = run_benchmark(BenchConfig(**values))
     typer.echo(to_markdown(report))
 

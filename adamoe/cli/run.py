@@ -25,6 +25,7 @@ from ._options import (
     ModelOpt,
     NumExpertsOpt,
     OutputDirOpt,
+    RuleOpt,
     TaskName,
     ThresholdOnOpt,
     ThresholdOpt,
@@ -46,6 +47,7 @@ def finetune_command(
         typer.Option("--task", "-t", help="Which task (see `adamoe tasks`). [required unless --config names it]"),
     ] = None,
     threshold: ThresholdOpt = None,
+    rule: RuleOpt = None,
     gating: GatingOpt = None,
     num_experts: NumExpertsOpt = None,
     top_k: TopKOpt = None,
@@ -79,6 +81,17 @@ def finetune_command(
     ] = None,
     gradient_accumulation_steps: Annotated[
         int | None, typer.Option(help="Micro-batches per optimizer step. [default: 1]")
+    ] = None,
+    lora_r: Annotated[
+        int | None, typer.Option(help="Train LoRA adapters of this rank instead of every weight (needs peft).")
+    ] = None,
+    lora_alpha: Annotated[float | None, typer.Option(help="LoRA's alpha. [default: 2 * --lora-r]")] = None,
+    lora_targets: Annotated[
+        str | None,
+        typer.Option(
+            help="What LoRA adapts, comma-separated: attention, experts, router, module names, or native MoE names "
+            "(mlp.experts.gate_up_proj, ...). [default: attention,experts; the routers train with adaptive gating]"
+        ),
     ] = None,
     seed: Annotated[int | None, typer.Option(help="Random seed. [default: 42]")] = None,
     max_train_samples: Annotated[int | None, typer.Option(help="Use the first N training rows.")] = None,
@@ -136,7 +149,7 @@ def finetune_command(
     from ..run.config import FinetuneConfig, flag_overrides
 
     flags = moe_overrides(
-        gating=gating, threshold=threshold, num_experts=num_experts, top_k=top_k, threshold_on=threshold_on,
+        gating=gating, threshold=threshold, rule=rule, num_experts=num_experts, top_k=top_k, threshold_on=threshold_on,
         combine=combine, expert_init=expert_init, aux_loss_coef=aux_loss_coef, every_n_layers=every_n_layers,
     )  # fmt: skip
     overrides = flag_overrides(
@@ -161,6 +174,9 @@ def finetune_command(
             "--bf16": bf16,
             "--gradient-checkpointing": gradient_checkpointing,
             "--gradient-accumulation-steps": gradient_accumulation_steps,
+            "--lora-r": lora_r,
+            "--lora-alpha": lora_alpha,
+            "--lora-targets": lora_targets,
             "--seed": seed,
             "--curriculum": curriculum,
             "--target-loss": target_loss,
@@ -182,7 +198,8 @@ def finetune_command(
         from ..analysis import analyze as analyze_checkpoint
 
         report_dir = Path(results["checkpoint"]) / "analysis"
-        analyze_checkpoint(results["checkpoint"], run_config.task, run_config.data, report_dir)
+        # The run owns its analysis folder: a resumed run's earlier report is replaced.
+        analyze_checkpoint(results["checkpoint"], run_config.task, run_config.data, report_dir, overwrite=True)
         console.print(f"Routing analysis: {report_dir}")
 
 
@@ -228,6 +245,7 @@ def evaluate_command(
     batch_size: BatchSizeOpt = None,
     gating: GatingOpt = None,
     threshold: ThresholdOpt = None,
+    rule: RuleOpt = None,
     top_k: TopKOpt = None,
     output_dir: Annotated[
         Path | None,
@@ -247,6 +265,12 @@ def evaluate_command(
     from ..patching.loading import gating_of
     from ..run import recipe as recipes
 
+    if gating is Gating.dense:
+        raise RunConfigError(
+            "evaluate --gating dense would evaluate the MoE weights under a dense name: an adamoe checkpoint has no "
+            "dense FFNs left. Evaluate the dense model's own folder for the dense baseline, or pick --gating top1, "
+            "top2, topk or adaptive to evaluate these weights with other routing."
+        )
     training = {"per_device_eval_batch_size": batch_size} if batch_size else {}
     out = output_dir if output_dir is not None else checkpoint / "eval"
     metrics = recipes.evaluate_checkpoint(
@@ -256,7 +280,7 @@ def evaluate_command(
         max_eval_samples=max_eval_samples,
         training=training,
         output_dir=str(out),
-        routing=moe_overrides(gating=gating, threshold=threshold, num_experts=None, top_k=top_k),
+        routing=moe_overrides(gating=gating, threshold=threshold, rule=rule, num_experts=None, top_k=top_k),
     )
     if not PartialState().is_main_process:
         return
@@ -273,6 +297,7 @@ def convert_command(
     task: Annotated[TaskName | None, typer.Option(help="Build this task's head (else the saved class).")] = None,
     gating: GatingOpt = None,
     threshold: ThresholdOpt = None,
+    rule: RuleOpt = None,
     num_experts: NumExpertsOpt = None,
     top_k: TopKOpt = None,
     threshold_on: ThresholdOnOpt = None,
@@ -298,6 +323,7 @@ def convert_command(
         moe_overrides(
             gating=gating,
             threshold=threshold,
+            rule=rule,
             num_experts=num_experts,
             top_k=top_k,
             threshold_on=threshold_on,
@@ -350,7 +376,8 @@ def export_command(
     ] = False,
 ) -> None:
     """Write an adamoe checkpoint in its family's native MoE format, which transformers and serving engines load
-    without adamoe: an upcycled Llama or Mistral as Mixtral, a patched Mixtral, Qwen3-MoE or OLMoE as itself. A
+    without adamoe: an upcycled Llama or Mistral as Mixtral, an upcycled Qwen3 as Qwen3-MoE, a patched Mixtral,
+    Qwen3-MoE or OLMoE as itself. A
     served model runs the format's fixed top-k; adaptive routing at inference needs adamoe.
 
     Example: adamoe export --model runs/wikitext-smollm2 -o smollm2-moe-mixtral

@@ -75,7 +75,7 @@ class MoEBlock(nn.Module):
             )
         routing.token_mask, routing.batch_shape = self._token_layout(shape)
         self.last_routing = routing
-        mixed = self.experts.mix(tokens, layout)  # (num_tokens, hidden)
+        mixed = self.experts(tokens, layout=layout)  # (num_tokens, hidden)
         if self.shared_expert is not None:
             mixed = mixed + self.shared_expert(tokens)
         return self.output_dropout(mixed.view(shape))

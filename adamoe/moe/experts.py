@@ -106,9 +106,11 @@ class Experts(nn.Module):
     def forward(
         self,
         hidden_states: torch.Tensor,
-        expert_index: torch.Tensor,
-        weights: torch.Tensor,
-        active: torch.Tensor,
+        expert_index: torch.Tensor | None = None,
+        weights: torch.Tensor | None = None,
+        active: torch.Tensor | None = None,
+        *,
+        layout: PairLayout | None = None,
     ) -> torch.Tensor:
         """Mix the experts' outputs.
 
@@ -117,11 +119,16 @@ class Experts(nn.Module):
             expert_index: `(num_tokens, k)` expert of each choice, any k (the router's k_max).
             weights: `(num_tokens, k)` combine weight of each choice.
             active: `(num_tokens, k)` bool, whether each choice is used; only active choices are computed.
+            layout: the pairs already sorted by `adamoe.moe.dispatch.sort_pairs`, instead of the three above (what
+                `MoEBlock` passes). The block calls this `forward`, never `mix` directly, so a wrapper around the
+                experts (PEFT's LoRA on `w_in`/`w_out`) sees every call.
 
         Returns:
             `(num_tokens, hidden)`: sum over active choices of weight * expert(token).
         """
-        return self.mix(hidden_states, sort_pairs(expert_index, weights, active, self.num_experts))
+        if layout is None:
+            layout = sort_pairs(expert_index, weights, active, self.num_experts)
+        return self.mix(hidden_states, layout)
 
     def mix(self, hidden_states: torch.Tensor, layout: PairLayout) -> torch.Tensor:
         """`forward` over pairs already sorted by `adamoe.moe.dispatch.sort_pairs`: `(num_tokens, hidden)` out."""

@@ -3,7 +3,8 @@ llama.cpp after `convert_hf_to_gguf`) load without adamoe.
 
 - An upcycled Llama or Mistral becomes a `MixtralForCausalLM` checkpoint, as mergekit-moe writes upcycled models:
   Mixtral's layer is exactly an upcycled gated-SiLU FFN behind a softmax router that keeps the top-k experts and
-  renormalises their weights, which is adamoe's `combine="normalized"` at fixed top-k.
+  renormalises their weights, which is adamoe's `combine="normalized"` at fixed top-k. An upcycled Qwen3 becomes
+  `Qwen3MoeForCausalLM` the same way (`norm_topk_prob=True`, every layer sparse).
 - A patched native MoE (Mixtral, Qwen3-MoE, OLMoE) goes back to its own format, its fine-tuned weights in place.
 
 What a served model loses: the adaptive rule. A serving engine runs the format's fixed top-k, so the exported
@@ -53,6 +54,31 @@ def _mixtral_config(config: Any, moe: Any) -> dict[str, Any]:
     }
 
 
+def _qwen3_moe_config(config: Any, moe: Any) -> dict[str, Any]:
+    """Qwen3MoeConfig fields from a Qwen3 config and the MoE config: every layer sparse, the FFN as each expert."""
+    fields = (
+        "vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads",
+        "num_key_value_heads", "head_dim", "hidden_act", "max_position_embeddings", "initializer_range",
+        "rms_norm_eps", "use_cache", "pad_token_id", "bos_token_id", "eos_token_id", "tie_word_embeddings",
+        "rope_parameters", "attention_bias", "attention_dropout",
+    )  # fmt: skip
+    values = {name: getattr(config, name) for name in fields if hasattr(config, name)}
+    return values | {
+        "moe_intermediate_size": config.intermediate_size,
+        "num_experts": moe.num_experts,
+        "num_experts_per_tok": moe.top_k,
+        "norm_topk_prob": True,  # adamoe's combine="normalized"
+        "decoder_sparse_step": 1,
+        "mlp_only_layers": [],
+    }
+
+
+def _qwen3_refusal(config: Any, moe: Any) -> str | None:
+    if getattr(config, "use_sliding_window", False):
+        return "it uses sliding-window attention, which Qwen3-MoE's config does not carry"
+    return _llama_refusal(config, moe)
+
+
 def _llama_refusal(config: Any, moe: Any) -> str | None:
     if getattr(config, "attention_bias", False) or getattr(config, "mlp_bias", False):
         return "its attention or MLP layers have biases, which Mixtral's do not"
@@ -81,6 +107,7 @@ _MIXTRAL = NativeTarget("mixtral", config=_mixtral_config, refusal=_llama_refusa
 NATIVE_TARGETS: dict[str, NativeTarget] = {
     "llama": _MIXTRAL,
     "mistral": _MIXTRAL,
+    "qwen3": NativeTarget("qwen3_moe", config=_qwen3_moe_config, refusal=_qwen3_refusal),
     "mixtral": NativeTarget("mixtral"),
     "qwen3_moe": NativeTarget("qwen3_moe"),
     "olmoe": NativeTarget("olmoe"),

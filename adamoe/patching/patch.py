@@ -79,7 +79,9 @@ def set_routing(model: nn.Module, **changes: Any) -> MoEConfig:
     new = dataclasses.replace(stored, **changes)  # validated by MoEConfig.__post_init__
     for _, block in blocks:
         block.config = dataclasses.replace(block.config, **changes)
-        block.router.config = dataclasses.replace(block.router.config, **changes)
+        # Every router inside the block: a PEFT wrapper (modules_to_save) holds the original and its trained copies.
+        for router in (module for module in block.modules() if isinstance(module, Router)):
+            router.config = dataclasses.replace(router.config, **changes)
     setattr(model.config, CONFIG_KEY, stored_config(new))
     return new
 

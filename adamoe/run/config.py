@@ -63,6 +63,9 @@ FLAG_KEYS: dict[str, tuple[tuple[str | None, str], ...]] = {
     "--hub-model-id": (("training", "hub_model_id"),),
     "--push-to-hub": (("training", "push_to_hub"),),
     "--report-to": (("training", "report_to"),),
+    "--lora-r": (("lora", "r"),),
+    "--lora-alpha": (("lora", "alpha"),),
+    "--lora-targets": (("lora", "targets"),),
 }
 FLAGS = {key: flag for flag, keys in FLAG_KEYS.items() for _, key in keys}  # config key -> the flag that sets it
 
@@ -92,7 +95,7 @@ AT_LEAST_ONE = {
     "max_source_length", "max_target_length", "num_beams", "block_size", "preprocessing_num_workers",
     "save_total_limit", "generation_max_length", "generation_num_beams",
 }  # fmt: skip
-POSITIVE = {"learning_rate", "num_train_epochs", "logging_steps", "save_steps", "eval_steps"}
+POSITIVE = {"learning_rate", "num_train_epochs", "logging_steps", "save_steps", "eval_steps", "alpha"}
 NON_NEGATIVE = {"weight_decay", "warmup_steps", "warmup_ratio", "max_grad_norm", "doc_stride"}
 
 
@@ -139,13 +142,59 @@ def _checked_number(section: str, name: str, value: Any, kind: type) -> int | fl
     return number
 
 
+def _is_bool_field(annotation: Any) -> bool:
+    """Whether a field is annotated `bool` (possibly `| None`)."""
+    text = annotation if isinstance(annotation, str) else getattr(annotation, "__name__", str(annotation))
+    return set(re.findall(r"[A-Za-z]+", text)) - {"None", "Optional", "optional"} == {"bool"}
+
+
+def checked_bool(label: str, value: Any) -> Any:
+    """`value` if it is a boolean (or None); a string such as "false" is refused, not read as true."""
+    if value is not None and not isinstance(value, bool):
+        flag = f" ({FLAGS[label.rpartition('.')[2]]})" if label.rpartition(".")[2] in FLAGS else ""
+        raise RunConfigError(f"{label}{flag} must be true or false, got {value!r}.")
+    return value
+
+
 def _checked_section(section: str, values: Any, fields: dict[str, dataclasses.Field]) -> dict[str, Any]:
-    """The numeric values of a section as numbers of the right kind, checked against their bounds."""
+    """The numeric values of a section as numbers of the right kind, checked against their bounds; booleans only
+    as booleans."""
     checked = dict(values)
     for name, value in values.items():
-        kind = _numeric_kind(fields[name].type) if name in fields else None
+        annotation = fields[name].type if name in fields else None
+        if annotation is not None and _is_bool_field(annotation):
+            checked_bool(f"{section}.{name}", value)
+            continue
+        kind = _numeric_kind(annotation) if annotation is not None else None
         if kind is not None and value is not None:
             checked[name] = _checked_number(section, name, value, kind)
+    return checked
+
+
+LORA_FIELDS = {"r": "the rank (>= 1)", "alpha": "LoRA's alpha (default 2 * r)", "targets": "what to adapt",
+               "train_routers": "train the routers too (default: with adaptive gating)"}  # fmt: skip
+
+
+def _checked_lora(values: Any) -> dict[str, Any]:
+    """The `lora` section: r, alpha, targets (a list, or one comma-separated string), train_routers."""
+    values = _mapping("lora", values, allow_none=False)
+    unknown = sorted(set(values) - set(LORA_FIELDS))
+    if unknown:
+        raise RunConfigError(f"Unknown lora field(s) {unknown}; 'lora' takes {', '.join(LORA_FIELDS)}.")
+    checked = dict(values)
+    checked["r"] = _checked_number("lora", "r", values.get("r", 8), int)
+    if checked["r"] < 1:
+        raise RunConfigError(f"lora.r (--lora-r) must be at least 1, got {values.get('r')!r}.")
+    if values.get("alpha") is not None:
+        checked["alpha"] = _checked_number("lora", "alpha", values["alpha"], float)
+    targets = values.get("targets", ["attention", "experts"])
+    if isinstance(targets, str):
+        targets = [t.strip() for t in targets.split(",") if t.strip()]
+    if not isinstance(targets, list) or not targets or not all(isinstance(t, str) for t in targets):
+        raise RunConfigError(f"lora.targets (--lora-targets) must name what to adapt, got {values.get('targets')!r}.")
+    checked["targets"] = targets
+    if "train_routers" in values:
+        checked_bool("lora.train_routers", values["train_routers"])
     return checked
 
 
@@ -185,6 +234,7 @@ class FinetuneConfig:
     data: DataArgs = field(default_factory=DataArgs)
     training: dict[str, Any] = field(default_factory=dict)
     output_dir: str | None = None
+    lora: dict[str, Any] | None = None
     overwrite: bool = False
     resume: bool = False
     keep_checkpoints: bool = False
@@ -200,11 +250,19 @@ class FinetuneConfig:
             )
         if "output_dir" in self.training:
             raise RunConfigError("Give output_dir at the top level of the run config, not under 'training'.")
+        for name in ("overwrite", "resume", "keep_checkpoints"):
+            checked_bool(name, getattr(self, name))
         if self.overwrite and self.resume:
             raise RunConfigError("--resume continues the run in the output directory; --overwrite replaces it.")
         self.training = _checked_section("training", self.training, fields)
+        if "save_steps" in self.training and "save_strategy" not in self.training:
+            # adamoe saves once an epoch by default; a run given save_steps means to save on those steps (a run
+            # killed mid-epoch resumes from the last of them).
+            self.training = {**self.training, "save_strategy": "steps"}
         if "curriculum" not in self.training:
             self.training = {"curriculum": self.gating == "adaptive", **self.training}
+        if self.lora is not None:
+            self.lora = _checked_lora(self.lora)
         self.data = DataArgs(**_checked_section("data", dataclasses.asdict(self.data), _data_fields()))
         self.model = self.model or task.default_model
         self.output_dir = self.output_dir or f"outputs/{self.task}-{self.gating}"
@@ -223,6 +281,7 @@ class FinetuneConfig:
             "training": {k: v for k, v in self.training.items() if not is_secret_key(k)},
             "output_dir": self.output_dir,
             "keep_checkpoints": self.keep_checkpoints,
+            **({"lora": dict(self.lora)} if self.lora is not None else {}),  # absent: run configs as they were
         }
 
     @classmethod

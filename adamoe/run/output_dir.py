@@ -58,6 +58,7 @@ RUN_FILE_PATTERNS = (
     "trainer_log.jsonl",
     "routing_log.jsonl",
     "analysis",
+    "adapter",
     "eval",
     "runs",
 )
@@ -141,6 +142,36 @@ def check_output_dir(folder: str | os.PathLike, *, overwrite: bool, resume: bool
         continue_it = "Pass --resume to continue it, " if is_run else "Pass "
         raise OutputDirError(
             f"{folder} already {held}. {continue_it}--overwrite to replace it, or choose another --output-dir."
+        )
+    return path
+
+
+def check_report_dir(
+    folder: str | os.PathLike, outputs: tuple[str, ...], *, overwrite: bool, flag: str = "--output-dir"
+) -> Path:
+    """Refuse a folder a report command (`analyze`, `bench`) may not write; looks, never writes.
+
+    The rules of `check_output_dir` for what a command writes into a folder of its own: never the current folder,
+    its parents, home or `/`; never a folder that holds anything but the command's own `outputs` (file names or
+    patterns), with or without `--overwrite`; and the outputs of an earlier report are replaced only with
+    `--overwrite`.
+    """
+    path = refuse_special_folder(folder, flag)
+    if path.exists() and not path.is_dir():
+        raise OutputDirError(f"{flag} {folder} is a file, not a folder. Pass a folder for the report.")
+    if not path.is_dir():
+        return path
+    entries = _entries(path)
+    foreign = [e for e in entries if not any(fnmatch.fnmatchcase(e.rstrip("/"), p) for p in outputs)]
+    if foreign:
+        raise OutputDirError(
+            f"{flag} {folder} holds files this command does not write: {_describe(foreign)}. adamoe writes a report "
+            "only into a new folder or one that holds an earlier report of the same kind; choose another folder."
+        )
+    if entries and not overwrite:
+        raise OutputDirError(
+            f"{flag} {folder} already holds a report ({_describe(entries)}). Pass --overwrite to replace it, or "
+            "choose another folder."
         )
     return path
 

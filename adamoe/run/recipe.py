@@ -39,6 +39,7 @@ from ..patching.loading import (
     load_tokenizer,
     moe_config_of,
 )
+from ..patching.lora import lora_config
 from ..patching.patch import is_moe_model, set_routing
 from ..tasks import DataArgs, get_task
 from ..tasks.base import Task
@@ -76,19 +77,39 @@ def check_run_dir(config: FinetuneConfig) -> Path:
     With `resume`, the folder must hold a checkpoint of a run with the same task, model, MoE and data settings.
     """
     out = check_output_dir(config.output_dir, overwrite=config.overwrite, resume=config.resume)
+    model = Path(config.model).expanduser()
+    if model.exists() and (model.resolve() == out or out in model.resolve().parents):
+        raise OutputDirError(
+            f"--model {config.model} is in --output-dir {config.output_dir}: the run would replace the model it "
+            "starts from. Write the run to a new folder."
+        )
     if not config.resume:
         return out
     if not (out.is_dir() and get_last_checkpoint(str(out))):
         raise OutputDirError(f"--resume: no checkpoint-* folder in {config.output_dir} to continue from.")
     saved = out / RUN_CONFIG_NAME
     if saved.exists():
-        previous = json.loads(saved.read_text())
+        previous = _with_current_defaults(json.loads(saved.read_text()))
         mismatched = {k for k in ("task", "model", "moe", "data") if previous.get(k) != config.to_dict()[k]}
         if mismatched:
             raise OutputDirError(
                 f"--resume: the run in {config.output_dir} differs in {sorted(mismatched)}; resume with the same "
                 "settings."
             )
+    return out
+
+
+def _with_current_defaults(saved: dict[str, Any]) -> dict[str, Any]:
+    """A saved run config's `moe` and `data` sections with the fields added since it was written at their
+    defaults, so a run folder written by an older adamoe still resumes (a field it lacks had its default then)."""
+    out = dict(saved)
+    try:
+        if isinstance(saved.get("moe"), dict):
+            out["moe"] = MoEConfig.from_dict(saved["moe"]).to_dict()
+        if isinstance(saved.get("data"), dict):
+            out["data"] = dataclasses.asdict(DataArgs(**saved["data"]))
+    except (TypeError, ValueError):  # a damaged or foreign file: compared as it is, and so refused
+        return saved
     return out
 
 
@@ -215,6 +236,8 @@ def finetune(config: FinetuneConfig) -> dict[str, Any]:
         raise RunConfigError(
             f"{config.model} is an adamoe MoE checkpoint; the dense baseline (--gating dense) needs a dense model."
         )
+    if config.lora is not None:
+        model = with_lora(model, config.lora)
     tokenizer = load_tokenizer(config.model)
     args = training_arguments(config, task)
     trainer = build_trainer(config, task, model, tokenizer, train=True, args=args)
@@ -238,6 +261,11 @@ def finetune(config: FinetuneConfig) -> dict[str, Any]:
                 f"Nothing to train: the run in {out} had already finished ({train_output.global_step} steps). "
                 "Its model is evaluated again; to train longer, resume with a larger --epochs or --max-steps."
             )
+        if config.lora is not None:
+            # The adapter alone (for PEFT users), then the merged model, so the folder is an ordinary adamoe
+            # checkpoint that evaluate, analyze, export and from_pretrained load as any other.
+            trainer.save_model(str(out / LORA_ADAPTER_DIR))
+            trainer.model = trainer.model_wrapped = trainer.accelerator.unwrap_model(trainer.model).merge_and_unload()
         trainer.save_model(str(out))
         eval_output = evaluate_and_write_predictions(trainer, task, config.data, out) if trainer.eval_dataset else {}
         results = _results(config, task, trainer, train_output, eval_output, seed, str(out))
@@ -251,6 +279,24 @@ def finetune(config: FinetuneConfig) -> dict[str, Any]:
             for checkpoint in out.glob(f"{PREFIX_CHECKPOINT_DIR}-*"):
                 shutil.rmtree(checkpoint)
     return results
+
+
+LORA_ADAPTER_DIR = "adapter"  # where a LoRA run keeps its adapter, beside the merged model
+
+
+def with_lora(model: PreTrainedModel, lora: dict[str, Any]) -> Any:
+    """`model` with LoRA adapters (`adamoe.lora_config`, from the run config's `lora` section): a PeftModel."""
+    from peft import get_peft_model
+
+    settings = dict(lora)
+    config = lora_config(
+        model,
+        r=settings.pop("r"),
+        alpha=settings.pop("alpha", None),
+        targets=settings.pop("targets"),
+        train_routers=settings.pop("train_routers", None),
+    )
+    return get_peft_model(model, config)
 
 
 def folder_size(folder: str | Path) -> int:
@@ -343,7 +389,11 @@ def evaluate_checkpoint(
     trainer = build_trainer(config, task, model, tokenizer, train=False)
     metrics = _task_metrics(task, evaluate_and_write_predictions(trainer, task, data, out))
     if trainer.is_world_process_zero():
-        write_json_atomically(out / "eval_results.json", {"task": task_name, "checkpoint": checkpoint, **metrics})
+        stored = moe_config_of(model)  # what was evaluated: the routing after `routing` was applied
+        evaluated = {"gating": "dense" if stored is None else stored.gating, "moe": stored and stored.to_dict()}
+        write_json_atomically(
+            out / "eval_results.json", {"task": task_name, "checkpoint": checkpoint, **evaluated, **metrics}
+        )
     return metrics
 
 
