@@ -38,32 +38,28 @@ class ExportError(ValueError):
     """A model that cannot be written in a native MoE format; the message says why and what to do."""
 
 
+# The decoder fields a dense Llama-family config shares with its native MoE counterpart, copied as they are.
+DECODER_FIELDS = (
+    "vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads",
+    "num_key_value_heads", "head_dim", "hidden_act", "max_position_embeddings", "initializer_range", "rms_norm_eps",
+    "use_cache", "pad_token_id", "bos_token_id", "eos_token_id", "tie_word_embeddings", "rope_parameters",
+    "attention_dropout",
+)  # fmt: skip
+
+
+def _copied(config: Any, extra: tuple[str, ...] = ()) -> dict[str, Any]:
+    return {name: getattr(config, name) for name in (*DECODER_FIELDS, *extra) if hasattr(config, name)}
+
+
 def _mixtral_config(config: Any, moe: Any) -> dict[str, Any]:
     """MixtralConfig fields from a Llama / Mistral config and the MoE config."""
-    fields = (
-        "vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads",
-        "num_key_value_heads", "head_dim", "hidden_act", "max_position_embeddings", "initializer_range",
-        "rms_norm_eps", "use_cache", "pad_token_id", "bos_token_id", "eos_token_id", "tie_word_embeddings",
-        "rope_parameters", "attention_dropout", "sliding_window",
-    )  # fmt: skip
-    values = {name: getattr(config, name) for name in fields if hasattr(config, name)}
-    return values | {
-        "num_local_experts": moe.num_experts,
-        "num_experts_per_tok": moe.top_k,
-        "router_jitter_noise": 0.0,
-    }
+    experts = {"num_local_experts": moe.num_experts, "num_experts_per_tok": moe.top_k, "router_jitter_noise": 0.0}
+    return _copied(config, ("sliding_window",)) | experts
 
 
 def _qwen3_moe_config(config: Any, moe: Any) -> dict[str, Any]:
     """Qwen3MoeConfig fields from a Qwen3 config and the MoE config: every layer sparse, the FFN as each expert."""
-    fields = (
-        "vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads",
-        "num_key_value_heads", "head_dim", "hidden_act", "max_position_embeddings", "initializer_range",
-        "rms_norm_eps", "use_cache", "pad_token_id", "bos_token_id", "eos_token_id", "tie_word_embeddings",
-        "rope_parameters", "attention_bias", "attention_dropout",
-    )  # fmt: skip
-    values = {name: getattr(config, name) for name in fields if hasattr(config, name)}
-    return values | {
+    return _copied(config, ("attention_bias",)) | {
         "moe_intermediate_size": config.intermediate_size,
         "num_experts": moe.num_experts,
         "num_experts_per_tok": moe.top_k,
