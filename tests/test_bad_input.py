@@ -22,7 +22,7 @@ from typer.testing import CliRunner
 
 from adamoe import MoEConfig
 from adamoe.cli import app
-from adamoe.run.recipe import convert
+from adamoe.run.models import convert
 
 
 @pytest.fixture(scope="module")
@@ -229,6 +229,11 @@ CASES += [
         "reentrant gradient checkpointing on an MoE model",
         lambda f: _base(f) + ["--config", str(f["reentrant.yaml"])],
         ("training settings do not fit this model", "reentrant gradient checkpointing", "use_reentrant': False"),
+    ),
+    Case(
+        "a token budget smaller than one example",
+        lambda f: _base(f) + ["--max-tokens", "2"],
+        ("max_tokens (--max-tokens) is 2, but the longest training example has", "raise --max-tokens"),
     ),
     Case(
         "the model folder is the output folder",

@@ -24,8 +24,8 @@ from typer.testing import CliRunner
 
 from adamoe import MoEConfig
 from adamoe.cli import app
+from adamoe.run.models import convert
 from adamoe.run.output_dir import LOCK_NAME, RunLock
-from adamoe.run.recipe import convert
 from adamoe.trainer.checkpointing import last_usable_checkpoint
 
 
@@ -123,7 +123,8 @@ def test_overwrite_replaces_only_a_run_folder_with_nothing_else_in_it(kit: dict[
     assert result.exit_code == 0, result.output
     second = json.loads((out / "results.json").read_text())
     assert (first["seed"], second["seed"]) == (42, 7)
-    assert not list(out.glob(".adamoe*")), "no lock or staging files are left behind"
+    # No lock or staging files are left behind; the record of what the run wrote stays (for a later --overwrite).
+    assert [p.name for p in out.glob(".adamoe*")] == [".adamoe-files.json"]
 
 
 def test_a_second_run_into_a_locked_folder_fails_at_once_naming_the_holder(kit: dict[str, Path]) -> None:
@@ -305,3 +306,36 @@ def test_a_finished_run_keeps_the_model_not_the_checkpoints(kit: dict[str, Path]
     kept = tmp_path / "kept"
     assert _finetune(kit, kept, "--epochs", "2", "--batch-size", "4", "--keep-checkpoints").exit_code == 0
     assert sorted(p.name for p in kept.glob("checkpoint-*")) == ["checkpoint-2", "checkpoint-4"]
+
+
+def test_overwrite_removes_exactly_what_the_run_wrote(smoke_kit, tmp_path):
+    """A finished run records its entries (.adamoe-files.json); --overwrite removes those, and refuses a folder
+    holding anything else even when it is named like a run's file; evaluate's and analyze's folders are the run's."""
+    from typer.testing import CliRunner
+
+    from adamoe.cli import app
+    from adamoe.run.output_dir import MANIFEST_NAME
+
+    runner = CliRunner()
+    sst2, out = smoke_kit["sst2"], tmp_path / "run"
+    args = ["finetune", "--task", "sst2", "--model", str(sst2.model_dir), "--train-file", str(sst2.train_file)]
+    args += ["--validation-file", str(sst2.validation_file), "--max-steps", "2", "--num-experts", "4", "-o", str(out)]
+    assert runner.invoke(app, args).exit_code == 0
+    recorded = set(json.loads((out / MANIFEST_NAME).read_text())["entries"])
+    assert {"run_config.json", "results.json", "model.safetensors", "config.json"} <= recorded
+    assert recorded == {p.name for p in out.iterdir()} - {MANIFEST_NAME}
+    checkpoint = ["--task", "sst2", "--checkpoint", str(out)]
+    assert runner.invoke(app, ["evaluate", *checkpoint, "--validation-file", str(sst2.validation_file)]).exit_code == 0
+    assert runner.invoke(app, ["analyze", *checkpoint, "--validation-file", str(sst2.validation_file)]).exit_code == 0
+    assert {"eval", "analysis"} <= set(json.loads((out / MANIFEST_NAME).read_text())["entries"])
+
+    (out / "baseline_results.json").write_text("{}")  # the user's, named like a run's results
+    (out / "runs").mkdir()
+    (out / "runs" / "notes.txt").write_text("mine")
+    result = runner.invoke(app, [*args, "--overwrite"])
+    assert result.exit_code == 2 and "baseline_results.json" in result.output and "runs/" in result.output
+    assert (out / "baseline_results.json").exists() and (out / "runs" / "notes.txt").exists()
+    (out / "baseline_results.json").unlink()
+    shutil.rmtree(out / "runs")
+    assert runner.invoke(app, [*args, "--overwrite"]).exit_code == 0
+    assert not (out / "eval").exists() and not (out / "analysis").exists()  # the old run's, removed with it

@@ -164,7 +164,7 @@ def test_from_sources_keeps_an_adamoe_checkpoints_structure(tmp_path):
     from transformers import AutoModelForSequenceClassification
 
     from adamoe import MoEConfig
-    from adamoe.run.recipe import convert
+    from adamoe.run.models import convert
 
     dense = write_model_folder(tmp_path / "dense")
     convert(str(dense), str(tmp_path / "moe"), MoEConfig(num_experts=3, gating="top2"),

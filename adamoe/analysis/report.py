@@ -26,7 +26,7 @@ from transformers import AutoTokenizer
 from ..files import write_json_atomically
 from ..patching.loading import load_model, moe_config_of
 from ..run.config import run_data_args
-from ..run.output_dir import check_report_dir
+from ..run.output_dir import check_report_dir, claim_in_run
 from ..run.provenance import provenance
 from ..tasks import DataArgs, get_task
 from .collect import RoutingCollection, collect_routing
@@ -150,6 +150,7 @@ def analyze(
             **provenance(),
         },
     )
+    claim_in_run(out)
     return report
 
 

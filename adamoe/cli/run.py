@@ -253,6 +253,15 @@ def evaluate_command(
             "--output-dir", "-o", help="Where the predictions and eval_results.json go. [default: CHECKPOINT/eval]"
         ),
     ] = None,
+    sweep: Annotated[
+        str | None,
+        typer.Option(
+            help="Evaluate with adaptive gating at each of these comma-separated parameter values instead (T of the "
+            "gap rule, p of top_p; --rule picks the rule) and write the quality-against-experts-per-token frontier "
+            "to CHECKPOINT/sweep (or --output-dir)."
+        ),
+    ] = None,
+    overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace an earlier sweep report.")] = False,
 ) -> None:
     """Compute a task's metrics for a saved checkpoint on its validation data (the run's own data settings),
     and write the predictions in the format official scorers read. --gating, --threshold and --top-k evaluate the
@@ -272,6 +281,9 @@ def evaluate_command(
             "top2, topk or adaptive to evaluate these weights with other routing."
         )
     training = {"per_device_eval_batch_size": batch_size} if batch_size else {}
+    if sweep is not None:
+        _sweep(task.value, checkpoint, sweep, rule, validation_file, max_eval_samples, training, output_dir, overwrite)
+        return
     out = output_dir if output_dir is not None else checkpoint / "eval"
     metrics = recipes.evaluate_checkpoint(
         task.value,
@@ -287,6 +299,35 @@ def evaluate_command(
     gating_shown = gating.value if gating is not None else gating_of(str(checkpoint))
     _print_results({"task": task.value, "gating": gating_shown, "metrics": metrics})
     console.print(f"Predictions: {out}")
+
+
+def _sweep(task, checkpoint, values, rule, validation_file, max_eval_samples, training, output_dir, overwrite) -> None:
+    """`evaluate --sweep`: the frontier of one checkpoint over its rule's parameter (adamoe/run/sweep.py)."""
+    from ..run.sweep import sweep_routing
+
+    try:
+        parsed = [float(v) for v in values.split(",") if v.strip()]
+    except ValueError as err:
+        raise RunConfigError(f"--sweep takes comma-separated numbers in [0, 1], got {values!r}.") from err
+    rows = sweep_routing(
+        task, str(checkpoint), parsed, rule=rule.value if rule else None,
+        output_dir=str(output_dir) if output_dir else None, overwrite=overwrite,
+        validation_file=str(validation_file) if validation_file else None, max_eval_samples=max_eval_samples,
+        training=training,
+    )  # fmt: skip
+    table = Table(title=f"{task} — {rows[0]['rule']} rule, parameter swept", show_header=True)
+    for column in (
+        "parameter",
+        "experts / token",
+        *(k for k in rows[0] if k not in ("rule", "threshold", "experts_per_token")),
+    ):
+        table.add_column(column, justify="right")
+    for row in rows:
+        metrics = [f"{v:.4f}" for k, v in row.items() if k not in ("rule", "threshold", "experts_per_token")]
+        experts = "—" if row["experts_per_token"] is None else f"{row['experts_per_token']:.3f}"
+        table.add_row(f"{row['threshold']:g}", experts, *metrics)
+    console.print(table)
+    console.print(f"Frontier: {output_dir or checkpoint / 'sweep'}")
 
 
 @friendly_errors
@@ -314,7 +355,7 @@ def convert_command(
 
     Example: adamoe convert --model bert-base-uncased --task sst2 --num-experts 8 -o bert-moe
     """
-    from ..run import recipe as recipes
+    from ..run import models
 
     if gating is Gating.dense:
         raise RunConfigError("convert makes an MoE checkpoint; --gating dense would leave it unchanged.")
@@ -347,7 +388,7 @@ def convert_command(
             f"{stored.gating}), {_human_size(2 * count)} in bf16; writing {output_dir}"
         )
 
-    recipes.convert(model, str(output_dir), moe, overwrite=overwrite, before_writing=report, **head)
+    models.convert(model, str(output_dir), moe, overwrite=overwrite, before_writing=report, **head)
     console.print(f"Saved the MoE checkpoint to {output_dir}")
 
 
@@ -382,9 +423,9 @@ def export_command(
 
     Example: adamoe export --model runs/wikitext-smollm2 -o smollm2-moe-mixtral
     """
-    from ..run import recipe as recipes
+    from ..run import models
 
-    native = recipes.export(model, str(output_dir), overwrite=overwrite)
+    native = models.export(model, str(output_dir), overwrite=overwrite)
     console.print(
         f"Saved a {type(native).__name__} checkpoint (fixed top-{native.config.num_experts_per_tok}) to {output_dir}"
     )

@@ -8,7 +8,8 @@ and refuses, with a message that says what the folder holds:
 - a run folder holding anything a run does not write (the user's notes, data), even with `--overwrite`;
 - a run folder without `--overwrite` or `--resume`.
 
-`clear_run_files` then removes only the entries a run writes (`RUN_FILE_PATTERNS`), and `RunLock` keeps a second
+`clear_run_files` then removes only the entries the run wrote (its manifest, `MANIFEST_NAME`; a folder without
+one: the entries named like a run's files, `RUN_FILE_PATTERNS`), and `RunLock` keeps a second
 run out of the folder for as long as the first one holds it: an advisory `flock` (the `filelock` package),
 released by the kernel when its holder dies, so the lock of a killed run is stale by construction and the next
 run simply takes it.
@@ -17,8 +18,10 @@ run simply takes it.
 from __future__ import annotations
 
 import fnmatch
+import json
 import os
 import shutil
+from collections.abc import Callable
 from pathlib import Path
 
 RUN_CONFIG_NAME = "run_config.json"
@@ -26,6 +29,10 @@ RESULTS_NAME = "results.json"
 LOCK_NAME = ".adamoe.lock"
 LOCK_OWNER_NAME = ".adamoe.lock.owner"  # the holder's pid: the lock file itself is truncated by each contender
 LOCK_FILES = (LOCK_NAME, LOCK_OWNER_NAME)
+# What a run wrote into its folder, top-level entries, written when the run ends (finished or failed): what
+# `--overwrite` removes, exactly. A folder without one (a run killed outright, or written before adamoe kept it)
+# falls back to the name patterns below.
+MANIFEST_NAME = ".adamoe-files.json"
 
 # Every top-level entry a run (or `adamoe convert`) writes: the model and tokenizer files `save_pretrained`
 # writes, the Trainer's checkpoints and arguments, adamoe's own files, and the folders of reports and logs.
@@ -72,6 +79,49 @@ def is_run_file(name: str) -> bool:
     return any(fnmatch.fnmatchcase(name, pattern) for pattern in RUN_FILE_PATTERNS)
 
 
+def read_manifest(folder: Path) -> set[str] | None:
+    """The entries the run in `folder` recorded as its own, or None when it recorded none."""
+    path = folder / MANIFEST_NAME
+    try:
+        entries = json.loads(path.read_text())["entries"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    return set(entries) if isinstance(entries, list) else None
+
+
+def write_manifest(folder: str | os.PathLike, before: set[str]) -> None:
+    """Record the top-level entries of `folder` now that were not there `before` the run, with what an earlier
+    run of the folder recorded (a resumed run owns what it continued)."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        return
+    owned = (read_manifest(folder) or set()) | {
+        p.name for p in folder.iterdir() if p.name not in before and p.name not in (*LOCK_FILES, MANIFEST_NAME)
+    }
+    tmp = folder / f".{MANIFEST_NAME}.tmp"
+    tmp.write_text(json.dumps({"entries": sorted(owned)}, indent=1) + "\n")
+    os.replace(tmp, folder / MANIFEST_NAME)
+
+
+def claim_in_run(folder: str | os.PathLike) -> None:
+    """Record `folder` (evaluate's `eval/`, analyze's `analysis/`, a sweep) in the manifest of the run folder it
+    sits in, if it sits in one, so that the run's `--overwrite` counts it as the run's own."""
+    folder = Path(folder).resolve()
+    manifest = read_manifest(folder.parent)
+    if manifest is not None and folder.name not in manifest:
+        tmp = folder.parent / f".{MANIFEST_NAME}.tmp"
+        tmp.write_text(json.dumps({"entries": sorted(manifest | {folder.name})}, indent=1) + "\n")
+        os.replace(tmp, folder.parent / MANIFEST_NAME)
+
+
+def owned_by_run(folder: Path) -> Callable[[str], bool]:
+    """Whether an entry of `folder` is the run's own: in its manifest, else by the run-file name patterns."""
+    manifest = read_manifest(folder)
+    if manifest is None:
+        return is_run_file
+    return lambda name: name in manifest or name == MANIFEST_NAME
+
+
 def _describe(entries: list[str], limit: int = 8) -> str:
     shown = ", ".join(entries[:limit])
     return shown + (f" and {len(entries) - limit} more" if len(entries) > limit else "")
@@ -116,8 +166,9 @@ def check_output_dir(folder: str | os.PathLike, *, overwrite: bool, resume: bool
     entries = _entries(path)
     is_run = (path / RUN_CONFIG_NAME).is_file()
     is_model = what == "model" and (path / "config.json").is_file()
+    owned = owned_by_run(path)
     if what == "predictions":
-        foreign = [name for name in entries if not is_run_file(name.rstrip("/"))]
+        foreign = [name for name in entries if not owned(name.rstrip("/"))]
         if foreign:
             raise OutputDirError(
                 f"{folder} holds files an evaluation does not write: {_describe(foreign)}; choose another "
@@ -130,7 +181,7 @@ def check_output_dir(folder: str | os.PathLike, *, overwrite: bool, resume: bool
             "adamoe never writes into or empties such a folder, with or without --overwrite; choose a new or empty "
             "--output-dir."
         )
-    foreign = [name for name in entries if not is_run_file(name.rstrip("/"))]
+    foreign = [name for name in entries if not owned(name.rstrip("/"))]
     kind = "an adamoe run" if is_run else "a model"
     if foreign:
         raise OutputDirError(
@@ -177,10 +228,11 @@ def check_report_dir(
 
 
 def clear_run_files(folder: str | os.PathLike) -> None:
-    """Remove the entries of `folder` a run writes (after `check_output_dir` said it holds nothing else);
-    the lock files stay, since the caller holds the lock."""
+    """Remove the entries of `folder` the run there wrote (its manifest's, else those named like a run's files),
+    after `check_output_dir` said it holds nothing else; the lock files stay, since the caller holds the lock."""
+    owned = owned_by_run(Path(folder))
     for entry in Path(folder).iterdir():
-        if entry.name in LOCK_FILES or not is_run_file(entry.name):
+        if entry.name in LOCK_FILES or not owned(entry.name):
             continue
         if entry.is_dir() and not entry.is_symlink():
             shutil.rmtree(entry)

@@ -23,7 +23,7 @@ import json
 import logging
 import math
 import shutil
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -31,10 +31,9 @@ import torch
 from transformers import EvalPrediction, PreTrainedModel, set_seed
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, get_last_checkpoint
 
-from ..files import honour_umask, write_json_atomically, write_text_atomically
+from ..files import write_json_atomically, write_text_atomically
 from ..moe.config import MoEConfig
 from ..patching.loading import (
-    from_pretrained,
     load_model,
     load_tokenizer,
     moe_config_of,
@@ -44,6 +43,7 @@ from ..patching.patch import is_moe_model, set_routing
 from ..tasks import DataArgs, get_task
 from ..tasks.base import Task
 from ..trainer import AdaMoESeq2SeqTrainer, AdaMoESeq2SeqTrainingArguments, AdaMoETrainer, AdaMoETrainingArguments
+from ..trainer.batching import sample_lengths
 from ..trainer.checkpointing import STAGING_DIR, check_resumable_without_fsdp, last_usable_checkpoint
 from .config import FinetuneConfig, RunConfigError, run_data_args
 from .model_card import write_model_card
@@ -53,7 +53,10 @@ from .output_dir import (
     OutputDirError,
     RunLock,
     check_output_dir,
+    claim_in_run,
     clear_run_files,
+    owned_by_run,
+    write_manifest,
 )
 from .provenance import provenance
 
@@ -135,6 +138,9 @@ def _run_dir(config: FinetuneConfig, args: AdaMoETrainingArguments) -> Iterator[
             if args.should_save:
                 stack.enter_context(RunLock(config.output_dir))
                 out = _prepare_output_dir(config)
+                # A resumed run's earlier entries are the earlier run's; write_manifest keeps what it recorded.
+                before = {p.name for p in out.iterdir() if not owned_by_run(out)(p.name)} if config.resume else set()
+                stack.callback(write_manifest, out, before)  # when the run ends, finished or failed
                 write_json_atomically(out / RUN_CONFIG_NAME, config.to_dict())
         yield Path(config.output_dir)
 
@@ -175,6 +181,14 @@ def build_trainer(
         if not train:
             raw.pop("train", None)
         prepared = task.preprocess(raw, tokenizer, data, model.config)
+    max_tokens = getattr(args, "max_tokens", None)
+    if train and max_tokens and prepared.train is not None and len(prepared.train):
+        longest = int(sample_lengths(prepared.train).max())  # found now, not when the first epoch is batched
+        if longest > max_tokens:
+            raise RunConfigError(
+                f"training.max_tokens (--max-tokens) is {max_tokens}, but the longest training example has {longest} "
+                "tokens: raise --max-tokens, or cut the examples shorter (max_seq_length / max_source_length)."
+            )
     seq2seq = task.kind == "seq2seq"
     trainer_class = AdaMoESeq2SeqTrainer if seq2seq else AdaMoETrainer
     try:
@@ -342,6 +356,45 @@ def _results(
     }
 
 
+def evaluation_trainer(
+    task_name: str,
+    checkpoint: str,
+    *,
+    validation_file: str | None = None,
+    max_eval_samples: int | None = None,
+    data: DataArgs | None = None,
+    training: dict[str, Any] | None = None,
+    output_dir: Path,
+    routing: dict[str, Any] | None = None,
+) -> tuple[Task, DataArgs, PreTrainedModel, AdaMoETrainer]:
+    """`(task, data, model, trainer)` that evaluate a saved model on the validation split, with the data settings
+    of the run that wrote it unless `data` is given (see `evaluate_checkpoint`) and `routing` applied."""
+    task = get_task(task_name)
+    if data is None:
+        data = run_data_args(checkpoint)
+    data = dataclasses.replace(
+        data,
+        train_file=None,
+        validation_file=validation_file or data.validation_file,
+        max_eval_samples=max_eval_samples or data.max_eval_samples,
+    )
+    config = FinetuneConfig(
+        task=task_name,
+        model=checkpoint,
+        moe=None,
+        data=data,
+        training=dict(training or {}),
+        output_dir=str(output_dir),
+    )
+    model = load_model(task, checkpoint, None)
+    if routing:
+        if not is_moe_model(model):
+            raise RunConfigError(f"{checkpoint} is a dense model: routing settings need an adamoe checkpoint.")
+        set_routing(model, **routing)
+    tokenizer = load_tokenizer(checkpoint)
+    return task, data, model, build_trainer(config, task, model, tokenizer, train=False)
+
+
 def evaluate_checkpoint(
     task_name: str,
     checkpoint: str,
@@ -361,32 +414,12 @@ def evaluate_checkpoint(
     `output_dir`, by default `<checkpoint>/eval`. `routing` evaluates the same weights with other routing
     settings (`{"gating": "top2"}`, `{"threshold": 0.2}`: see `adamoe.set_routing`).
     """
-    task = get_task(task_name)
     out = Path(output_dir) if output_dir is not None else Path(checkpoint) / "eval"
     check_output_dir(out, overwrite=False, resume=False, what="predictions")  # never a folder of the user's files
-    if data is None:
-        data = run_data_args(checkpoint)
-    data = dataclasses.replace(
-        data,
-        train_file=None,
-        validation_file=validation_file or data.validation_file,
-        max_eval_samples=max_eval_samples or data.max_eval_samples,
-    )
-    config = FinetuneConfig(
-        task=task_name,
-        model=checkpoint,
-        moe=None,
-        data=data,
-        training=dict(training or {}),
-        output_dir=str(out),
-    )
-    model = load_model(task, checkpoint, None)
-    if routing:
-        if not is_moe_model(model):
-            raise RunConfigError(f"{checkpoint} is a dense model: routing settings need an adamoe checkpoint.")
-        set_routing(model, **routing)
-    tokenizer = load_tokenizer(checkpoint)
-    trainer = build_trainer(config, task, model, tokenizer, train=False)
+    task, data, model, trainer = evaluation_trainer(
+        task_name, checkpoint, validation_file=validation_file, max_eval_samples=max_eval_samples, data=data,
+        training=training, output_dir=out, routing=routing,
+    )  # fmt: skip
     metrics = _task_metrics(task, evaluate_and_write_predictions(trainer, task, data, out))
     if trainer.is_world_process_zero():
         stored = moe_config_of(model)  # what was evaluated: the routing after `routing` was applied
@@ -394,66 +427,5 @@ def evaluate_checkpoint(
         write_json_atomically(
             out / "eval_results.json", {"task": task_name, "checkpoint": checkpoint, **evaluated, **metrics}
         )
+        claim_in_run(out)
     return metrics
-
-
-def convert(
-    name_or_path: str,
-    output_dir: str,
-    moe: MoEConfig,
-    *,
-    model_class: type | None = None,
-    overwrite: bool = False,
-    before_writing: Callable[[PreTrainedModel], None] | None = None,
-    **hf_kwargs: Any,
-) -> PreTrainedModel:
-    """Patch a dense checkpoint and save it (with its tokenizer, when it has one) without training.
-
-    `output_dir` is never the input itself, and a folder that holds a model or a run is replaced (its own files
-    only) only with `overwrite`: a run's `results.json` would otherwise describe weights it no longer holds.
-    `before_writing` sees the patched model before anything is written (the CLI prints its size there).
-    """
-    out = _model_folder(name_or_path, output_dir, overwrite=overwrite, action="converted")
-    model = from_pretrained(name_or_path, moe=moe, model_class=model_class, **hf_kwargs)
-    if before_writing is not None:
-        before_writing(model)
-    _write_model_folder(out, name_or_path, model.save_pretrained, overwrite=overwrite)
-    return model
-
-
-def export(name_or_path: str, output_dir: str, *, overwrite: bool = False) -> PreTrainedModel:
-    """Write a patched checkpoint in its family's native MoE format (`adamoe.patching.export`), with its tokenizer.
-
-    Checked before anything is written: the output folder (as for `convert`), and that the model can be exported.
-    """
-    from ..patching.export import check_exportable, export_native
-
-    out = _model_folder(name_or_path, output_dir, overwrite=overwrite, action="exported")
-    model = from_pretrained(name_or_path)
-    check_exportable(model)
-    return _write_model_folder(out, name_or_path, lambda folder: export_native(model, folder), overwrite=overwrite)
-
-
-def _model_folder(name_or_path: str, output_dir: str, *, overwrite: bool, action: str) -> Path:
-    """The checked output folder of a model written from `name_or_path`: never the input itself, and a folder
-    that holds a model or a run is replaced (its own files only) only with `overwrite`."""
-    source = Path(name_or_path).expanduser()
-    out = check_output_dir(output_dir, overwrite=overwrite, resume=False, what="model")
-    if source.exists() and source.resolve() == out:
-        raise OutputDirError(f"--output-dir {output_dir} is the model being {action}; write it to a new folder.")
-    return out
-
-
-def _write_model_folder(out: Path, name_or_path: str, save: Callable[[str], Any], *, overwrite: bool) -> Any:
-    """`save(folder)` into `out` under the folder's lock, then the source's tokenizer beside it; returns what
-    `save` returned."""
-    with RunLock(out):
-        check_output_dir(out, overwrite=overwrite, resume=False, what="model")
-        clear_run_files(out)
-        saved = save(str(out))
-        honour_umask(out)
-        try:
-            load_tokenizer(name_or_path).save_pretrained(str(out))
-        except (OSError, ValueError):
-            logger.warning("%s has no tokenizer to copy; the checkpoint holds only the model.", name_or_path)
-    return saved

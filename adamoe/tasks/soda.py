@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any
 
 from .base import DataArgs, PreparedData, Task, prepare_splits
 from .causal_lm import generate_continuations, padding_lm_collator, perplexity_metrics
-from .io import DataFormatError, Schema, read_rows
+from .io import DataFormatError, Schema, TaskInputError, read_rows
 from .metrics import token_nll
 from .prompting import prompt_examples, prompt_of
 
@@ -111,10 +111,10 @@ def preprocess(
     raw: DatasetDict, tokenizer: PreTrainedTokenizerBase, data: DataArgs, model_config: PretrainedConfig | None = None
 ) -> PreparedData:
     if tokenizer.eos_token_id is None:
-        raise ValueError("soda needs a tokenizer with an EOS token: it separates context and response.")
+        raise TaskInputError("soda needs a tokenizer with an EOS token: it separates context and response.")
     max_length = data.max_seq_length or MAX_SEQ_LENGTH
     if max_length < 3:
-        raise ValueError(f"max_seq_length must be at least 3 (EOS, a token, EOS), got {max_length}.")
+        raise TaskInputError(f"max_seq_length must be at least 3 (EOS, a token, EOS), got {max_length}.")
     tokenize = partial(tokenize_dialogues, tokenizer=tokenizer, max_length=max_length, model_config=model_config)
     return prepare_splits(raw, tokenize, data)
 

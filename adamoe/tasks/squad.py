@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from .base import DataArgs, MetricsFn, PreparedData, Task, padding_collator, tokenize_split
-from .io import DataFormatError, Schema, check_columns, check_file, read_rows
+from .io import DataFormatError, Schema, TaskInputError, check_columns, check_file, read_rows
 from .metrics import squad_metrics
 
 if TYPE_CHECKING:
@@ -235,10 +235,10 @@ def preprocess(
     raw: DatasetDict, tokenizer: PreTrainedTokenizerBase, data: DataArgs, model_config: PretrainedConfig | None = None
 ) -> PreparedData:
     if not tokenizer.is_fast:
-        raise ValueError("squad needs a fast (Rust-backed) tokenizer: windows map back through offset mappings.")
+        raise TaskInputError("squad needs a fast (Rust-backed) tokenizer: windows map back through offset mappings.")
     max_length = data.max_seq_length or MAX_SEQ_LENGTH
     if data.doc_stride >= max_length:
-        raise ValueError(f"doc_stride ({data.doc_stride}) must be smaller than max_seq_length ({max_length}).")
+        raise TaskInputError(f"doc_stride ({data.doc_stride}) must be smaller than max_seq_length ({max_length}).")
     windows = partial(tokenize_windows, tokenizer=tokenizer, max_length=max_length, stride=data.doc_stride)
     train = tokenize_split(raw, "train", partial(windows, keep_offsets=False), data)
     eval_features = tokenize_split(raw, "validation", partial(windows, keep_offsets=True), data)

@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 
 from .base import DataArgs, PreparedData, Task, no_prediction_files, prepare_splits, tokenize_split
 from .causal_lm import perplexity_metrics
-from .io import Schema, read_rows
+from .io import Schema, TaskInputError, read_rows
 from .metrics import token_nll
 
 if TYPE_CHECKING:
@@ -58,7 +58,10 @@ def preprocess(
     prepared = prepare_splits(tokenized, partial(group_texts, block_size=block_size), data)
     for split, blocks in (("train", prepared.train), ("validation", prepared.eval)):
         if blocks is not None and len(blocks) == 0:
-            raise ValueError(f"The {split} split has fewer than block_size={block_size} tokens; lower block_size.")
+            raise TaskInputError(
+                f"The {split} split has fewer than block_size={block_size} tokens; lower block_size in the data "
+                "section of the run config, or give more text."
+            )
     return prepared
 
 

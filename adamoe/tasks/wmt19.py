@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from .base import DataArgs
-from .io import DataFormatError, Schema, read_rows
+from .io import DataFormatError, Schema, TaskInputError, read_rows
 from .metrics import sacrebleu_score
 from .prompting import PromptFormat
 from .seq2seq import LANGUAGE_NAMES, PairFormat, seq2seq_task
@@ -50,10 +50,10 @@ def read_translation_file(path: Path) -> Dataset:
 
 
 def check_model_direction(model_config: PretrainedConfig | None, source: str, target: str) -> None:
-    """Raises `ValueError` when an FSMT model translates the other way (it would score BLEU near zero)."""
+    """Raises `TaskInputError` when an FSMT model translates the other way (it would score BLEU near zero)."""
     langs = list(getattr(model_config, "langs", None) or [])
     if getattr(model_config, "model_type", None) == "fsmt" and langs and langs != [source, target]:
-        raise ValueError(
+        raise TaskInputError(
             f"The model translates {langs[0]}-{langs[1]} but direction is {source}-{target}; "
             f"use facebook/wmt19-{source}-{target} or set direction to {langs[0]}-{langs[1]}."
         )
