@@ -59,6 +59,7 @@ def files(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
         "training_number.yaml": "task: sst2\ntraining: 5\n",
         "lr_text.yaml": "task: sst2\ntraining:\n  learning_rate: fast\n",
         "bool_text.yaml": "task: sst2\ntraining:\n  curriculum: 'false'\n",
+        "moe_word.yaml": "task: sst2\nmoe: {threshold: abc}\n",
         "reentrant.yaml": "task: sst2\ntraining:\n  gradient_checkpointing: true\n"
         "  gradient_checkpointing_kwargs: {use_reentrant: true}\n",
         # Nine levels of nine aliases: 9**9 values once expanded.
@@ -70,6 +71,9 @@ def files(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     for name, text in yamls.items():
         (root / name).write_text(text)
     (root / "binary.yaml").write_bytes(bytes(range(256)) * 4)
+    (root / "no-config").mkdir()
+    (root / "no-config" / "weights.bin").write_bytes(b"0")
+    (root / "a-folder.tsv").mkdir()
     no_weights = root / "no-weights"
     shutil.copytree(moe, no_weights / "checkpoint-4")
     (no_weights / "checkpoint-4" / "model.safetensors").unlink()
@@ -82,6 +86,8 @@ def files(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
         "train": write_sst2(root / "train.tsv", 8),
         "dev": write_sst2(root / "dev.tsv", 4, seed=1),
         "no_weights": no_weights,
+        "no_config": root / "no-config",
+        "a_folder": root / "a-folder.tsv",
         "squad_bad": root / "squad_bad.jsonl",
         **{Path(name).stem: root / name for name in ("empty.tsv", "unknown_task.yaml", *lines)},
         **{name: root / name for name in (*yamls, "binary.yaml")},
@@ -229,6 +235,32 @@ CASES += [
         "reentrant gradient checkpointing on an MoE model",
         lambda f: _base(f) + ["--config", str(f["reentrant.yaml"])],
         ("training settings do not fit this model", "reentrant gradient checkpointing", "use_reentrant': False"),
+    ),
+    Case(
+        "a word where an MoE number belongs",
+        _yaml("moe_word.yaml"),
+        ("moe_word.yaml", "threshold must be a number, got 'abc'"),
+    ),
+    Case(
+        "a relative model path that does not exist",
+        lambda f: _base(f, model="models/missing"),
+        ("Could not load model 'models/missing'", "There is no folder models/missing here either", "Hub id"),
+    ),
+    Case(
+        "a model folder without config.json",
+        lambda f: _base(f, model="no_config"),
+        ("Could not load model", "no-config exists but holds no config.json"),
+    ),
+    Case("a folder as the training file", lambda f: _base(f, train="a_folder"), ("a-folder.tsv is a folder",)),
+    Case(
+        "--push-to-hub without the Hub",
+        lambda f: _base(f) + ["--push-to-hub"],
+        ("--push-to-hub needs the Hugging Face Hub, which cannot be reached", "Run without --push-to-hub"),
+    ),
+    Case(
+        "--report-to a logger that does not exist",
+        lambda f: _base(f) + ["--report-to", "bogus"],
+        ("training settings", "bogus is not supported"),
     ),
     Case(
         "a token budget smaller than one example",

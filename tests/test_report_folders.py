@@ -87,3 +87,16 @@ def test_analyze_and_evaluate_guard_their_folders_and_say_what_they_evaluated(sm
     assert runner.invoke(app, [*evaluate, "--gating", "top2"]).exit_code == 0
     recorded = json.loads((run / "eval" / "eval_results.json").read_text())
     assert recorded["gating"] == "top2" and recorded["moe"]["gating"] == "top2"
+
+
+def test_reproduce_refuses_a_results_root_holding_other_files(tmp_path):
+    root = tmp_path / "out" / "smoke"
+    root.mkdir(parents=True)
+    (root / "notes.txt").write_text("mine")
+    result = runner.invoke(
+        app, ["reproduce", "--table", "3", "--scale", "smoke", "--tasks", "sst2", "-o", str(tmp_path / "out")]
+    )
+    assert result.exit_code == 2 and "holds files this command does not write: notes.txt" in " ".join(
+        result.output.split()
+    )
+    assert [p.name for p in root.iterdir()] == ["notes.txt"]

@@ -244,3 +244,14 @@ def test_a_run_folder_written_before_a_field_existed_still_resumes(tmp_path):
     (out / "run_config.json").write_text(json.dumps(saved))
     with pytest.raises(OutputDirError, match=r"differs in \['moe'\]"):
         check_run_dir(config)
+
+
+def test_a_bad_flag_is_not_blamed_on_the_config_file(tmp_path):
+    path = tmp_path / "ok.yaml"
+    path.write_text("task: sst2\ntraining: {learning_rate: 1.0e-4}\n")
+    with pytest.raises(RunConfigError) as flag_error:
+        FinetuneConfig.from_sources(path, {"training": {"learning_rate": -1}})
+    assert str(flag_error.value).startswith("training.learning_rate (--lr) must be greater than 0")
+    path.write_text("task: sst2\ntraining: {learning_rate: -1}\n")
+    with pytest.raises(RunConfigError, match=r"ok\.yaml: training\.learning_rate"):  # the file's own value
+        FinetuneConfig.from_sources(path, {"training": {"seed": 3}})

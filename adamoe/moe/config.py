@@ -43,6 +43,16 @@ class MoEConfigError(ValueError):
     """A `MoEConfig` value is out of range or inconsistent."""
 
 
+def _number(name: str, value: Any) -> float:
+    """`value` as a float, or a `MoEConfigError` naming the field (a YAML word where a number belongs)."""
+    if isinstance(value, bool):
+        raise MoEConfigError(f"{name} must be a number, got {value!r}.")
+    try:
+        return float(value)
+    except (TypeError, ValueError) as err:
+        raise MoEConfigError(f"{name} must be a number, got {value!r}.") from err
+
+
 @dataclass(frozen=True)
 class MoEConfig:
     """Configuration of the mixture-of-experts blocks that `adamoe.moeify` puts in place of FFNs.
@@ -184,7 +194,7 @@ class MoEConfig:
                     f"gating='top2' sends every token to two experts, so it needs top_k >= 2 (got {self.top_k}). "
                     "Use gating='top1', or gating='topk' for a fixed top_k."
                 )
-        threshold = float(self.threshold)
+        threshold = _number("threshold", self.threshold)
         if not math.isfinite(threshold) or not 0.0 <= threshold <= 1.0:
             raise MoEConfigError(
                 f"threshold must be in [0, 1], got {self.threshold!r}: the gap between two gate probabilities "
@@ -192,7 +202,7 @@ class MoEConfig:
             )
         object.__setattr__(self, "threshold", threshold)  # frozen: normalised once, here
         for name in ("upcycle_noise", "router_init_std", "aux_loss_coef"):
-            value = float(getattr(self, name))
+            value = _number(name, getattr(self, name))
             if not math.isfinite(value) or value < 0:
                 raise MoEConfigError(f"{name} must be a finite number >= 0, got {getattr(self, name)!r}.")
             object.__setattr__(self, name, value)

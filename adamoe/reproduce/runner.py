@@ -38,6 +38,7 @@ from typing import Any
 
 from ..files import write_json_atomically
 from ..run.config import FinetuneConfig
+from ..run.output_dir import check_report_dir
 from ..run.recipe import finetune
 from ..smoke import SmokeTask, one_thread, write_smoke_kit
 from .cpu_scale import DEFAULT_CPU_TASKS, SEEDS, CpuScale, CpuTask
@@ -185,6 +186,10 @@ def _torch_threads() -> int:
     return torch.get_num_threads()
 
 
+# What reproduction writes under `output_dir/<scale>/` (check_report_dir).
+RESULT_ENTRIES = ("cells", "runs", "data", "smoke_kit", "table*.md", "table*.csv", "table*.png")
+
+
 def reproduce(
     table: int,
     *,
@@ -206,6 +211,8 @@ def reproduce(
         cpu: the cpu scale's model, data and seeds; None: `CpuScale.locate()` (cpu scale only).
     """
     root = Path(output_dir) / scale
+    # A results root holds only what reproduction writes; its own cells are resumed, never replaced.
+    check_report_dir(root, RESULT_ENTRIES, overwrite=True, flag="--output-dir")
     if scale == "cpu" and not tasks:
         tasks = list(DEFAULT_CPU_TASKS)
     cells = cell_set(table, tasks, experiments_dir)

@@ -349,9 +349,10 @@ class FinetuneConfig:
                 values["moe"] = {**(stored.to_dict() if stored else {}), **moe_given}
             return cls.from_dict(values)
         except (RunConfigError, ValueError, KeyError, TypeError) as err:  # KeyError: an unknown task
-            if path is None:
-                raise
-            raise RunConfigError(f"{path}: {err.args[0] if isinstance(err, KeyError) else err}") from err
+            message = err.args[0] if isinstance(err, KeyError) else str(err)
+            if path is None or _flags_alone_fail(overrides, moe_given):
+                raise RunConfigError(message) from err  # the flags are wrong whatever the file says
+            raise RunConfigError(f"{path}: {message}") from err
 
     @classmethod
     def from_yaml(cls, path: str | Path, **overrides: Any) -> FinetuneConfig:
@@ -362,6 +363,16 @@ class FinetuneConfig:
             return cls.from_dict(values, **overrides)
         except (RunConfigError, ValueError, KeyError, TypeError) as err:  # KeyError: an unknown task
             raise RunConfigError(f"{path}: {err.args[0] if isinstance(err, KeyError) else err}") from err
+
+
+def _flags_alone_fail(overrides: dict[str, Any], moe_given: Any) -> bool:
+    """Whether the flags given fail on their own, so that an error is theirs and not the config file's (their
+    task, else any: the flags a task does not take are refused by every task alike)."""
+    try:
+        FinetuneConfig.from_dict({"task": "sst2", **overrides, "moe": moe_given or {}})
+    except (RunConfigError, ValueError, KeyError, TypeError):
+        return True
+    return False
 
 
 def _stored_moe_config(model: str) -> MoEConfig | None:

@@ -99,6 +99,10 @@ READERS: dict[str, Callable[[Path], Dataset]] = {
 def check_file(path: str | Path, formats: Sequence[str]) -> Path:
     """Checks that `path` exists, has a readable suffix and is not empty; returns it as a `Path`."""
     path = Path(path)
+    if path.is_dir():
+        raise DataFormatError(
+            f"{path} is a folder; pass a data file (one of {', '.join(formats)}) to --train-file / --validation-file."
+        )
     if not path.is_file():
         raise FileNotFoundError(
             f"Data file {path} does not exist; pass an existing file to --train-file / --validation-file."
