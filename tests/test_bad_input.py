@@ -74,6 +74,7 @@ def files(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     (root / "no-config").mkdir()
     (root / "no-config" / "weights.bin").write_bytes(b"0")
     (root / "a-folder.tsv").mkdir()
+    (root / "short.txt").write_text("a short line .\n")
     no_weights = root / "no-weights"
     shutil.copytree(moe, no_weights / "checkpoint-4")
     (no_weights / "checkpoint-4" / "model.safetensors").unlink()
@@ -88,6 +89,7 @@ def files(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
         "no_weights": no_weights,
         "no_config": root / "no-config",
         "a_folder": root / "a-folder.tsv",
+        "short": root / "short.txt",
         "squad_bad": root / "squad_bad.jsonl",
         **{Path(name).stem: root / name for name in ("empty.tsv", "unknown_task.yaml", *lines)},
         **{name: root / name for name in (*yamls, "binary.yaml")},
@@ -261,6 +263,21 @@ CASES += [
         "--report-to a logger that does not exist",
         lambda f: _base(f) + ["--report-to", "bogus"],
         ("training settings", "bogus is not supported"),
+    ),
+    Case(
+        "a file as the model",
+        lambda f: _base(f, model=str(f["train"])),
+        ("Could not load model", "train.tsv is a file, not a model folder"),
+    ),
+    Case(
+        "--report-to a logger that is not installed",
+        lambda f: _base(f) + ["--report-to", "azure_ml"],  # azureml-sdk: installed nowhere this suite runs
+        ("need a package that is not installed", "azureml"),
+    ),
+    Case(
+        "text shorter than one block",
+        lambda f: ["--task", "wikitext", *_base(f, train="short"), "--validation-file", str(f["short"])],
+        ("The train split has fewer than block_size=", "lower block_size"),
     ),
     Case(
         "a token budget smaller than one example",

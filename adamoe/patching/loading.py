@@ -293,6 +293,8 @@ def load_model(task: Task, name_or_path: str, moe: MoEConfig | None) -> nn.Modul
         where = (
             f"There is no folder {local} here either (relative to {Path.cwd()}), so it was taken for a Hub id.\n"
             if not local.exists()
+            else f"{local} is a file, not a model folder (or a .gguf file).\n"
+            if local.is_file()
             else f"{local} exists but holds no config.json.\n"
         )
         raise FileNotFoundError(

@@ -204,6 +204,10 @@ def build_trainer(
         )
     except ValueError as err:  # the trainers' checks of the settings against this model (checkpointing, devices)
         raise RunConfigError(f"The training settings do not fit this model: {err}") from err
+    except (RuntimeError, ImportError) as err:  # a --report-to logger whose package is not installed
+        if "to be installed" not in str(err):
+            raise
+        raise RunConfigError(f"The training settings need a package that is not installed: {err}") from err
     except ConnectionError as err:  # push_to_hub creates its Hub repository here; offline that cannot work
         raise RunConfigError(
             f"--push-to-hub needs the Hugging Face Hub, which cannot be reached ({err}). Run without --push-to-hub "
