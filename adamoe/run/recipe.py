@@ -239,7 +239,7 @@ def evaluate_and_write_predictions(
     return output.metrics
 
 
-def _task_metrics(task: Task, eval_output: dict[str, float]) -> dict[str, float]:
+def task_metrics(task: Task, eval_output: dict[str, float]) -> dict[str, float]:
     """`eval_accuracy` -> `accuracy`, keeping the task's metrics and the evaluation loss."""
     metrics = {k.removeprefix("eval_"): v for k, v in eval_output.items()}
     keep = set(task.metric_names) | {"loss"}
@@ -343,7 +343,7 @@ def _results(
         "task": task.name,
         "model": config.model,
         "gating": config.gating,
-        "metrics": _task_metrics(task, eval_output),
+        "metrics": task_metrics(task, eval_output),
         "metrics_note": None if trainer.eval_dataset is not None else "no validation data was given",
         "main_metric": task.main_metric,
         "train_time_s": timing["train_time_s"],
@@ -429,7 +429,7 @@ def evaluate_checkpoint(
         task_name, checkpoint, validation_file=validation_file, max_eval_samples=max_eval_samples, data=data,
         training=training, output_dir=out, routing=routing,
     )  # fmt: skip
-    metrics = _task_metrics(task, evaluate_and_write_predictions(trainer, task, data, out))
+    metrics = task_metrics(task, evaluate_and_write_predictions(trainer, task, data, out))
     if trainer.is_world_process_zero():
         stored = moe_config_of(model)  # what was evaluated: the routing after `routing` was applied
         evaluated = {"gating": "dense" if stored is None else stored.gating, "moe": stored and stored.to_dict()}

@@ -23,7 +23,7 @@ from ..patching.patch import moe_config_of, set_routing
 from .config import RunConfigError
 from .output_dir import check_report_dir, claim_in_run
 from .provenance import provenance
-from .recipe import _task_metrics, evaluation_trainer
+from .recipe import evaluation_trainer, task_metrics
 
 SWEEP_FILES = ("frontier.json", "frontier.md", "frontier.png", "trainer_log.jsonl")  # the evaluations log too
 
@@ -82,7 +82,7 @@ def sweep_routing(
             set_routing(model, gating="adaptive", rule=rule, threshold=float(value))
             counter.pairs = counter.tokens = 0
             with torch.no_grad():
-                metrics = _task_metrics(task, trainer.evaluate())
+                metrics = task_metrics(task, trainer.evaluate())
             rows.append({"rule": rule, "threshold": float(value), "experts_per_token": counter.experts_per_token()})
             rows[-1] |= metrics
     finally:
