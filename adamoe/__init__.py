@@ -28,6 +28,7 @@ _EXPORTS = {
     "NativeMoESpec": "patching.native",
     "RouterNumericsError": "moe.router",
     "RoutingDecision": "moe.router",
+    "RoutingStateError": "moe.router",
     "RoutingStats": "moe.stats",
     "UnsupportedArchitectureError": "patching.patch",
     "balance_loss": "moe.stats",
@@ -46,6 +47,7 @@ _EXPORTS = {
     "register_native_moe_spec": "patching.native",
     "routing_stats": "moe.stats",
     "set_routing": "patching.patch",
+    "update_routing_state": "moe.stats",
     "upcycled_parameter_count": "patching.patch",
 }
 
@@ -66,6 +68,7 @@ __all__ = [
     "NativeMoESpec",
     "RouterNumericsError",
     "RoutingDecision",
+    "RoutingStateError",
     "RoutingStats",
     "UnsupportedArchitectureError",
     "balance_loss",
@@ -84,13 +87,14 @@ __all__ = [
     "register_native_moe_spec",
     "routing_stats",
     "set_routing",
+    "update_routing_state",
     "upcycled_parameter_count",
 ]
 
 if TYPE_CHECKING:
     from .moe.block import MoEBlock, is_moe_model, moe_blocks
     from .moe.config import MoEConfig, MoEConfigError
-    from .moe.router import RouterNumericsError, RoutingDecision
+    from .moe.router import RouterNumericsError, RoutingDecision, RoutingStateError
     from .moe.stats import (
         LayerRoutingStats,
         RoutingStats,
@@ -98,6 +102,7 @@ if TYPE_CHECKING:
         per_sample_complexity,
         per_sample_two_expert_fractions,
         routing_stats,
+        update_routing_state,
     )
     from .patching.dense import FFN_SPECS, DenseFFN, FFNSpec, register_ffn_spec
     from .patching.export import ExportError, export_native

@@ -290,6 +290,16 @@ CASES += [
         ("is in --output-dir", "would replace the model it starts from", "new folder"),
     ),
     Case(
+        "expert-threshold routing without a target",
+        lambda f: _base(f) + ["--rule", "expert_threshold"],
+        ("rule='expert_threshold' needs target_experts",),
+    ),
+    Case(
+        "a target mean outside [1, k_max]",
+        lambda f: _base(f) + ["--target-experts", "3"],
+        ("target_experts must be in [1, top_k] = [1, 2]", "got 3.0"),
+    ),
+    Case(
         "resume from a checkpoint without weights",
         lambda f: _base(f, out="no-weights") + ["--resume"],
         ("checkpoint-4 holds no model weights (model.safetensors)", "delete"),
@@ -353,3 +363,23 @@ def test_a_full_disk_mid_save_is_explained_and_the_run_resumes(
     assert result.exit_code == 0, result.output
     assert json.loads((out / "results.json").read_text())["global_steps"] == 2
     assert sorted(p.name for p in out.glob("checkpoint-*")) == ["checkpoint-1", "checkpoint-2"]
+
+
+def test_a_rule_whose_state_the_checkpoint_lacks_is_refused_before_anything_is_written(files: dict[str, Path]) -> None:
+    out = files["root"] / "eval-expert-threshold"
+    args = ["evaluate", "--task", "sst2", "--checkpoint", str(files["moe4"]), "--validation-file", str(files["dev"])]
+    result = CliRunner().invoke(
+        app, [*args, "--rule", "expert_threshold", "--target-experts", "1.5", "--output-dir", str(out)]
+    )
+    assert result.exit_code == 2 and "Traceback" not in result.output, result.output
+    message = " ".join(result.output.split("Error: ", 1)[1].split())
+    assert "were not trained with the rule" in message and "--rule expert_threshold" in message
+    assert not out.exists()
+
+
+def test_a_sweep_of_a_rule_without_one_parameter_is_refused_before_anything_is_written(files: dict[str, Path]) -> None:
+    out = files["root"] / "sweep-expert-threshold"
+    args = ["evaluate", "--task", "sst2", "--checkpoint", str(files["moe4"]), "--validation-file", str(files["dev"])]
+    result = CliRunner().invoke(app, [*args, "--sweep", "0,0.5", "--rule", "expert_threshold", "-o", str(out)])
+    assert result.exit_code == 2 and "Traceback" not in result.output, result.output
+    assert "expert_threshold has none" in " ".join(result.output.split()) and not out.exists()

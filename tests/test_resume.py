@@ -3,7 +3,8 @@
 Three runs of the real CLI, each in its own process: one uninterrupted, one killed as optimizer step 11 (of 12)
 begins, and the killed one resumed from its last checkpoint (step 8, mid-way through epoch 1, whose order is the
 curriculum's). The resumed run must train the same batches in the same order, with the same optimizer,
-scheduler, RNG (dropout is on) and curriculum state, so it ends at the same step with the same weights and loss.
+scheduler, RNG (dropout is on), curriculum and routing-rule state (a steered threshold), so it ends at the same
+step with the same weights and loss.
 """
 
 from __future__ import annotations
@@ -34,7 +35,10 @@ def _run_config(tmp_path: Path, name: str) -> Path:
     config = {
         "task": "sst2",
         "model": str(model),
-        "moe": {"num_experts": 4, "threshold": 0.2, "router_init_std": 1.0, "expert_init": "random"},
+        # A steered threshold: the controller's state must come back from the checkpoint like the weights.
+        "moe": {
+            "num_experts": 4, "threshold": 0.2, "target_experts": 1.5, "router_init_std": 1.0, "expert_init": "random",
+        },  # fmt: skip
         "data": {"train_file": str(train), "validation_file": str(tmp_path / "dev.tsv")},
         "training": {
             "num_train_epochs": EPOCHS,
@@ -126,5 +130,6 @@ def test_resume_after_sigkill_matches_an_uninterrupted_run(tmp_path: Path) -> No
         load_file(crashed / "model.safetensors"),
     )
     assert full_weights.keys() == resumed_weights.keys()
+    assert any(k.endswith("router.controller") for k in full_weights)
     worst = max(float((full_weights[k] - resumed_weights[k]).abs().max()) for k in full_weights)
     assert worst < 1e-5

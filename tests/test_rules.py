@@ -10,6 +10,9 @@ from adamoe.moe.config import RULE_NAMES
 from adamoe.moe.router import select_top_k
 from adamoe.moe.rules import RULES
 
+# The rules whose parameter is one number (expert_threshold's are per expert: tests/test_rule_state.py).
+PARAMETER_RULES = ("gap", "top_p")
+
 
 def probs(num_tokens=64, num_experts=8, seed=0, scale=2.0):
     g = torch.Generator().manual_seed(seed)
@@ -47,7 +50,7 @@ def test_the_config_names_every_rule():
     assert tuple(RULES) == RULE_NAMES
 
 
-@pytest.mark.parametrize("rule", RULE_NAMES)
+@pytest.mark.parametrize("rule", PARAMETER_RULES)
 @pytest.mark.parametrize("threshold", [0.05, 0.2, 0.5, 0.8])
 @pytest.mark.parametrize("k_max", [2, 4])
 def test_each_rule_matches_its_definition(rule, threshold, k_max):
@@ -57,7 +60,7 @@ def test_each_rule_matches_its_definition(rule, threshold, k_max):
         assert routed(p, rule, threshold, k_max, "raw") == reference(p, rule, threshold, k_max, "raw")
 
 
-@pytest.mark.parametrize("rule", RULE_NAMES)
+@pytest.mark.parametrize("rule", PARAMETER_RULES)
 def test_the_ends_of_the_parameter_give_top1_and_top_k_max(rule):
     p = probs()
     _, low = select_top_k(p, gating="adaptive", threshold=0.0, top_k=4, rule=rule)
@@ -66,7 +69,7 @@ def test_the_ends_of_the_parameter_give_top1_and_top_k_max(rule):
     assert high.all()
 
 
-@pytest.mark.parametrize("rule", RULE_NAMES)
+@pytest.mark.parametrize("rule", PARAMETER_RULES)
 def test_a_larger_parameter_never_takes_an_expert_away(rule):
     p = probs(seed=1)
     previous = None
@@ -113,5 +116,6 @@ def test_rules_switch_on_the_same_weights_and_travel_with_the_checkpoint(tmp_pat
     model.save_pretrained(tmp_path)
     again = adamoe.from_pretrained(str(tmp_path))
     assert (adamoe.moe_config_of(again).rule, adamoe.moe_config_of(again).threshold) == ("top_p", 0.6)
-    with pytest.raises(adamoe.MoEConfigError, match="rule must be one of 'gap', 'top_p'; got 'top_q'"):
+    valid = "'gap', 'top_p', 'expert_threshold'"
+    with pytest.raises(adamoe.MoEConfigError, match=f"rule must be one of {valid}; got 'top_q'"):
         adamoe.set_routing(model, rule="top_q")

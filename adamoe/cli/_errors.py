@@ -15,7 +15,7 @@ def user_errors() -> tuple[type[BaseException], ...]:
     that `--help` imports none of the modules that define them)."""
     from ..bench.config import BenchConfigError
     from ..moe.config import MoEConfigError
-    from ..moe.router import RouterNumericsError
+    from ..moe.router import RouterNumericsError, RoutingStateError
     from ..patching.export import ExportError
     from ..patching.gguf import GGUFError
     from ..patching.loading import CheckpointError
@@ -39,6 +39,7 @@ def user_errors() -> tuple[type[BaseException], ...]:
         NonFiniteWeightsError,
         OutputDirError,
         RouterNumericsError,
+        RoutingStateError,
         RunConfigError,
         TaskInputError,
         UnsupportedArchitectureError,

@@ -25,6 +25,7 @@ class Gating(str, Enum):
 class Rule(str, Enum):
     gap = "gap"
     top_p = "top_p"
+    expert_threshold = "expert_threshold"
 
 
 class ThresholdOn(str, Enum):
@@ -72,9 +73,21 @@ ThresholdOpt = Annotated[
 RuleOpt = Annotated[
     Rule | None,
     typer.Option(
-        help="The adaptive rule: gap (the paper's) or top_p (experts until their probability reaches --threshold). "
-        "[default: gap]"
+        help="The adaptive rule: gap (the paper's), top_p (experts until their probability reaches --threshold) or "
+        "expert_threshold (each expert's own moving-average threshold; needs --target-experts). [default: gap]"
     ),
+]
+TargetExpertsOpt = Annotated[
+    float | None,
+    typer.Option(
+        "--target-experts",
+        help="Steer the rule towards this mean number of experts per token, in [1, top_k], per layer (a PI "
+        "controller on --threshold for gap and top_p; the thresholds' target for expert_threshold). [default: none]",
+        show_default=False,
+    ),
+]
+EntropyLossOpt = Annotated[
+    float | None, typer.Option("--entropy-loss-coef", help="Router entropy-loss coefficient (top-p's; 0: off).")
 ]
 NumExpertsOpt = Annotated[
     int | None, typer.Option("--num-experts", help="Experts per MoE layer. [default: a native MoE's own, else 16]")
@@ -107,12 +120,16 @@ def moe_overrides(
     every_n_layers: int | None = None,
     top_k: int | None = None,
     rule: Rule | None = None,
+    target_experts: float | None = None,
+    entropy_loss_coef: float | None = None,
 ) -> dict[str, Any]:
     """The MoE fields the user set on the command line (unset flags are None and left out)."""
     given = {
         "gating": gating.value if gating is not None and gating is not Gating.dense else None,
         "threshold": threshold,
         "rule": rule.value if rule else None,
+        "target_experts": target_experts,
+        "entropy_loss_coef": entropy_loss_coef,
         "num_experts": num_experts,
         "top_k": top_k,
         "threshold_on": threshold_on.value if threshold_on else None,

@@ -17,6 +17,7 @@ from ._options import (
     AuxLossOpt,
     BatchSizeOpt,
     CombineOpt,
+    EntropyLossOpt,
     EveryNOpt,
     ExpertInitOpt,
     Gating,
@@ -26,6 +27,7 @@ from ._options import (
     NumExpertsOpt,
     OutputDirOpt,
     RuleOpt,
+    TargetExpertsOpt,
     TaskName,
     ThresholdOnOpt,
     ThresholdOpt,
@@ -48,6 +50,7 @@ def finetune_command(
     ] = None,
     threshold: ThresholdOpt = None,
     rule: RuleOpt = None,
+    target_experts: TargetExpertsOpt = None,
     gating: GatingOpt = None,
     num_experts: NumExpertsOpt = None,
     top_k: TopKOpt = None,
@@ -116,6 +119,7 @@ def finetune_command(
     combine: CombineOpt = None,
     expert_init: ExpertInitOpt = None,
     aux_loss_coef: AuxLossOpt = None,
+    entropy_loss_coef: EntropyLossOpt = None,
     every_n_layers: EveryNOpt = None,
     report_to: Annotated[
         str | None,
@@ -151,6 +155,7 @@ def finetune_command(
     flags = moe_overrides(
         gating=gating, threshold=threshold, rule=rule, num_experts=num_experts, top_k=top_k, threshold_on=threshold_on,
         combine=combine, expert_init=expert_init, aux_loss_coef=aux_loss_coef, every_n_layers=every_n_layers,
+        target_experts=target_experts, entropy_loss_coef=entropy_loss_coef,
     )  # fmt: skip
     overrides = flag_overrides(
         {
@@ -246,6 +251,7 @@ def evaluate_command(
     gating: GatingOpt = None,
     threshold: ThresholdOpt = None,
     rule: RuleOpt = None,
+    target_experts: TargetExpertsOpt = None,
     top_k: TopKOpt = None,
     output_dir: Annotated[
         Path | None,
@@ -292,7 +298,9 @@ def evaluate_command(
         max_eval_samples=max_eval_samples,
         training=training,
         output_dir=str(out),
-        routing=moe_overrides(gating=gating, threshold=threshold, rule=rule, num_experts=None, top_k=top_k),
+        routing=moe_overrides(
+            gating=gating, threshold=threshold, rule=rule, num_experts=None, top_k=top_k, target_experts=target_experts
+        ),
     )
     if not PartialState().is_main_process:
         return
@@ -339,12 +347,14 @@ def convert_command(
     gating: GatingOpt = None,
     threshold: ThresholdOpt = None,
     rule: RuleOpt = None,
+    target_experts: TargetExpertsOpt = None,
     num_experts: NumExpertsOpt = None,
     top_k: TopKOpt = None,
     threshold_on: ThresholdOnOpt = None,
     combine: CombineOpt = None,
     expert_init: ExpertInitOpt = None,
     aux_loss_coef: AuxLossOpt = None,
+    entropy_loss_coef: EntropyLossOpt = None,
     every_n_layers: EveryNOpt = None,
     overwrite: Annotated[
         bool, typer.Option("--overwrite", help="Replace the model or run in --output-dir (its own files only).")
@@ -372,6 +382,8 @@ def convert_command(
             expert_init=expert_init,
             aux_loss_coef=aux_loss_coef,
             every_n_layers=every_n_layers,
+            target_experts=target_experts,
+            entropy_loss_coef=entropy_loss_coef,
         ),
     )
     head = (

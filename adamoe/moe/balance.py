@@ -1,4 +1,5 @@
-"""The load-balancing loss of the paper's Eq. 4, as a pure function of one layer's router outputs.
+"""The routers' auxiliary losses, as pure functions of one layer's router outputs: the load-balancing loss of the
+paper's Eq. 4, and the entropy loss that top-p routing trains with.
 
     loss = E * sum_e f_e * P_e
 
@@ -41,3 +42,29 @@ def load_balancing_loss(
     assignment_share = assignment_share.index_add_(0, first_expert, weight) / num_real  # (num_experts,) f_e
     mean_prob = (probs * weight.unsqueeze(-1)).sum(0) / num_real  # (num_experts,) P_e
     return num_experts * (assignment_share * mean_prob).sum()
+
+
+def router_entropy_loss(probs: torch.Tensor, token_mask: torch.Tensor | None = None) -> torch.Tensor:
+    """The mean entropy of the gate distributions over non-padding tokens, `-sum_e p_e log p_e`.
+
+    Huang et al. (2024) add it beside the balance loss when routing by top-p: a top-p token takes experts until
+    they hold p of its probability, so a flat router would send every token to many experts; minimising the
+    entropy sharpens the router and lets the easy tokens take one.
+
+    Args:
+        probs: `(num_tokens, num_experts)` softmax gate probabilities.
+        token_mask: `(num_tokens,)` bool, False on padding; None when every token is real.
+
+    Returns:
+        A scalar in [0, log(num_experts)]: 0 for one-hot gates, log(num_experts) for uniform ones.
+
+    Example:
+        ```python
+        >>> router_entropy_loss(torch.full((3, 4), 0.25))   # log 4
+        tensor(1.3863)
+        ```
+    """
+    # xlogy: 0 * log 0 = 0, so a gate that is exactly 0 adds nothing instead of NaN.
+    entropy = -torch.special.xlogy(probs, probs).sum(-1)  # (num_tokens,)
+    weight = torch.ones_like(entropy) if token_mask is None else token_mask.to(entropy.dtype)
+    return (entropy * weight).sum() / weight.sum().clamp_min(1.0)

@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 GATINGS = ("adaptive", "top1", "top2", "topk")
-RULE_NAMES = ("gap", "top_p")  # the adaptive rules of rules.RULES
+RULE_NAMES = ("gap", "top_p", "expert_threshold")  # the adaptive rules of rules.RULES
 THRESHOLD_ON = ("normalized", "raw")
 COMBINES = ("normalized", "gate")
 EXPERT_INITS = ("upcycle", "random")
@@ -89,12 +89,14 @@ class MoEConfig:
             "only, not which parameters exist."
         },
     )
-    rule: Literal["gap", "top_p"] = field(
+    rule: Literal["gap", "top_p", "expert_threshold"] = field(
         default="gap",
         metadata={
             "help": "The adaptive rule: 'gap' (the paper's: each further expert while its gap to the top-1 "
-            "probability is <= threshold) or 'top_p' (experts in decreasing probability until their cumulative "
-            "probability reaches threshold, Huang et al. 2024); see adamoe/moe/rules.py. Routing only."
+            "probability is <= threshold), 'top_p' (experts in decreasing probability until their cumulative "
+            "probability reaches threshold, Huang et al. 2024) or 'expert_threshold' (each expert whose "
+            "probability reaches that expert's moving-average threshold, Sun et al. 2026; needs target_experts); "
+            "see adamoe/moe/rules.py. Routing only."
         },
     )
     threshold: float = field(
@@ -109,6 +111,37 @@ class MoEConfig:
         metadata={
             "help": "Which gap T is compared with: 'normalized' (p1 - p_i) / (p1 + p_i), or 'raw' p1 - p_i, where "
             "p1 is the largest softmax gate probability and p_i the i-th largest (i = 2..top_k)."
+        },
+    )
+    target_experts: float | None = field(
+        default=None,
+        metadata={
+            "help": "A target mean number of experts per token in [1, top_k], per layer. With 'gap' or 'top_p' a "
+            "proportional-integral controller steers each layer's parameter towards it during training (DTop-p), "
+            "starting from threshold; with 'expert_threshold' it sets each expert's share of the tokens. The "
+            "steered values are router buffers, saved with the weights (and kept, unused, while gating is not "
+            "adaptive). None: the parameter stays as given."
+        },
+    )
+    controller_gains: tuple[float, float] = field(
+        default=(0.1, 0.05),
+        metadata={
+            "help": "(kp, ki) of the target controller: the parameter moves by kp per expert of error, plus ki "
+            "times the error summed over the training steps so far."
+        },
+    )
+    ema_decay: float = field(
+        default=0.9,
+        metadata={
+            "help": "Decay of expert_threshold's moving averages per training step, in [0, 1). 0.9 forgets in tens "
+            "of steps, as a fine-tuning run of hundreds needs (pretraining runs use 0.99 and more)."
+        },
+    )
+    entropy_loss_coef: float = field(
+        default=0.0,
+        metadata={
+            "help": "Coefficient of the router entropy loss (Huang et al.'s dynamic loss beside top-p: sharper "
+            "routers take fewer experts); added with the balance loss in training. 0 disables it; they use 1e-4."
         },
     )
     combine: Literal["normalized", "gate"] | None = field(
@@ -201,7 +234,8 @@ class MoEConfig:
                 "lies in [0, 1], so T = 1 already sends every token to top_k experts."
             )
         object.__setattr__(self, "threshold", threshold)  # frozen: normalised once, here
-        for name in ("upcycle_noise", "router_init_std", "aux_loss_coef"):
+        self._check_rule_state()
+        for name in ("upcycle_noise", "router_init_std", "aux_loss_coef", "entropy_loss_coef"):
             value = _number(name, getattr(self, name))
             if not math.isfinite(value) or value < 0:
                 raise MoEConfigError(f"{name} must be a finite number >= 0, got {getattr(self, name)!r}.")
@@ -222,6 +256,36 @@ class MoEConfig:
             raise MoEConfigError(f"every_n_layers must be an integer >= 1, got {self.every_n_layers!r}.")
         if self.every_n_layers != 1 and self.layers != "all":
             raise MoEConfigError("Give either layers=[...] or every_n_layers, not both.")
+
+    def _check_rule_state(self) -> None:
+        """The target controller's and expert-threshold's settings (see `target_experts`)."""
+        gains = self.controller_gains
+        if isinstance(gains, str) or not hasattr(gains, "__len__") or len(gains) != 2:
+            raise MoEConfigError(f"controller_gains must be two numbers (kp, ki), got {gains!r}.")
+        gains = tuple(_number("controller_gains", g) for g in gains)
+        if not all(math.isfinite(g) and g >= 0 for g in gains):
+            raise MoEConfigError(f"controller_gains must be two finite numbers >= 0 (kp, ki), got {gains!r}.")
+        object.__setattr__(self, "controller_gains", gains)  # a YAML or JSON list becomes the tuple
+        decay = _number("ema_decay", self.ema_decay)
+        if not 0.0 <= decay < 1.0:
+            raise MoEConfigError(f"ema_decay must be in [0, 1), got {self.ema_decay!r}.")
+        object.__setattr__(self, "ema_decay", decay)
+        if self.target_experts is None:
+            if self.rule == "expert_threshold":
+                raise MoEConfigError(
+                    "rule='expert_threshold' needs target_experts, the mean number of experts per token its "
+                    "thresholds aim at (each expert then expects target_experts / num_experts of the tokens)."
+                )
+            return
+        target = _number("target_experts", self.target_experts)
+        # top_k None ("from the model") is checked again once `resolve` fills it in.
+        k_max = self.top_k if self.top_k is not None else MAX_EXPERTS
+        if not math.isfinite(target) or not 1.0 <= target <= k_max:
+            raise MoEConfigError(
+                f"target_experts must be in [1, top_k] = [1, {self.top_k}] (a token uses between 1 and top_k "
+                f"experts), got {self.target_experts!r}."
+            )
+        object.__setattr__(self, "target_experts", target)
 
     def _check_choice(self, name: str, choices: tuple[str, ...]) -> None:
         value = getattr(self, name)

@@ -17,11 +17,15 @@ import torch
 from torch import nn
 
 from .config import MoEConfig
-from .rules import active_slots
+from .rules import active_slots, controller_step, ema_step
 
 
 class RouterNumericsError(FloatingPointError):
     """A router produced NaN or infinite logits: training further would only learn from garbage."""
+
+
+class RoutingStateError(RuntimeError):
+    """A rule that keeps state (expert-threshold's moving averages) routed before any was estimated or loaded."""
 
 
 @dataclass
@@ -66,21 +70,23 @@ def select_top_k(
     probs: torch.Tensor,
     *,
     gating: str,
-    threshold: float,
+    threshold: float | torch.Tensor,
     threshold_on: str = "normalized",
     top_k: int = 2,
     rule: str = "gap",
+    expert_thresholds: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Apply the gating rule with at most `top_k` experts per token.
 
     Args:
         probs: `(num_tokens, num_experts)` softmax gate probabilities, `num_experts >= top_k`.
         gating: "adaptive", "top1", "top2" or "topk".
-        threshold: the rule's parameter (T of the gap rule, p of top-p); any float is accepted here (T < 0: only
-            the top-1 expert, T >= 1: all top_k).
+        threshold: the rule's parameter (T of the gap rule, p of top-p), a float or a 0-dim tensor (a steered
+            one); any value is accepted here (T < 0: only the top-1 expert, T >= 1: all top_k).
         threshold_on: "normalized" compares (p1 - p_i) / (p1 + p_i) with T, "raw" compares p1 - p_i (gap rule).
         top_k: k_max, the width of the returned tensors.
-        rule: the adaptive rule, a key of `rules.RULES` ("gap", the paper's, or "top_p").
+        rule: the adaptive rule, a key of `rules.RULES` ("gap", the paper's, "top_p" or "expert_threshold").
+        expert_thresholds: `(num_experts,)` each expert's own threshold, for "expert_threshold" only.
 
     Returns:
         `expert_index` `(num_tokens, top_k)` in decreasing gate probability, and `active` `(num_tokens, top_k)`
@@ -95,6 +101,8 @@ def select_top_k(
     elif gating == "topk":
         active = torch.ones_like(expert_index, dtype=torch.bool)
     elif gating == "adaptive":
+        if rule == "expert_threshold":
+            threshold = expert_thresholds[expert_index]  # (num_tokens, top_k): each slot's expert's own
         active = active_slots(top_probs, rule=rule, threshold=threshold, threshold_on=threshold_on)
     else:
         raise ValueError(f"Unknown gating {gating!r}.")
@@ -159,10 +167,96 @@ class Router(nn.Module):
 
     def __init__(self, hidden_size: int, config: MoEConfig) -> None:
         super().__init__()
+        self.weight = nn.Parameter(torch.empty(config.resolve().num_experts, hidden_size))
         # `moeify` hands a resolved config; one built by hand gets the dense defaults for its None fields.
-        self.config = config = config.resolve()
-        self.weight = nn.Parameter(torch.empty(config.num_experts, hidden_size))
-        nn.init.normal_(self.weight, std=config.router_init_std)
+        self.config = config.resolve()
+        nn.init.normal_(self.weight, std=self.config.router_init_std)
+
+    @property
+    def config(self) -> MoEConfig:
+        return self._config
+
+    @config.setter
+    def config(self, config: MoEConfig) -> None:
+        # The buffers a rule keeps follow the config, so `set_routing` adds or drops them, and a checkpoint holds
+        # exactly the state its stored config names (loading is strict).
+        self._config = config
+        self._sync_state()
+
+    def _sync_state(self) -> None:
+        """Register the state the config's rule keeps between steps, and drop the state it no longer keeps.
+
+        `controller`: `(2,)` `[steered parameter, summed error]` when `target_experts` steers gap or top-p.
+        `expert_thresholds`: `(num_experts,)` moving averages of expert-threshold routing, NaN until estimated.
+        """
+        c = self._config
+        wanted = {}
+        # Kept under fixed gating too, so `set_routing(gating="top2")` and back again loses nothing.
+        if c.target_experts is not None:
+            if c.rule == "expert_threshold":
+                wanted["expert_thresholds"] = lambda: torch.full((c.num_experts,), float("nan"))
+            else:
+                wanted["controller"] = lambda: torch.tensor([c.threshold, 0.0])
+        for name in ("controller", "expert_thresholds"):
+            if name in wanted and name not in self._buffers:
+                self.register_buffer(name, wanted[name]().to(self.weight.device))
+            elif name not in wanted and name in self._buffers:
+                del self._buffers[name]
+
+    @property
+    def threshold(self) -> float | torch.Tensor:
+        """The rule's parameter now: the steered one (a 0-dim tensor) under a target, else the config's."""
+        controller = self._buffers.get("controller")
+        return self.config.threshold if controller is None else controller[0]
+
+    @torch.no_grad()
+    def update_state(self, routing: RoutingDecision) -> None:
+        """Move the rule's state by one training step, from the routing of the forward just taken.
+
+        Called once per micro-batch after its backward (`adamoe.update_routing_state`), never in a forward: a
+        forward recomputed by activation checkpointing must make the decisions the first one made.
+        """
+        c = self.config
+        if "controller" in self._buffers:
+            per_token = routing.num_selected.float()  # (num_tokens,)
+            if routing.token_mask is not None:
+                per_token = per_token[routing.token_mask]
+            if per_token.numel():
+                self.controller.copy_(
+                    controller_step(
+                        self.controller,
+                        per_token.mean(),
+                        target=c.target_experts,
+                        start=c.threshold,
+                        gains=c.controller_gains,
+                    )
+                )
+        if "expert_thresholds" in self._buffers:
+            self.expert_thresholds.copy_(
+                ema_step(
+                    self.expert_thresholds,
+                    routing.probs,
+                    routing.token_mask,
+                    target=c.target_experts,
+                    decay=c.ema_decay,
+                )
+            )
+
+    def _expert_thresholds(self, probs: torch.Tensor) -> torch.Tensor | None:
+        """`(num_experts,)` the thresholds expert-threshold routing compares with; None for the other rules."""
+        thresholds = self._buffers.get("expert_thresholds")
+        if thresholds is None or self.config.gating != "adaptive":
+            return None
+        if not torch.isnan(thresholds).any():
+            return thresholds
+        if not self.training:
+            raise RoutingStateError(
+                "rule='expert_threshold' routes by thresholds estimated in training, and this router has none: "
+                "the checkpoint was not trained with the rule. Fine-tune with --rule expert_threshold (a few "
+                "steps estimate them), or evaluate with another rule (gap, top_p)."
+            )
+        # The first training step: this batch's own estimate, stored by `update_state` after the backward.
+        return ema_step(thresholds, probs, None, target=self.config.target_experts, decay=0.0)
 
     def logits(self, hidden_states: torch.Tensor) -> torch.Tensor:
         """`(num_tokens, hidden)` -> `(num_tokens, num_experts)` float32 logits, outside autocast."""
@@ -184,10 +278,11 @@ class Router(nn.Module):
         expert_index, active = select_top_k(
             probs,
             gating=self.config.gating,
-            threshold=self.config.threshold,
+            threshold=self.threshold,
             threshold_on=self.config.threshold_on,
             top_k=k,
             rule=self.config.rule,
+            expert_thresholds=self._expert_thresholds(probs),
         )
         weights = combine_weights(probs, expert_index, active, combine=self.config.combine)
         return RoutingDecision(probs, expert_index, active, weights)

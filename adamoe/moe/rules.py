@@ -12,7 +12,20 @@ choice, so every rule runs through the same dispatch (cost follows the active pa
   their cumulative probability reaches p, capped at k_max. p = 0: top-1; p = 1: top-k_max (unless the first
   experts already hold all the probability).
 
-Both grow monotonically with their parameter, so a larger value never takes an expert away from a token.
+- `expert_threshold` (Sun et al., "Expert Threshold Routing", 2026): each further expert whose probability
+  reaches that expert's own threshold, a moving average (`ema_step`) of the score above which it would take its
+  share `target_experts / num_experts` of the tokens. The decision for a token depends on no other token of the
+  batch (causal), and balance comes from the thresholds instead of an auxiliary loss. Unlike the paper, a token
+  here always keeps its top-1 expert and takes at most k_max.
+
+All grow monotonically with their parameter, so a larger value never takes an expert away from a token (for
+`expert_threshold` the parameter is the per-slot threshold itself: a lower threshold never takes one away).
+
+Steering towards a budget (`target_experts` with `gap` or `top_p`): DTop-p (Jin et al., 2025) holds the mean
+number of experts per token at a target by moving the parameter with a proportional-integral controller
+(`controller_step`). Rules stay pure: the steered parameter and the moving averages are router buffers that
+change only in `Router.update_state`, once per training micro-batch after its backward, never inside a forward
+(a forward recomputed by activation checkpointing must route as the first one did).
 
 ```python
 active = RULES["top_p"](top_probs, threshold=0.6, threshold_on="normalized")   # (num_tokens, k_max) bool
@@ -45,8 +58,16 @@ def top_p_rule(top_probs: torch.Tensor, *, threshold: float, threshold_on: str =
     return before < threshold
 
 
+def expert_threshold_rule(
+    top_probs: torch.Tensor, *, threshold: torch.Tensor, threshold_on: str = "normalized"
+) -> torch.Tensor:
+    """`(num_tokens, k_max)` sorted probabilities and `(num_tokens, k_max)` thresholds, each slot's expert's own
+    (`Router` gathers them) -> `(num_tokens, k_max)` bool: slot i while its probability reaches its threshold."""
+    return top_probs >= threshold
+
+
 # Rule name -> the function; `MoEConfig.rule` names one (config.RULE_NAMES lists the same names).
-RULES: dict[str, Rule] = {"gap": gap_rule, "top_p": top_p_rule}
+RULES: dict[str, Rule] = {"gap": gap_rule, "top_p": top_p_rule, "expert_threshold": expert_threshold_rule}
 
 
 def active_slots(top_probs: torch.Tensor, *, rule: str, threshold: float, threshold_on: str) -> torch.Tensor:
@@ -59,3 +80,58 @@ def active_slots(top_probs: torch.Tensor, *, rule: str, threshold: float, thresh
     active = active.cumprod(dim=-1).bool()
     active[:, 0] = True
     return active
+
+
+def controller_step(
+    state: torch.Tensor, measured: torch.Tensor, *, target: float, start: float, gains: tuple[float, float]
+) -> torch.Tensor:
+    """One step of the proportional-integral controller that steers a rule's parameter towards a budget.
+
+    Args:
+        state: `(2,)` float32 `[parameter, summed error]`, the router's `controller` buffer.
+        measured: 0-dim, the mean number of experts per real token of the step just taken.
+        target: the mean number of experts per token aimed at.
+        start: the parameter the controller starts from (`MoEConfig.threshold`).
+        gains: `(kp, ki)`.
+
+    Returns:
+        The new `(2,)` state: parameter `start + kp * error + ki * summed error`, clamped to [0, 1] like every
+        rule's parameter; the summed error stops growing while the clamp holds (anti-windup), so the controller
+        answers at once when the error changes sign.
+    """
+    kp, ki = gains
+    error = target - measured.to(state.dtype)
+    summed = state[1] + error
+    unclamped = start + kp * error + ki * summed
+    parameter = unclamped.clamp(0.0, 1.0)
+    saturated = (unclamped != parameter) & ((unclamped > 1.0) == (error > 0))  # pushing further into the clamp
+    summed = torch.where(saturated, state[1], summed)
+    return torch.stack([parameter, summed])
+
+
+def ema_step(
+    thresholds: torch.Tensor, probs: torch.Tensor, token_mask: torch.Tensor | None, *, target: float, decay: float
+) -> torch.Tensor:
+    """One moving-average step of expert-threshold routing's per-expert thresholds.
+
+    Args:
+        thresholds: `(num_experts,)` the current thresholds; NaN where none has been estimated yet.
+        probs: `(num_tokens, num_experts)` gate probabilities of the step just taken.
+        token_mask: `(num_tokens,)` bool, False on padding (left out); None when every token is real.
+        target: mean experts per token aimed at, so each expert expects `target / num_experts` of the tokens.
+        decay: weight of the old threshold, in [0, 1).
+
+    Returns:
+        `(num_experts,)`: each expert's threshold moved towards this step's score of its c-th most likely token,
+        c = the expert's expected share of this step's real tokens (at least one); a NaN one starts there.
+    """
+    dtype = torch.promote_types(thresholds.dtype, torch.float32)  # never the averages in bf16
+    real = probs.detach().to(dtype) if token_mask is None else probs.detach().to(dtype)[token_mask]
+    num_tokens, num_experts = real.shape
+    if num_tokens == 0:
+        return thresholds
+    capacity = min(num_tokens, max(1, round(num_tokens * target / num_experts)))
+    step = real.topk(capacity, dim=0).values[-1]  # (num_experts,): the capacity-th largest score of each expert
+    old = thresholds.to(dtype)
+    moved = decay * old + (1.0 - decay) * step
+    return torch.where(torch.isnan(old), step, moved).to(thresholds.dtype)

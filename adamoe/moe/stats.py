@@ -7,8 +7,9 @@ from dataclasses import asdict, dataclass, field
 import torch
 from torch import nn
 
-from .balance import load_balancing_loss
+from .balance import load_balancing_loss, router_entropy_loss
 from .block import MoEBlock, moe_blocks, per_sample_grid
+from .router import Router, RoutingStateError
 
 
 @dataclass
@@ -224,4 +225,41 @@ def balance_loss(model: nn.Module) -> torch.Tensor:
         if block.config.aux_loss_coef > 0:
             layer_loss = load_balancing_loss(routing.probs, routing.expert_index[:, 0], routing.token_mask)
             total = total + block.config.aux_loss_coef * layer_loss
+        if block.config.entropy_loss_coef > 0:
+            total = total + block.config.entropy_loss_coef * router_entropy_loss(routing.probs, routing.token_mask)
     return total
+
+
+def update_routing_state(model: nn.Module) -> None:
+    """Move every router's rule state by one training step, from the routing of the last forward.
+
+    Only rules with state have any: a `target_experts` controller (gap, top-p) and expert-threshold's moving
+    averages (`adamoe/moe/rules.py`). `AdaMoETrainer` calls it after each micro-batch's backward; a training loop
+    of one's own calls it after `loss.backward()`. A forward never changes the state itself, so a forward
+    recomputed by activation checkpointing routes as the first one did.
+
+    Example:
+        ```python
+        >>> loss = model(**batch).loss + adamoe.balance_loss(model)
+        >>> loss.backward()
+        >>> adamoe.update_routing_state(model)
+        ```
+    """
+    for _, block in _routed_blocks(model):
+        # Every router inside the block: a PEFT wrapper (modules_to_save) holds the original and its trained copies.
+        for router in (module for module in block.modules() if isinstance(module, Router)):
+            router.update_state(block.last_routing)
+
+
+def check_routing_state(model: nn.Module) -> None:
+    """Raise `RoutingStateError` before an evaluation if a router's rule needs state it does not have (expert-threshold
+    routing on weights that were never trained with it), rather than at the first forward, after files are written."""
+    for name, block in moe_blocks(model):
+        for router in (module for module in block.modules() if isinstance(module, Router)):
+            thresholds = router._buffers.get("expert_thresholds")
+            if router.config.gating == "adaptive" and thresholds is not None and torch.isnan(thresholds).any():
+                raise RoutingStateError(
+                    f"rule='expert_threshold' routes by thresholds estimated in training, and the router of {name} "
+                    "has none: these weights were not trained with the rule. Fine-tune with --rule expert_threshold "
+                    "(a few steps estimate them), or evaluate with another rule (gap, top_p)."
+                )

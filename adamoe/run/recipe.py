@@ -33,6 +33,7 @@ from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, get_last_checkpoin
 
 from ..files import write_json_atomically, write_text_atomically
 from ..moe.config import MoEConfig
+from ..moe.stats import check_routing_state
 from ..patching.loading import (
     load_model,
     load_tokenizer,
@@ -400,6 +401,7 @@ def evaluation_trainer(
         if not is_moe_model(model):
             raise RunConfigError(f"{checkpoint} is a dense model: routing settings need an adamoe checkpoint.")
         set_routing(model, **routing)
+    check_routing_state(model)
     tokenizer = load_tokenizer(checkpoint)
     return task, data, model, build_trainer(config, task, model, tokenizer, train=False)
 

@@ -51,6 +51,14 @@ class PairCounter:
             hook.remove()
 
 
+def _check_sweepable(rule: str | None) -> None:
+    if rule == "expert_threshold":
+        raise RunConfigError(
+            "--sweep moves one parameter, and expert_threshold has none: its thresholds are one per expert, "
+            "estimated in training. Sweep --rule gap or --rule top_p on the same weights instead."
+        )
+
+
 def sweep_routing(
     task_name: str,
     checkpoint: str,
@@ -69,17 +77,20 @@ def sweep_routing(
     """
     if not values or any(not math.isfinite(v) or not 0 <= v <= 1 for v in values):
         raise RunConfigError(f"--sweep takes values in [0, 1] (the rule's parameter), got {list(values)}.")
+    _check_sweepable(rule)
     out = check_report_dir(output_dir or Path(checkpoint) / "sweep", SWEEP_FILES, overwrite=overwrite)
     task, _, model, trainer = evaluation_trainer(task_name, checkpoint, output_dir=out, **evaluation)
     stored = moe_config_of(model)
     if stored is None:
         raise RunConfigError(f"{checkpoint} is a dense model: a routing sweep needs an adamoe checkpoint.")
     rule = rule or stored.rule
+    _check_sweepable(rule)
     counter = PairCounter(model)
     rows = []
     try:
         for value in sorted(set(values)):
-            set_routing(model, gating="adaptive", rule=rule, threshold=float(value))
+            # A fixed parameter: a steered checkpoint's controller would otherwise override every swept value.
+            set_routing(model, gating="adaptive", rule=rule, threshold=float(value), target_experts=None)
             counter.pairs = counter.tokens = 0
             with torch.no_grad():
                 metrics = task_metrics(task, trainer.evaluate())

@@ -58,7 +58,7 @@ from transformers.trainer_utils import (
 )
 
 from ..moe.router import RouterNumericsError
-from ..moe.stats import LOST_GRADIENT, RoutingStats, balance_loss, routing_stats
+from ..moe.stats import LOST_GRADIENT, RoutingStats, balance_loss, routing_stats, update_routing_state
 from ..patching.loading import check_patched_consistently
 from ..patching.patch import is_moe_model
 from .accumulation import loss_is_scaled_for_accumulation, micro_batches, model_normalises_by_num_items
@@ -217,6 +217,9 @@ class AdaMoETrainerMixin:
 
     def training_step(self, model: nn.Module, inputs: dict[str, Any], num_items_in_batch: Any = None) -> torch.Tensor:
         loss = super().training_step(model, inputs, num_items_in_batch)
+        if self._is_moe:
+            # After the backward, where a checkpointed forward has been recomputed with the state it first saw.
+            update_routing_state(self.accelerator.unwrap_model(model))
         self._run_loss_sum += loss.detach().float().to(self._run_loss_sum.device)
         return loss
 
