@@ -114,34 +114,24 @@ def test_missing_weights_file_is_explained(tmp_path):
         adamoe.from_pretrained(str(tmp_path))
 
 
-def test_push_to_hub_uploads_a_checkpoint_that_loads_back_patched(tmp_path, monkeypatch):
-    # The Hub is out of reach here: stand in for its two calls and keep what would have been uploaded.
-    import shutil
-    from types import SimpleNamespace
-
-    import transformers.utils.hub as hf_hub_utils
-    from huggingface_hub import HfApi, ModelCard
-
-    uploaded = tmp_path / "uploaded"
-    uploaded.mkdir()
-
-    def create_commit(self, repo_id, operations, **kwargs):
-        for op in operations:
-            shutil.copy(op.path_or_fileobj, uploaded / op.path_in_repo)
-        return SimpleNamespace(repo_id=repo_id)
-
-    monkeypatch.setattr(HfApi, "create_repo", lambda self, repo_id, **kwargs: SimpleNamespace(repo_id=repo_id))
-    monkeypatch.setattr(HfApi, "create_commit", create_commit)
-    monkeypatch.setattr(hf_hub_utils, "create_and_tag_model_card", lambda *args, **kwargs: ModelCard("---\n---\n"))
-
+def test_push_to_hub_uploads_a_checkpoint_that_loads_back_patched(fake_hub):
+    # Through a local server that speaks the Hub's file API (`hub_server.py`), reached through HF_ENDPOINT.
     arch = arch_by_name("bart")
     model = adamoe.moeify(arch.build(), MoEConfig(num_experts=3, expert_init="random", threshold=0.3))
     model.push_to_hub("someone/bart-moe")
 
-    assert json.loads((uploaded / "config.json").read_text())["adamoe"]["num_experts"] == 3
-    loaded = adamoe.from_pretrained(str(uploaded))
+    uploaded = fake_hub.files("someone/bart-moe")
+    assert {"config.json", "model.safetensors", "README.md"} <= set(uploaded)
+    assert json.loads(uploaded["config.json"])["adamoe"]["num_experts"] == 3
+    loaded = adamoe.from_pretrained("someone/bart-moe")
+    assert adamoe.is_moe_model(loaded) and adamoe.moe_config_of(loaded) == adamoe.moe_config_of(model)
     inputs = arch.inputs()
     torch.testing.assert_close(loaded(**inputs).logits, model(**inputs).logits, rtol=0, atol=0)
+    # The weights came from the server (the test's Hub cache starts empty), and nothing unknown was asked of it.
+    downloads = [path for method, path in fake_hub.requests if method == "GET" and "/resolve/" in path]
+    assert any(p.endswith("/model.safetensors") for p in downloads) and not fake_hub.unknown, fake_hub.requests
+    with pytest.raises(OSError, match="someone/no-such-model is not a local folder and is not a valid model"):
+        adamoe.from_pretrained("someone/no-such-model")
 
 
 def test_a_checkpoint_saved_before_top_k_loads_as_before(tmp_path):

@@ -37,7 +37,11 @@ def _run_config(tmp_path: Path, name: str) -> Path:
         "model": str(model),
         # A steered threshold: the controller's state must come back from the checkpoint like the weights.
         "moe": {
-            "num_experts": 4, "threshold": 0.2, "target_experts": 1.5, "router_init_std": 1.0, "expert_init": "random",
+            "num_experts": 4,
+            "threshold": 0.2,
+            "target_experts": 1.5,
+            "router_init_std": 1.0,
+            "expert_init": "random",
         },  # fmt: skip
         "data": {"train_file": str(train), "validation_file": str(tmp_path / "dev.tsv")},
         "training": {

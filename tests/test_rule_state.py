@@ -250,8 +250,8 @@ def test_the_trainer_steps_the_state_once_per_micro_batch(tmp_path):
     calls = []
     original = Router.update_state
     try:
-        Router.update_state = lambda self, routing: calls.append(routing.num_selected.shape[0]) or original(
-            self, routing
+        Router.update_state = lambda self, routing: (
+            calls.append(routing.num_selected.shape[0]) or original(self, routing)
         )
         AdaMoETrainer(model=model, args=args, train_dataset=data).train()
     finally:

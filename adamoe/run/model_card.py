@@ -3,11 +3,14 @@
 Built with huggingface_hub's card tooling (`ModelCardData` for the YAML metadata, `EvalResult` for the
 `model-index` the Hub shows as results), from the run's `results.json` and run config, so the card says what
 the checkpoint is: the base model, the MoE structure and routing in words, the figures it reached, and how to
-load it (`adamoe.from_pretrained`, since plain transformers would drop the experts).
+load it: a snippet that names the Hub repository the run was pushed to (or the folder it saved the model in) and
+loads it with `adamoe.from_pretrained`, since plain transformers would drop the experts (a dense run's, with its
+transformers class).
 """
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
@@ -45,8 +48,20 @@ def _moe_in_words(moe: dict[str, Any] | None) -> str:
     )
 
 
-def model_card(results: dict[str, Any], task: Task, run_config: dict[str, Any]) -> Any:
-    """A `huggingface_hub.ModelCard` for the run that `results` (its `results.json`) describes."""
+def model_card(
+    results: dict[str, Any],
+    task: Task,
+    run_config: dict[str, Any],
+    *,
+    load_from: str | None = None,
+    model_class: str | None = None,
+) -> Any:
+    """A `huggingface_hub.ModelCard` for the run that `results` (its `results.json`) describes.
+
+    `load_from` is what the card's loading snippet names: the Hub repository the run is pushed to, by default the
+    folder the run saved the model in (`results["checkpoint"]`). `model_class` is the transformers class of the
+    saved model (its config's `architectures`), which a dense run's snippet loads; by default the task's Auto class.
+    """
     from huggingface_hub import EvalResult, ModelCard, ModelCardData
 
     base = results["model"]
@@ -109,22 +124,48 @@ def model_card(results: dict[str, Any], task: Task, run_config: dict[str, Any]) 
 
 ## How to load it
 
-The experts live in adamoe's MoE blocks; plain `AutoModel*.from_pretrained` would load the dense model with
-randomly initialised feed-forward blocks. Load it with adamoe:
-
-```python
-import adamoe
-
-model = adamoe.from_pretrained("PATH_OR_HUB_ID")
-```
+{_how_to_load(results.get("moe") is not None, load_from or results["checkpoint"], model_class or task.auto_model)}
 """
     return ModelCard(f"---\n{data.to_yaml()}\n---\n{body}")
 
 
-def write_model_card(folder: str | Path, results: dict[str, Any], task: Task, run_config: dict[str, Any]) -> Path:
-    """Write the card to `folder/README.md` atomically; returns its path."""
+def _how_to_load(moe: bool, source: str, model_class: str) -> str:
+    """The card's loading instructions: a snippet that loads this very model from `source` (a Hub id or folder)."""
+    if not moe:  # adamoe.from_pretrained refuses a dense checkpoint without a MoE config: plain transformers
+        return f"""A plain transformers checkpoint:
+
+```python
+from transformers import {model_class}
+
+model = {model_class}.from_pretrained({json.dumps(source)})
+```"""
+    return f"""The experts live in adamoe's MoE blocks; plain `AutoModel*.from_pretrained` would load the dense model
+with randomly initialised feed-forward blocks. Load it with adamoe:
+
+```python
+import adamoe
+
+model = adamoe.from_pretrained({json.dumps(source)})
+```"""
+
+
+def write_model_card(
+    folder: str | Path,
+    results: dict[str, Any],
+    task: Task,
+    run_config: dict[str, Any],
+    *,
+    load_from: str | None = None,
+) -> Path:
+    """Write the card to `folder/README.md` atomically; returns its path. `load_from`: the Hub id the model is
+    pushed to, for the loading snippet (see `model_card`); the saved model's class is read from its config."""
     from ..files import write_text_atomically
 
     path = Path(folder) / CARD_NAME
-    write_text_atomically(path, str(model_card(results, task, run_config)))
+    config = Path(folder) / "config.json"
+    architectures = json.loads(config.read_text()).get("architectures") if config.is_file() else None
+    card = model_card(
+        results, task, run_config, load_from=load_from, model_class=architectures[0] if architectures else None
+    )
+    write_text_atomically(path, str(card))
     return path

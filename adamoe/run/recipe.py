@@ -295,7 +295,9 @@ def finetune(config: FinetuneConfig) -> dict[str, Any]:
         results = _results(config, task, trainer, train_output, eval_output, seed, str(out))
         if trainer.is_world_process_zero():
             write_json_atomically(out / RESULTS_NAME, results)
-            write_model_card(out, results, task, config.to_dict())
+            # The card's loading snippet names the Hub repository when the run is pushed (as the Hub resolved it).
+            hub_id = (getattr(trainer, "hub_model_id", None) or args.hub_model_id) if args.push_to_hub else None
+            write_model_card(out, results, task, config.to_dict(), load_from=hub_id)
         if args.push_to_hub:  # `save_model` pushed the weights; this push adds the card and the results
             trainer.push_to_hub(commit_message="adamoe: model card and results", revision=args.hub_revision)
         if args.should_save and not config.keep_checkpoints:
