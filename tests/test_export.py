@@ -59,6 +59,16 @@ def test_an_upcycled_llama_becomes_a_mixtral_checkpoint(tmp_path):
     assert isinstance(assert_native_equals_fixed_top_k(model, tmp_path / "native"), MixtralForCausalLM)
 
 
+def test_a_steered_router_exports_without_its_state(tmp_path):
+    model = upcycled_llama(target_experts=1.5)
+    adamoe.export_native(model, tmp_path / "native")
+    from safetensors.torch import load_file
+
+    keys = load_file(tmp_path / "native" / "model.safetensors").keys()
+    assert not any("router" in k for k in keys) and any(k.endswith(".gate.weight") for k in keys)
+    assert_native_equals_fixed_top_k(model, tmp_path / "native")
+
+
 def test_an_upcycled_qwen3_becomes_a_qwen3_moe_checkpoint(tmp_path):
     torch.manual_seed(0)
     config = Qwen3Config(**SIZE, **HEADS, head_dim=8)  # head_dim is not hidden / heads: it must travel

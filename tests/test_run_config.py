@@ -200,6 +200,7 @@ def test_the_flag_table_names_real_keys_and_every_finetune_flag():
     moe_flags = {
         "--gating", "--threshold", "--num-experts", "--top-k", "--threshold-on", "--combine", "--expert-init",
         "--aux-loss-coef", "--every-n-layers", "--rule", "--target-experts", "--entropy-loss-coef",
+        "--num-null-experts",
     }  # fmt: skip
     assert given - moe_flags - {"--config", "--analyze", "--help"} == set(FLAG_KEYS)
     assert flag_overrides({"--batch-size": 8, "--resume": True, "--seed": None}) == {

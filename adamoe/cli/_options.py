@@ -86,6 +86,15 @@ TargetExpertsOpt = Annotated[
         show_default=False,
     ),
 ]
+NullExpertsOpt = Annotated[
+    int | None,
+    typer.Option(
+        "--num-null-experts",
+        help="Null experts per MoE layer: slots that compute nothing and end a token's list (take until null). "
+        "[default: 0]",
+        show_default=False,
+    ),
+]
 EntropyLossOpt = Annotated[
     float | None, typer.Option("--entropy-loss-coef", help="Router entropy-loss coefficient (top-p's; 0: off).")
 ]
@@ -122,6 +131,7 @@ def moe_overrides(
     rule: Rule | None = None,
     target_experts: float | None = None,
     entropy_loss_coef: float | None = None,
+    num_null_experts: int | None = None,
 ) -> dict[str, Any]:
     """The MoE fields the user set on the command line (unset flags are None and left out)."""
     given = {
@@ -131,6 +141,7 @@ def moe_overrides(
         "target_experts": target_experts,
         "entropy_loss_coef": entropy_loss_coef,
         "num_experts": num_experts,
+        "num_null_experts": num_null_experts,
         "top_k": top_k,
         "threshold_on": threshold_on.value if threshold_on else None,
         "combine": combine.value if combine else None,

@@ -24,6 +24,7 @@ from ._options import (
     GatingOpt,
     MaxEvalOpt,
     ModelOpt,
+    NullExpertsOpt,
     NumExpertsOpt,
     OutputDirOpt,
     RuleOpt,
@@ -53,6 +54,7 @@ def finetune_command(
     target_experts: TargetExpertsOpt = None,
     gating: GatingOpt = None,
     num_experts: NumExpertsOpt = None,
+    num_null_experts: NullExpertsOpt = None,
     top_k: TopKOpt = None,
     model: ModelOpt = None,
     train_file: TrainFileOpt = None,
@@ -155,7 +157,7 @@ def finetune_command(
     flags = moe_overrides(
         gating=gating, threshold=threshold, rule=rule, num_experts=num_experts, top_k=top_k, threshold_on=threshold_on,
         combine=combine, expert_init=expert_init, aux_loss_coef=aux_loss_coef, every_n_layers=every_n_layers,
-        target_experts=target_experts, entropy_loss_coef=entropy_loss_coef,
+        target_experts=target_experts, entropy_loss_coef=entropy_loss_coef, num_null_experts=num_null_experts,
     )  # fmt: skip
     overrides = flag_overrides(
         {
@@ -349,6 +351,7 @@ def convert_command(
     rule: RuleOpt = None,
     target_experts: TargetExpertsOpt = None,
     num_experts: NumExpertsOpt = None,
+    num_null_experts: NullExpertsOpt = None,
     top_k: TopKOpt = None,
     threshold_on: ThresholdOnOpt = None,
     combine: CombineOpt = None,
@@ -384,6 +387,7 @@ def convert_command(
             every_n_layers=every_n_layers,
             target_experts=target_experts,
             entropy_loss_coef=entropy_loss_coef,
+            num_null_experts=num_null_experts,
         ),
     )
     head = (

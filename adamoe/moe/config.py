@@ -27,7 +27,7 @@ MAX_EXPERTS = 1024
 
 # The fields that decide which parameters exist. Two configs that differ here describe different
 # checkpoints; the other fields only change how tokens are routed and can be changed on a trained model.
-STRUCTURAL_FIELDS = ("num_experts", "layers", "every_n_layers")
+STRUCTURAL_FIELDS = ("num_experts", "num_null_experts", "layers", "every_n_layers")
 # Fields read only when the experts are first created; they mean nothing for a trained checkpoint.
 INIT_FIELDS = ("expert_init", "upcycle_noise", "router_init_std")
 # What the fields left None ("from the model") become on a dense model: the paper's 16 experts and k_max 2.
@@ -71,6 +71,15 @@ class MoEConfig:
         metadata={
             "help": "Experts per MoE layer. None: a native MoE model's own count, else 16 (the paper's). On a "
             "native MoE any other count is an error: its pretrained experts are kept."
+        },
+    )
+    num_null_experts: int = field(
+        default=0,
+        metadata={
+            "help": "Null experts per MoE layer (AdaMoE 2024; take-until-null): router outputs for experts that "
+            "compute nothing. A token always uses its most likely real expert; each further slot of its top_k "
+            "that the router gives to a null expert ends its list, so the slots cost only where a real expert "
+            "wins them. 0: none. Changes which parameters exist (the router's rows)."
         },
     )
     gating: Literal["adaptive", "top1", "top2", "topk"] = field(
@@ -227,6 +236,19 @@ class MoEConfig:
                     f"gating='top2' sends every token to two experts, so it needs top_k >= 2 (got {self.top_k}). "
                     "Use gating='top1', or gating='topk' for a fixed top_k."
                 )
+        if (
+            isinstance(self.num_null_experts, bool)
+            or not isinstance(self.num_null_experts, int)
+            or not 0 <= self.num_null_experts <= MAX_EXPERTS
+        ):
+            raise MoEConfigError(
+                f"num_null_experts must be an integer between 0 and {MAX_EXPERTS}, got {self.num_null_experts!r}."
+            )
+        if self.num_null_experts and self.rule == "expert_threshold":
+            raise MoEConfigError(
+                "rule='expert_threshold' keeps a threshold per real expert and has none for null experts; use "
+                "num_null_experts=0 with it, or another rule (gap, top_p) with null experts."
+            )
         threshold = _number("threshold", self.threshold)
         if not math.isfinite(threshold) or not 0.0 <= threshold <= 1.0:
             raise MoEConfigError(

@@ -33,12 +33,14 @@ class RoutingDecision:
     """Where each token goes, as the router decided it in one forward pass.
 
     Attributes:
-        probs: `(num_tokens, num_experts)` float32 softmax gate probabilities.
-        expert_index: `(num_tokens, k_max)` long, each token's experts in decreasing gate probability.
+        probs: `(num_tokens, num_experts + num_null)` float32 softmax gate probabilities, null experts last.
+        expert_index: `(num_tokens, k_max)` long, each token's experts in decreasing gate probability (with null
+            experts: the most likely real expert first; an index >= num_experts is a null expert, never active).
         active: `(num_tokens, k_max)` bool, which of those the token uses: always a prefix, the first always.
         combine_weights: `(num_tokens, k_max)` weights of the choices in the output (0 where inactive).
         token_mask: `(num_tokens,)` bool, False on padding; None when every token is real.
         batch_shape: `(batch, seq_len)`, to read per-sample statistics back out of the flat token axis.
+        num_null: null experts the router scores beside the real ones (`MoEConfig.num_null_experts`).
     """
 
     probs: torch.Tensor
@@ -47,6 +49,16 @@ class RoutingDecision:
     combine_weights: torch.Tensor
     token_mask: torch.Tensor | None = None
     batch_shape: tuple[int, int] | None = None
+    num_null: int = 0
+
+    @property
+    def expert_probs(self) -> torch.Tensor:
+        """`(num_tokens, num_experts)`: the real experts' probabilities, renormalised over them when the router also
+        scores null experts (the last `num_null` columns of `probs`); `probs` itself otherwise."""
+        if not self.num_null:
+            return self.probs
+        real = self.probs[:, : self.probs.shape[-1] - self.num_null]
+        return real / real.sum(-1, keepdim=True)
 
     @property
     def top_k(self) -> int:
@@ -75,6 +87,7 @@ def select_top_k(
     top_k: int = 2,
     rule: str = "gap",
     expert_thresholds: torch.Tensor | None = None,
+    num_null: int = 0,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Apply the gating rule with at most `top_k` experts per token.
 
@@ -87,12 +100,16 @@ def select_top_k(
         top_k: k_max, the width of the returned tensors.
         rule: the adaptive rule, a key of `rules.RULES` ("gap", the paper's, "top_p" or "expert_threshold").
         expert_thresholds: `(num_experts,)` each expert's own threshold, for "expert_threshold" only.
+        num_null: the last `num_null` columns of `probs` are null experts (take until null, see `MoEConfig`).
 
     Returns:
         `expert_index` `(num_tokens, top_k)` in decreasing gate probability, and `active` `(num_tokens, top_k)`
         bool, a prefix of each row that always holds the first choice.
     """
-    top_probs, expert_index = probs.topk(top_k, dim=-1)  # (num_tokens, top_k) each, decreasing
+    if num_null:
+        top_probs, expert_index = _top_k_with_null_experts(probs, top_k, num_null)
+    else:
+        top_probs, expert_index = probs.topk(top_k, dim=-1)  # (num_tokens, top_k) each, decreasing
     slot = torch.arange(top_k, device=probs.device)  # (top_k,)
     if gating == "top1":
         active = (slot < 1).expand_as(expert_index)
@@ -106,7 +123,20 @@ def select_top_k(
         active = active_slots(top_probs, rule=rule, threshold=threshold, threshold_on=threshold_on)
     else:
         raise ValueError(f"Unknown gating {gating!r}.")
+    if num_null:
+        # Take until null: a slot won by a null expert costs nothing and ends the token's list.
+        real = expert_index < probs.shape[-1] - num_null  # (num_tokens, top_k)
+        active = (active & real).cumprod(dim=-1).bool()
     return expert_index, active.contiguous()
+
+
+def _top_k_with_null_experts(probs: torch.Tensor, top_k: int, num_null: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """`(num_tokens, top_k)` probabilities and indices: the most likely real expert, then the top_k - 1 most likely
+    of all the others, real or null (the last `num_null` columns of `probs`), in decreasing probability."""
+    first = probs[:, : probs.shape[-1] - num_null].argmax(dim=-1, keepdim=True)  # (num_tokens, 1)
+    others = probs.scatter(-1, first, -1.0)  # the first can not win a second slot
+    rest_probs, rest_index = others.topk(top_k - 1, dim=-1)  # (num_tokens, top_k - 1)
+    return torch.cat([probs.gather(-1, first), rest_probs], dim=-1), torch.cat([first, rest_index], dim=-1)
 
 
 def select_experts(
@@ -167,7 +197,9 @@ class Router(nn.Module):
 
     def __init__(self, hidden_size: int, config: MoEConfig) -> None:
         super().__init__()
-        self.weight = nn.Parameter(torch.empty(config.resolve().num_experts, hidden_size))
+        resolved = config.resolve()
+        # One row per real expert, then one per null expert.
+        self.weight = nn.Parameter(torch.empty(resolved.num_experts + resolved.num_null_experts, hidden_size))
         # `moeify` hands a resolved config; one built by hand gets the dense defaults for its None fields.
         self.config = config.resolve()
         nn.init.normal_(self.weight, std=self.config.router_init_std)
@@ -266,7 +298,7 @@ class Router(nn.Module):
     def forward(self, hidden_states: torch.Tensor) -> RoutingDecision:
         logits = self.logits(hidden_states)
         k = self.config.top_k
-        if self.config.num_experts == 1:
+        if self.config.num_experts == 1 and not self.config.num_null_experts:
             # topk needs k experts; a single expert is the dense FFN with weight 1.
             probs = torch.ones_like(logits) + (logits - logits.detach())
             expert_index = torch.zeros(logits.shape[0], k, dtype=torch.long, device=logits.device)
@@ -283,6 +315,7 @@ class Router(nn.Module):
             top_k=k,
             rule=self.config.rule,
             expert_thresholds=self._expert_thresholds(probs),
+            num_null=self.config.num_null_experts,
         )
         weights = combine_weights(probs, expert_index, active, combine=self.config.combine)
-        return RoutingDecision(probs, expert_index, active, weights)
+        return RoutingDecision(probs, expert_index, active, weights, num_null=self.config.num_null_experts)

@@ -223,7 +223,8 @@ def balance_loss(model: nn.Module) -> torch.Tensor:
             if not routing.probs.requires_grad:
                 raise RuntimeError(LOST_GRADIENT.format(name=name))
         if block.config.aux_loss_coef > 0:
-            layer_loss = load_balancing_loss(routing.probs, routing.expert_index[:, 0], routing.token_mask)
+            # Over the real experts only: the null experts' share is the compute a token skips, not a load to spread.
+            layer_loss = load_balancing_loss(routing.expert_probs, routing.expert_index[:, 0], routing.token_mask)
             total = total + block.config.aux_loss_coef * layer_loss
         if block.config.entropy_loss_coef > 0:
             total = total + block.config.entropy_loss_coef * router_entropy_loss(routing.probs, routing.token_mask)

@@ -137,6 +137,11 @@ def check_exportable(model: nn.Module) -> tuple[NativeTarget, Any]:
             f"{len(blocks)} of {layers} FFNs are MoE blocks ({moe.every_n_layers=}, {moe.layers=}); "
             f"{target.model_type} has experts in every layer. Convert every FFN to export."
         )
+    if moe.num_null_experts:
+        raise ExportError(
+            f"The routers score {moe.num_null_experts} null experts; {target.model_type} has no expert that computes "
+            "nothing, so a served model would route their tokens to real experts instead."
+        )
     if moe.combine != "normalized":
         raise ExportError(
             f"combine={moe.combine!r} weights the experts by their raw gate probabilities; {target.model_type} "
@@ -163,8 +168,10 @@ def native_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
     for key, tensor in model.state_dict().items():
         prefix, _, leaf = key.rpartition(".")
         owner, _, kind = prefix.rpartition(".")
-        if prefix.endswith(".router") and prefix.removesuffix(".router") in blocks and leaf == "weight":
-            state[f"{prefix.removesuffix('.router')}.gate.weight"] = tensor
+        if prefix.endswith(".router") and prefix.removesuffix(".router") in blocks:
+            # The routing rule's state (a steered threshold, moving averages) means nothing to fixed top-k serving.
+            if leaf == "weight":
+                state[f"{prefix.removesuffix('.router')}.gate.weight"] = tensor
         elif kind == "experts" and owner in blocks and leaf in ("w_in", "w_out"):
             name = "gate_up_proj" if leaf == "w_in" else "down_proj"
             # (E, H, 2F) -> (E, 2F, H) and (E, F, H) -> (E, H, F)

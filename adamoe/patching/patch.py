@@ -229,6 +229,11 @@ def _read_native(
             "layers / every_n_layers (which choose the dense FFNs to upcycle) do not apply. Leave them at their "
             "defaults."
         )
+    if config.num_null_experts:
+        raise MoEConfigError(
+            f"{name} is a native MoE model whose router adamoe keeps as it is; null experts would add rows to it "
+            "that its pretraining never saw. Use num_null_experts=0 here (upcycled dense models take them)."
+        )
     if config.expert_init != "upcycle" or config.upcycle_noise > 0:
         raise MoEConfigError(
             f"{name} is a native MoE model whose pretrained experts adamoe keeps; expert_init="
