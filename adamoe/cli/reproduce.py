@@ -9,6 +9,7 @@ from typing import Annotated
 import typer
 from rich.console import Console
 
+from ..run.config import RunConfigError
 from ._errors import friendly_errors
 from ._hub import uses_hub
 from ._options import TaskName
@@ -20,6 +21,7 @@ class Table(str, Enum):
     three = "3"
     five = "5"
     six = "6"
+    rules = "R"
 
 
 class Scale(str, Enum):
@@ -32,7 +34,12 @@ class Scale(str, Enum):
 @uses_hub
 def reproduce_command(
     table: Annotated[
-        Table, typer.Option("--table", help="Paper table: 3 (gating schemes), 5 (thresholds T), 6 (curriculum).")
+        Table,
+        typer.Option(
+            "--table",
+            help="Paper table: 3 (gating schemes), 5 (thresholds T), 6 (curriculum); R: the routing rules at equal "
+            "compute (sst2, wikitext; docs/routing-rules.md).",
+        ),
     ],
     tasks: Annotated[
         list[TaskName] | None, typer.Option("--tasks", help="Only these tasks (repeat the flag); default: all six.")
@@ -41,7 +48,8 @@ def reproduce_command(
         Scale,
         typer.Option(
             help="smoke: tiny models on generated data, CPU, minutes; cpu: the pretrained MiniLM on the real SST-2 "
-            "and SQuAD samples (sst2, squad), 3 seeds, CPU, hours; full: the paper configs (Hub, GPU)."
+            "and SQuAD samples (sst2, squad) and SmolLM2 on the decoder tasks' samples, 3 seeds, CPU, hours; full: "
+            "the paper configs (Hub, GPU)."
         ),
     ] = Scale.smoke,
     output_dir: Annotated[
@@ -64,12 +72,23 @@ def reproduce_command(
     from ..reproduce import reproduce
 
     task_names = [t.value for t in tasks] if tasks else None
+    if table is Table.rules:
+        from ..reproduce.experiments import RULE_TASKS
+
+        outside = sorted(set(task_names or ()) - set(RULE_TASKS))
+        if outside:
+            raise RunConfigError(
+                f"Table R (the routing rules) covers {', '.join(RULE_TASKS)}; it has no cells for "
+                f"{', '.join(outside)}."
+            )
+        task_names = task_names or list(RULE_TASKS)
     cpu = None
     if scale is Scale.cpu:
         from ..reproduce.cpu_scale import DEFAULT_CPU_TASKS, CpuScale
 
         cpu = CpuScale.locate(data_root, tasks=task_names or DEFAULT_CPU_TASKS)
-    report = reproduce(int(table.value), tasks=task_names, scale=scale.value, output_dir=output_dir, cpu=cpu)
+    table_id = table.value if table is Table.rules else int(table.value)
+    report = reproduce(table_id, tasks=task_names, scale=scale.value, output_dir=output_dir, cpu=cpu)
     console.print(
         f"Table {report.table} ({report.scale}): ran {len(report.ran)}, skipped {len(report.skipped)} finished, "
         f"reused {len(report.reused)} identical cell(s)."

@@ -264,3 +264,55 @@ def check_routing_state(model: nn.Module) -> None:
                     "has none: these weights were not trained with the rule. Fine-tune with --rule expert_threshold "
                     "(a few steps estimate them), or evaluate with another rule (gap, top_p)."
                 )
+
+
+class PairCounter:
+    """Active token-expert pairs and routed tokens over every forward of every MoE block, padding left out: the
+    measured compute of an evaluation (generation steps included), in all and per layer.
+
+    Example:
+        ```python
+        >>> counter = PairCounter(model)
+        >>> trainer.evaluate()
+        >>> counter.experts_per_token(), counter.experts_per_token_per_layer()
+        >>> counter.close()
+        ```
+    """
+
+    def __init__(self, model: nn.Module) -> None:
+        self.per_layer = {name: [0, 0] for name, _ in moe_blocks(model)}  # name -> [pairs, tokens]
+        self._hooks = [
+            block.register_forward_hook(lambda module, args, output, name=name: self._count(name, module))
+            for name, block in moe_blocks(model)
+        ]
+
+    def _count(self, name: str, block: MoEBlock) -> None:
+        routing = block.last_routing
+        active = routing.active  # (num_tokens, k_max)
+        if routing.token_mask is not None:
+            active = active[routing.token_mask]
+        self.per_layer[name][0] += int(active.sum())
+        self.per_layer[name][1] += active.shape[0]
+
+    @property
+    def pairs(self) -> int:
+        return sum(pairs for pairs, _ in self.per_layer.values())
+
+    @property
+    def tokens(self) -> int:
+        return sum(tokens for _, tokens in self.per_layer.values())
+
+    def reset(self) -> None:
+        for counts in self.per_layer.values():
+            counts[:] = [0, 0]
+
+    def experts_per_token(self) -> float | None:
+        """Mean experts a routed token used, over every layer; None before any forward."""
+        return self.pairs / self.tokens if self.tokens else None
+
+    def experts_per_token_per_layer(self) -> dict[str, float]:
+        return {name: pairs / tokens for name, (pairs, tokens) in self.per_layer.items() if tokens}
+
+    def close(self) -> None:
+        for hook in self._hooks:
+            hook.remove()

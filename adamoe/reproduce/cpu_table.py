@@ -28,6 +28,10 @@ MEASURED = (
     "metric_delta",
     "time_inflation",
     "cpu_time_inflation",
+    "experts_per_token",
+    "train_experts_per_token",
+    "layer_min",
+    "layer_max",
 )
 
 
@@ -100,7 +104,7 @@ def cpu_scale_note(seeds: Sequence[int], tasks: Sequence[str] = ("sst2", "squad"
 
 
 def time_note(table: int) -> str:
-    reference = "the task's Top-2 cell" if table in (3, 5) else "the with-curriculum cell"
+    reference = "the task's Top-2 cell" if table in (3, 5, "R") else "the with-curriculum cell"
     return (
         f"Time: time to the task's target training loss over {reference}'s, per seed (Table 6: that ratio minus 1), "
         "then mean ± sd over the seeds. **The CPU-time column is the one to read**: on a shared machine a "

@@ -10,6 +10,12 @@ converted) plus a small per-cell `override`. The rule (`expected_experiments`):
 | 5 | adaptive at T in {0.05, 0.1, 0.2, 0.3, 0.4} | `threshold`, with the curriculum |
 | 6 | adaptive T = 0.1 with and without the curriculum | `curriculum`, and at least two epochs |
 
+Beyond the paper, Table R ("rules", issue 23: the paper's open question) compares the dynamic-k routing rules at
+equal compute on the tasks in `RULE_TASKS`: top-1 and top-2 (the same run configs as Table 3's, so their results
+are reused), and each rule of `RULE_CELLS` steered by its target controller to each mean number of experts per
+token in `RULE_BUDGETS` (`moe.target_experts`; docs/routing-rules.md), all in random data order so that the
+rule is the only difference.
+
 The paper's "full" adaptive gating includes the curriculum (Table 6 reports what disabling it costs), so every
 adaptive cell of Tables 3 and 5 has it on; its baselines train in random order. The curriculum reorders data
 from the second epoch on, so Table 6 trains at least two epochs even where the packaged config trains one.
@@ -32,7 +38,12 @@ from ..tasks import TASKS as TASK_REGISTRY
 
 EXPERIMENTS_DIR = Path(__file__).resolve().parents[1] / "experiments"
 TASKS = tuple(TASK_REGISTRY)  # the paper's six tasks, in the registry's order
-TABLES = (3, 5, 6)
+RULE_TABLE = "R"
+TABLES: tuple[int | str, ...] = (3, 5, 6, RULE_TABLE)
+RULE_TASKS = ("sst2", "wikitext")  # MiniLM SST-2 and SmolLM2 WikiText-2 at cpu scale
+RULE_CELLS = ("gap", "top_p", "expert_threshold")
+RULE_BUDGETS = (1.25, 1.5)  # mean experts per token, each within ±0.03 when measured (tables.MATCH_TOLERANCE)
+RULE_LABELS = {"gap": "gap (paper)", "top_p": "top-p (DTop-p)", "expert_threshold": "expert threshold"}
 SCHEMES = ("dense", "top2", "top1", "adaptive")  # the paper's row order
 THRESHOLDS = (0.05, 0.1, 0.2, 0.3, 0.4)
 PAPER_THRESHOLD = 0.1
@@ -50,7 +61,7 @@ class Experiment:
 
     Attributes:
         id: unique name, also the results file name (`table3-sst2-top2`).
-        table: 3, 5 or 6.
+        table: 3, 5, 6 or "R" (the routing rules).
         task: a key of `adamoe.tasks.TASKS`.
         scheme: "dense", "top2", "top1" or "adaptive".
         threshold: T for adaptive cells, None otherwise.
@@ -62,7 +73,7 @@ class Experiment:
     """
 
     id: str
-    table: int
+    table: int | str
     task: str
     scheme: str
     threshold: float | None
@@ -121,8 +132,33 @@ def _cell(
     )
 
 
+def _rule_cell(task: str, rule: str, budget: float) -> Experiment:
+    """Table R: `rule` steered to `budget` experts per token, random data order, normalised to top-2."""
+    return Experiment(
+        id=f"table{RULE_TABLE}-{task}-{rule}-{budget}",
+        table=RULE_TABLE,
+        task=task,
+        scheme="adaptive",
+        threshold=None,
+        curriculum=False,
+        reference=f"table{RULE_TABLE}-{task}-top2",
+        base=task,
+        override={
+            "moe": {"gating": "adaptive", "rule": rule, "target_experts": budget},
+            "training": {"curriculum": False},
+        },
+        description=f"Routing rules at equal compute, {task}: {RULE_LABELS[rule]} steered to {budget} experts/token.",
+    )
+
+
+def rule_of(experiment: Experiment) -> tuple[str | None, float | None]:
+    """A Table R cell's rule and budget (None, None for its fixed top-k cells)."""
+    moe = experiment.override.get("moe") or {}
+    return moe.get("rule"), moe.get("target_experts")
+
+
 def expected_experiments() -> list[Experiment]:
-    """Every cell of Tables 3, 5 and 6, by the rule in the module docstring."""
+    """Every cell of Tables 3, 5, 6 and R, by the rule in the module docstring."""
     cells = []
     for task in TASKS:
         for scheme in SCHEMES:
@@ -147,6 +183,13 @@ def expected_experiments() -> list[Experiment]:
                     reference=with_id,
                 )
             )
+    for task in RULE_TASKS:
+        for scheme in ("top1", "top2"):
+            fixed = _cell(3, task, scheme, reference=f"table{RULE_TABLE}-{task}-top2")
+            label = f"Routing rules at equal compute, {task}: {SCHEME_LABELS[scheme]}, random data order."
+            values = {"id": f"table{RULE_TABLE}-{task}-{scheme}", "table": RULE_TABLE, "description": label}
+            cells.append(Experiment(**{**asdict(fixed), **values}))
+        cells += [_rule_cell(task, rule, budget) for rule in RULE_CELLS for budget in RULE_BUDGETS]
     return cells
 
 

@@ -86,3 +86,43 @@ def plot_metric_vs_time(series: list[dict[str, Any]], path: Path, title: str) ->
     fig.savefig(path, dpi=110)
     plt.close(fig)
     return path
+
+
+def plot_rule_frontier(rows: list[dict[str, Any]], path: Path, title: str) -> Path:
+    """Table R: the metric against the measured experts per token (expert FLOPs), one panel per task, one line per
+    rule through its budgets, and top-1 / top-2 as the two fixed points; error bars are ± one sd over the seeds."""
+    tasks = list(dict.fromkeys(row["task"] for row in rows))
+    fig, axes = plt.subplots(1, max(len(tasks), 1), figsize=(5.6 * max(len(tasks), 1), 4.4), squeeze=False)
+    for ax, task in zip(axes.flat, tasks, strict=False):
+        task_rows = [r for r in rows if r["task"] == task and r.get("metric") is not None]
+        for rule in dict.fromkeys(r["rule"] for r in task_rows):
+            points = sorted(
+                (r for r in task_rows if r["rule"] == rule and r.get("experts_per_token") is not None),
+                key=lambda r: r["experts_per_token"],
+            )
+            if not points:
+                continue
+            xs, ys = [r["experts_per_token"] for r in points], [r["metric"] for r in points]
+            fixed = rule in ("top1", "top2")
+            ax.errorbar(
+                xs,
+                ys,
+                xerr=[r.get("experts_per_token_sd") or 0 for r in points],
+                yerr=[r.get("metric_sd") or 0 for r in points],
+                marker="s" if fixed else "o",
+                linestyle="none" if fixed else "-",
+                color="black" if fixed else None,
+                capsize=3,
+                label=rule,
+            )
+        ax.set_xlabel("experts per token, measured at evaluation (expert FLOPs)")
+        ax.set_ylabel(task_rows[0]["metric_name"] if task_rows else "metric")
+        ax.set_title(task)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+    fig.suptitle(title)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path

@@ -33,7 +33,7 @@ from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, get_last_checkpoin
 
 from ..files import write_json_atomically, write_text_atomically
 from ..moe.config import MoEConfig
-from ..moe.stats import check_routing_state
+from ..moe.stats import PairCounter, check_routing_state
 from ..patching.loading import (
     load_model,
     load_tokenizer,
@@ -291,8 +291,19 @@ def finetune(config: FinetuneConfig) -> dict[str, Any]:
             trainer.save_model(str(out / LORA_ADAPTER_DIR))
             trainer.model = trainer.model_wrapped = trainer.accelerator.unwrap_model(trainer.model).merge_and_unload()
         trainer.save_model(str(out))
-        eval_output = evaluate_and_write_predictions(trainer, task, config.data, out) if trainer.eval_dataset else {}
+        # The compute the evaluation measured (experts per token, per layer), beside what training measured.
+        counter = PairCounter(trainer.model) if is_moe_model(trainer.model) else None
+        try:
+            eval_output = (
+                evaluate_and_write_predictions(trainer, task, config.data, out) if trainer.eval_dataset else {}
+            )
+        finally:
+            if counter is not None:
+                counter.close()
         results = _results(config, task, trainer, train_output, eval_output, seed, str(out))
+        if counter is not None and counter.tokens:
+            results["eval_experts_per_token"] = counter.experts_per_token()
+            results["eval_experts_per_token_per_layer"] = counter.experts_per_token_per_layer()
         if trainer.is_world_process_zero():
             write_json_atomically(out / RESULTS_NAME, results)
             # The card's loading snippet names the Hub repository when the run is pushed (as the Hub resolved it).

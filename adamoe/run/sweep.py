@@ -15,10 +15,9 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from torch import nn
 
 from ..files import write_json_atomically, write_text_atomically
-from ..moe.block import moe_blocks
+from ..moe.stats import PairCounter
 from ..patching.patch import moe_config_of, set_routing
 from .config import RunConfigError
 from .output_dir import check_report_dir, claim_in_run
@@ -26,29 +25,6 @@ from .provenance import provenance
 from .recipe import evaluation_trainer, task_metrics
 
 SWEEP_FILES = ("frontier.json", "frontier.md", "frontier.png", "trainer_log.jsonl")  # the evaluations log too
-
-
-class PairCounter:
-    """Active token-expert pairs and routed tokens over every forward of every MoE block, padding left out."""
-
-    def __init__(self, model: nn.Module) -> None:
-        self.pairs = self.tokens = 0
-        self._hooks = [block.register_forward_hook(self._count) for _, block in moe_blocks(model)]
-
-    def _count(self, block: nn.Module, args: Any, output: Any) -> None:
-        routing = block.last_routing
-        active = routing.active  # (num_tokens, k_max)
-        if routing.token_mask is not None:
-            active = active[routing.token_mask]
-        self.pairs += int(active.sum())
-        self.tokens += active.shape[0]
-
-    def experts_per_token(self) -> float | None:
-        return self.pairs / self.tokens if self.tokens else None
-
-    def close(self) -> None:
-        for hook in self._hooks:
-            hook.remove()
 
 
 def _check_sweepable(rule: str | None) -> None:
@@ -91,7 +67,7 @@ def sweep_routing(
         for value in sorted(set(values)):
             # A fixed parameter: a steered checkpoint's controller would otherwise override every swept value.
             set_routing(model, gating="adaptive", rule=rule, threshold=float(value), target_experts=None)
-            counter.pairs = counter.tokens = 0
+            counter.reset()
             with torch.no_grad():
                 metrics = task_metrics(task, trainer.evaluate())
             rows.append({"rule": rule, "threshold": float(value), "experts_per_token": counter.experts_per_token()})

@@ -71,3 +71,10 @@ def test_table5_reuses_table3_cells_and_analyze_reads_a_run(table3, tmp_path):
     result = runner.invoke(app, ["analyze", "--checkpoint", str(checkpoint), "--task", "sst2", "-o", str(tmp_path)])
     assert result.exit_code == 0, result.output
     assert (tmp_path / "analysis.md").exists() and (tmp_path / "gate_confidence.png").exists()
+
+
+def test_table_r_refuses_a_task_it_has_no_cells_for(tmp_path):
+    result = runner.invoke(app, ["reproduce", "--table", "R", "--tasks", "squad", "-o", str(tmp_path / "r")])
+    assert result.exit_code == 2, result.output
+    assert "covers sst2, wikitext; it has no cells for squad" in " ".join(result.output.split())
+    assert not (tmp_path / "r").exists()

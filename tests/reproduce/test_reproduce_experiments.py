@@ -36,8 +36,8 @@ def test_committed_files_match_the_rule(tmp_path):
 
 def test_one_file_per_cell_of_each_table():
     experiments = load_experiments()
-    counts = {table: sum(e.table == table for e in experiments) for table in (3, 5, 6)}
-    assert counts == {3: 24, 5: 30, 6: 12}
+    counts = {table: sum(e.table == table for e in experiments) for table in (3, 5, 6, "R")}
+    assert counts == {3: 24, 5: 30, 6: 12, "R": 16}
     assert len({e.id for e in experiments}) == len(experiments)
     assert load_experiments() == expected_experiments()
     for e in experiments:
@@ -69,7 +69,7 @@ def test_cells_keep_the_papers_settings_and_change_only_their_own(task):
         assert (moe["combine"], moe["layers"], moe["every_n_layers"]) == ("gate", "all", 1)
         assert moe["threshold_on"] == "normalized"  # "We normalize the expert probability in adaptive gating"
         assert moe["gating"] == cell.scheme
-        if cell.scheme == "adaptive":
+        if cell.scheme == "adaptive" and cell.table != "R":
             assert moe["threshold"] == cell.threshold
     # Table 3: four schemes; adaptive at T = 0.1 with the curriculum, baselines in random order.
     assert {cells[f"table3-{task}-{s}"].scheme for s in ("dense", "top2", "top1", "adaptive")} == {
@@ -85,6 +85,22 @@ def test_cells_keep_the_papers_settings_and_change_only_their_own(task):
     assert (with_c.curriculum, without.curriculum) == (True, False) and without.reference == with_c.id
     epochs = with_c.run_config()["training"]["num_train_epochs"]
     assert epochs == max(packaged["training"]["num_train_epochs"], 2)
+    # Table R (issue 23), on SST-2 and WikiText only: top-1 and top-2 exactly as Table 3 trains them (so their results
+    # are reused), and each rule steered to 1.25 and 1.5 experts per token, in random order, normalised to top-2.
+    rule_cells = {e.id: e for e in cells.values() if e.table == "R"}
+    if task not in ("sst2", "wikitext"):
+        assert not rule_cells
+        return
+    for scheme in ("top1", "top2"):
+        assert rule_cells[f"tableR-{task}-{scheme}"].run_config() == cells[f"table3-{task}-{scheme}"].run_config()
+    steered = {
+        (c.run_config()["moe"]["rule"], c.run_config()["moe"]["target_experts"])
+        for c in rule_cells.values()
+        if c.scheme == "adaptive"
+    }
+    assert steered == {(r, b) for r in ("gap", "top_p", "expert_threshold") for b in (1.25, 1.5)}
+    assert {c.reference for c in rule_cells.values()} == {f"tableR-{task}-top2"}
+    assert not any(c.curriculum for c in rule_cells.values())
 
 
 def test_a_scale_overlay_cannot_change_what_the_cell_measures():

@@ -114,3 +114,32 @@ def test_paper_data_has_its_source_and_every_cell_of_the_tables():
         ("cnn_dailymail", 0.3)
     ] == 1.05
     assert "cnn_dailymail" not in paper["two_expert_fraction"]  # the paper states none: left empty
+
+
+def test_table_r_reads_the_measured_budget_and_flags_a_rule_that_missed_it(tmp_path):
+    # Target loss = the worst final loss, 0.5 (top-1's); top-2 reaches it at 4 s.
+    write_cell(tmp_path, "tableR-sst2-top2", metric=0.90, metric_name="accuracy", curve=[(4, 0.3)], flops=1.0)
+    write_cell(tmp_path, "tableR-sst2-top1", metric=0.85, metric_name="accuracy", curve=[(2, 0.5)], flops=0.5)
+    for rule, budget, measured, layers, seconds in [
+        ("gap", 1.25, 1.26, [1.1, 1.42], 3.0),
+        ("top_p", 1.5, 1.45, [1.3, 1.6], 3.6),  # 0.05 off its budget: not matched
+    ]:
+        cell_id = f"tableR-sst2-{rule}-{budget}"
+        write_cell(tmp_path, cell_id, metric=0.88, metric_name="accuracy", curve=[(seconds, 0.4)], flops=0.7)
+        path = tmp_path / "cells" / f"{cell_id}.json"
+        result = json.loads(path.read_text())
+        result["eval_experts_per_token"] = measured
+        result["eval_experts_per_token_per_layer"] = dict(zip(["layer.0", "layer.1"], layers, strict=True))
+        path.write_text(json.dumps(result))
+    outputs = write_table("R", tmp_path, cell_set("R", ["sst2"]))
+
+    rows = {r["cell"]: r for r in read_csv(outputs["csv"])}
+    gap, top_p = rows["tableR-sst2-gap-1.25"], rows["tableR-sst2-top_p-1.5"]
+    assert (float(gap["experts_per_token"]), float(gap["layer_min"]), float(gap["layer_max"])) == (1.26, 1.1, 1.42)
+    assert (gap["matched"], top_p["matched"]) == ("True", "False")
+    assert float(gap["norm_time"]) == pytest.approx(0.75) and float(gap["train_experts_per_token"]) == 1.4
+    assert rows["tableR-sst2-top1"]["budget"] == "1.0" and rows["tableR-sst2-expert_threshold-1.5"]["metric"] == ""
+    markdown = outputs["markdown"].read_text()
+    assert "which these rows miss: top-p (DTop-p) @ 1.5 (sst2)." in markdown
+    assert "| sst2 (accuracy) | gap (paper) @ 1.25 | 1.26 | 1.10 | 1.42 | 1.40 | 0.75x | 0.880 |" in markdown
+    assert outputs["plot"].stat().st_size > 0
