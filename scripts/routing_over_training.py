@@ -38,7 +38,11 @@ def main(root: str, *cells: str) -> None:
         if not logs:
             print(f"{cell}: no runs under {runs_dir}")
             continue
-        layers = sorted(k for k in logs[0][0] if k.startswith("two_expert_fraction/"))
+        # In model order: the layer index is the key's last number ("...layers.10.mlp" after "...layers.9.mlp").
+        layers = sorted(
+            (k for k in logs[0][0] if k.startswith("two_expert_fraction/")),
+            key=lambda k: [int(part) if part.isdigit() else part for part in k.split(".")],
+        )
         print(f"\n{cell} ({len(logs)} seeds): two-expert share per layer")
         rows = list(zip(*(checkpoints(log) for log in logs), strict=False))
         header = "| event | epoch | " + " | ".join(k.rsplit(".", 1)[-1] for k in layers) + " | all | load max/mean |"
