@@ -1,5 +1,6 @@
 """What adamoe writes to disk, and how: files appear whole (atomic writes), with the modes the user's umask gives,
-and never hold credentials. Standard library only, so every layer of the package may use it.
+and never hold credentials; and which entries of a run folder are adamoe's bookkeeping, kept off the Hub. Standard
+library only, so every layer of the package may use it.
 """
 
 from __future__ import annotations
@@ -10,6 +11,27 @@ import stat
 import tempfile
 from pathlib import Path
 from typing import Any
+
+# adamoe's bookkeeping in a run folder, written by `run/output_dir.py` and `trainer/checkpointing.py`: the run's lock
+# and its holder's pid, the manifest of the entries the run wrote, and the staging folder of a save in progress.
+LOCK_NAME = ".adamoe.lock"
+LOCK_OWNER_NAME = ".adamoe.lock.owner"  # the holder's pid: the lock file itself is truncated by each contender
+MANIFEST_NAME = ".adamoe-files.json"
+STAGING_DIR = ".adamoe-partial"
+
+# What a push of a run folder to the Hub leaves out, as huggingface_hub `ignore_patterns` (fnmatch on the path in the
+# folder; `*` matches "/" too). The bookkeeping describes this machine's run, not the model, and the lock owner holds
+# a process id; the others are what an atomic write or a checkpoint replacement keeps aside for a moment
+# (`.<name>.<random>.tmp`, `.checkpoint-N.old/`), which a push running in the background could list and then find
+# gone.
+HUB_IGNORE_PATTERNS = (
+    LOCK_NAME,
+    LOCK_OWNER_NAME,
+    MANIFEST_NAME,
+    f"{STAGING_DIR}/*",
+    ".*.tmp",
+    ".checkpoint-*.old/*",
+)
 
 
 def is_secret_key(name: str) -> bool:

@@ -138,3 +138,66 @@ def test_lora_settings_are_checked_before_the_run(smoke_kit, tmp_path):
         result = CliRunner().invoke(app, [*base, *extra])
         assert result.exit_code == 2 and says in " ".join(result.output.split()), result.output
         assert not out.exists()
+
+
+def _pad_causal(features):
+    """Right-pad `input_ids` with 0; padding is masked out of attention and of the labels."""
+    width = max(len(f["input_ids"]) for f in features)
+    input_ids = torch.zeros(len(features), width, dtype=torch.long)
+    attention_mask = torch.zeros_like(input_ids)
+    for row, feature in enumerate(features):
+        input_ids[row, : len(feature["input_ids"])] = torch.tensor(feature["input_ids"])
+        attention_mask[row, : len(feature["input_ids"])] = 1
+    labels = input_ids.masked_fill(attention_mask == 0, -100)
+    return {"input_ids": input_ids, "attention_mask": attention_mask, "labels": labels}
+
+
+def test_curriculum_reads_per_sample_routing_through_the_peft_model(tmp_path):
+    """`curriculum=True` on a PeftModel: the complexity vectors the trainer files in epoch 1 are each sample's own
+    routing, and epoch 2 runs in the curriculum order of those vectors. The reference reads the routing without PEFT:
+    one unpadded forward per sample through the merged model (adapters folded into the weights, the trained router
+    copies put back), so a wrapper that hid the blocks' routing, their padding mask or the active router copy from
+    the trainer would show up as different vectors."""
+    from datasets import Dataset
+
+    from adamoe.trainer import AdaMoETrainer, AdaMoETrainingArguments, curriculum_order
+
+    class SpyTrainer(AdaMoETrainer):
+        def compute_loss(self, model, inputs, *args, **kwargs):
+            if model.training:
+                self.seen.append((self.training_order.epoch, inputs["sample_index"].tolist()))
+            return super().compute_loss(model, inputs, *args, **kwargs)
+
+    model = lora_model(patched(gating="adaptive", threshold=0.1))
+    with torch.no_grad():  # trained router copies that route unlike the originals they shadow, as training leaves them
+        for name, p in model.named_parameters():
+            if "router.modules_to_save" in name:
+                p.add_(0.5 * torch.randn(p.shape, generator=torch.Generator().manual_seed(2)))
+    generator = torch.Generator().manual_seed(1)
+    lengths = torch.randint(3, 10, (12,), generator=generator).tolist()  # uneven, so batches carry padding
+    data = [{"input_ids": torch.randint(1, 40, (n,), generator=generator).tolist()} for n in lengths]
+    # lr = 0: the weights of the training forwards are the ones the reference runs with afterwards.
+    args = AdaMoETrainingArguments(
+        output_dir=str(tmp_path / "out"), learning_rate=0.0, num_train_epochs=2, curriculum=True,
+        per_device_train_batch_size=4, report_to="none", save_strategy="no", use_cpu=True, disable_tqdm=True, seed=0,
+    )  # fmt: skip
+    trainer = SpyTrainer(model=model, args=args, train_dataset=Dataset.from_list(data), data_collator=_pad_causal)
+    trainer.seen = []
+    trainer.train()
+
+    merged = model.merge_and_unload().eval()  # in place: the trainer is done with the model
+    assert not any("lora_" in name or "modules_to_save" in name for name, _ in merged.named_parameters())
+    with torch.no_grad():
+        reference = []
+        for sample in data:
+            merged(**_pad_causal([sample]))
+            reference.append(adamoe.routing_stats(merged).per_sample[0])
+    reference = torch.stack(reference)  # (12, 2)
+    collected = torch.stack([trainer.training_order.vectors[i] for i in range(12)])
+    torch.testing.assert_close(collected, reference, rtol=0, atol=1e-6)
+    assert len({tuple(v) for v in reference.tolist()}) > 4  # the samples really differ in complexity
+
+    epochs = [[i for e, batch in trainer.seen if e == epoch for i in batch] for epoch in (0, 1)]
+    assert epochs[0] == torch.randperm(12, generator=torch.Generator().manual_seed(0)).tolist()
+    assert epochs[1] == curriculum_order(reference)
+    assert epochs[1] != torch.randperm(12, generator=torch.Generator().manual_seed(1)).tolist()  # not a shuffle

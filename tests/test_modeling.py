@@ -134,6 +134,44 @@ def test_push_to_hub_uploads_a_checkpoint_that_loads_back_patched(fake_hub):
         adamoe.from_pretrained("someone/no-such-model")
 
 
+@pytest.mark.parametrize("entry", ["from_pretrained", "load_model"])
+def test_a_push_between_the_config_and_the_weights_downloads_does_not_mix_commits(entry, fake_hub, monkeypatch):
+    """The weights come from the commit the config came from: a push landing after the load has read the config
+    (revision A) but before it fetches the weights (B has other weights of the same shape) must not pair A's config
+    with B's weights. Through `adamoe.from_pretrained`, and through `load_model` (what `adamoe finetune --model`
+    uses), which reads the config itself and hands it on."""
+    import adamoe.patching.loading as loading
+    from adamoe.tasks import get_task
+
+    def load(name):
+        if entry == "load_model":
+            return loading.load_model(get_task("sst2"), name, moe=None).eval()
+        return adamoe.from_pretrained(name)
+
+    arch = arch_by_name("bert")
+    first = adamoe.moeify(arch.build(seed=0), MoEConfig(num_experts=3, expert_init="random", threshold=0.3))
+    second = adamoe.moeify(arch.build(seed=1), MoEConfig(num_experts=3, expert_init="random", threshold=0.3))
+    first.push_to_hub("someone/moving")
+    commit_a = fake_hub.repos["someone/moving"].main
+    read_state_dict = loading._read_state_dict
+
+    def push_then_read(*args, **kwargs):
+        second.push_to_hub("someone/moving")
+        return read_state_dict(*args, **kwargs)
+
+    monkeypatch.setattr(loading, "_read_state_dict", push_then_read)
+    loaded = load("someone/moving")
+    monkeypatch.setattr(loading, "_read_state_dict", read_state_dict)
+    assert fake_hub.repos["someone/moving"].main != commit_a  # B did land in between
+    inputs = arch.inputs()
+    torch.testing.assert_close(loaded(**inputs).logits, first.eval()(**inputs).logits, rtol=0, atol=0)
+    # A load started after the push gets B: the two revisions really differ.
+    again = load("someone/moving")
+    torch.testing.assert_close(again(**inputs).logits, second.eval()(**inputs).logits, rtol=0, atol=0)
+    assert not torch.allclose(again(**inputs).logits, loaded(**inputs).logits)
+    assert not fake_hub.unknown, fake_hub.unknown
+
+
 def test_a_checkpoint_saved_before_top_k_loads_as_before(tmp_path):
     arch = arch_by_name("bert")
     model = saved_moe_model(arch, tmp_path)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -19,7 +20,7 @@ import transformers
 from safetensors.torch import load_file
 from torch import nn
 from transformers import AutoConfig, AutoTokenizer, PretrainedConfig
-from transformers.utils import cached_file
+from transformers.utils import CONFIG_NAME, cached_file, extract_commit_hash
 
 from ..moe.block import is_moe_model
 from ..moe.config import MoEConfig
@@ -80,6 +81,33 @@ def check_patched_consistently(model: nn.Module) -> None:
             "with plain transformers, which drops the experts and leaves the FFNs randomly initialised. Load it "
             "with `adamoe.from_pretrained(path)` instead."
         )
+
+
+def pin_revision(name_or_path: str, hub_kwargs: dict[str, Any]) -> dict[str, Any]:
+    """`hub_kwargs` with `revision` set to the commit a Hub repository's branch (or tag) points at now.
+
+    Loading fetches the config first and the weights after it; at a branch name, a push landing in between would
+    pair one commit's config with another commit's weights. Every file of one load is therefore fetched at the commit
+    the config file (`config.json`, or the `.gguf` file it is read from) came from, read off its cached path
+    (`.../snapshots/<commit>/config.json`): the download the load makes first anyway, and what works offline from the
+    cache as well. A local folder, and a repository that cannot be reached or lacks the file, are left as they are:
+    the loading that follows reports them (or falls back to the cache) with its own messages.
+    """
+    if os.path.exists(name_or_path):
+        return hub_kwargs
+    fetch_kwargs = {k: v for k, v in hub_kwargs.items() if k != "gguf_file"}
+    try:
+        path = cached_file(
+            name_or_path,
+            hub_kwargs.get("gguf_file") or CONFIG_NAME,
+            _raise_exceptions_for_missing_entries=False,
+            _raise_exceptions_for_connection_errors=False,
+            **fetch_kwargs,
+        )
+    except Exception:  # fail open: a missing or gated repository is reported by the load itself, with its message
+        return hub_kwargs
+    commit = extract_commit_hash(path, None)
+    return hub_kwargs if commit is None else {**hub_kwargs, "revision": commit}
 
 
 def _model_class(config: Any, model_class: type | None) -> type:
@@ -211,7 +239,10 @@ def from_pretrained(
         model_class: the head class to build (e.g. `AutoModelForSequenceClassification`); defaults to the
             checkpoint's `architectures` entry.
         config: the checkpoint's config, already read (as in transformers' `from_pretrained`); None reads it
-            from `name_or_path` with the config fields among `hf_kwargs` applied.
+            from `name_or_path` with the config fields among `hf_kwargs` applied. From a Hub repository, the weights
+            are fetched at the commit the config came from (`pin_revision`); a config read by the caller came from
+            a commit this function cannot know, so read it at `revision=pin_revision(...)["revision"]` and pass the
+            same revision here, as `load_model` does.
         **hf_kwargs: passed to transformers (`revision`, `cache_dir`, `token`, `dtype`, `num_labels`, ...).
 
     Returns:
@@ -233,6 +264,7 @@ def from_pretrained(
     dtype = hf_kwargs.pop("dtype", hf_kwargs.pop("torch_dtype", None))
     config_kwargs = {k: v for k, v in hf_kwargs.items() if k not in HUB_KWARGS}
     if config is None:
+        hub_kwargs = pin_revision(name_or_path, hub_kwargs)  # the weights below come from the config's commit
         config = AutoConfig.from_pretrained(name_or_path, **hub_kwargs, **config_kwargs)
     stored = moe_config_of(config)
     cls = _model_class(config, model_class)
@@ -286,8 +318,9 @@ def load_model(task: Task, name_or_path: str, moe: MoEConfig | None) -> nn.Modul
     else:
         _check_local_path(name_or_path)
     source, gguf = gguf_source(name_or_path)
+    hub_kwargs = pin_revision(source, gguf)  # config and weights from one commit of a Hub repository
     try:
-        config = AutoConfig.from_pretrained(source, **gguf, **task.model_kwargs)
+        config = AutoConfig.from_pretrained(source, **hub_kwargs, **task.model_kwargs)
     except (OSError, ValueError) as err:  # ValueError: a folder whose config.json is missing or names no model
         local = Path(name_or_path).expanduser()
         where = (
@@ -314,8 +347,8 @@ def load_model(task: Task, name_or_path: str, moe: MoEConfig | None) -> nn.Modul
         )
     model_class = task.model_class_for(config)
     if stored is not None or moe is not None:
-        return from_pretrained(source, moe=moe, model_class=model_class, config=config, **gguf)
-    return detach_quantizer(load_pretrained_quietly(model_class, source, config=config, **gguf))
+        return from_pretrained(source, moe=moe, model_class=model_class, config=config, **hub_kwargs)
+    return detach_quantizer(load_pretrained_quietly(model_class, source, config=config, **hub_kwargs))
 
 
 def load_tokenizer(name_or_path: str) -> Any:

@@ -24,15 +24,14 @@ import shutil
 from collections.abc import Callable
 from pathlib import Path
 
+from ..files import LOCK_NAME, LOCK_OWNER_NAME, MANIFEST_NAME, STAGING_DIR
+
 RUN_CONFIG_NAME = "run_config.json"
 RESULTS_NAME = "results.json"
-LOCK_NAME = ".adamoe.lock"
-LOCK_OWNER_NAME = ".adamoe.lock.owner"  # the holder's pid: the lock file itself is truncated by each contender
 LOCK_FILES = (LOCK_NAME, LOCK_OWNER_NAME)
-# What a run wrote into its folder, top-level entries, written when the run ends (finished or failed): what
-# `--overwrite` removes, exactly. A folder without one (a run killed outright, or written before adamoe kept it)
-# falls back to the name patterns below.
-MANIFEST_NAME = ".adamoe-files.json"
+# The manifest (`MANIFEST_NAME`) lists what a run wrote into its folder, top-level entries, written when the run ends
+# (finished or failed): what `--overwrite` removes, exactly. A folder without one (a run killed outright, or written
+# before adamoe kept it) falls back to the name patterns below.
 
 # Every top-level entry a run (or `adamoe convert`) writes: the model and tokenizer files `save_pretrained`
 # writes, the Trainer's checkpoints and arguments, adamoe's own files, and the folders of reports and logs.
@@ -41,7 +40,7 @@ RUN_FILE_PATTERNS = (
     RESULTS_NAME,
     LOCK_NAME,
     LOCK_OWNER_NAME,
-    ".adamoe-partial",
+    STAGING_DIR,
     ".checkpoint-*.old",
     "checkpoint-*",
     "config.json",

@@ -15,27 +15,28 @@ each file is then either the old complete one or the new complete one, never a t
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
 import shutil
 import zipfile
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
 import torch
+import transformers.trainer
 from accelerate.utils.constants import FSDP_MODEL_NAME
 from safetensors import safe_open
 from torch import nn
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, rotate_checkpoints
 
-from ..files import honour_umask
+from ..files import HUB_IGNORE_PATTERNS, STAGING_DIR, honour_umask
 from ..patching.loading import CheckpointError
 from .state import RunState
 
 logger = logging.getLogger(__name__)
-
-STAGING_DIR = ".adamoe-partial"
 
 
 def move_into_place(staged: str | os.PathLike, final: str | os.PathLike) -> None:
@@ -185,6 +186,39 @@ def _fsync_dir(folder: Path) -> None:
         os.close(fd)
 
 
+@contextlib.contextmanager
+def uploads_leaving_out(patterns: Sequence[str]) -> Iterator[None]:
+    """While the block runs, every `upload_folder` call of the stock Trainer also leaves out `patterns`.
+
+    The Trainer's pushes (`push_to_hub`, `_push_from_checkpoint`) upload the output folder with hard-coded
+    `ignore_patterns=["_*", "checkpoint-*"]` through `hf_api().upload_folder(...)`, `hf_api` being a name of the
+    `transformers.trainer` module (transformers 5.17 to 5.25; tests/trainer/test_private_hooks.py pins it). That one
+    name, in that one module, is pointed at an `HfApi` view whose `upload_folder` adds `patterns`, and put back when
+    the block ends; nothing else of transformers or huggingface_hub changes. A background push (`run_as_future`)
+    takes its patterns when it is queued, inside the block.
+    """
+    shared = transformers.trainer.hf_api
+    transformers.trainer.hf_api = lambda: _IgnoringUploads(shared(), patterns)
+    try:
+        yield
+    finally:
+        transformers.trainer.hf_api = shared
+
+
+class _IgnoringUploads:
+    """An `HfApi` whose `upload_folder` leaves out `patterns` as well as what the caller asks to leave out."""
+
+    def __init__(self, api: Any, patterns: Sequence[str]) -> None:
+        self._api, self._patterns = api, list(patterns)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._api, name)
+
+    def upload_folder(self, *args: Any, ignore_patterns: str | list[str] | None = None, **kwargs: Any) -> Any:
+        given = [ignore_patterns] if isinstance(ignore_patterns, str) else list(ignore_patterns or [])
+        return self._api.upload_folder(*args, ignore_patterns=given + self._patterns, **kwargs)
+
+
 class NonFiniteWeightsError(RuntimeError):
     """The weights or optimizer state became NaN or infinite: training diverged, and no checkpoint is saved."""
 
@@ -196,7 +230,8 @@ class AtomicCheckpointMixin:
     Overrides the private `_save_checkpoint`, `_get_output_dir` and `_push_from_checkpoint` (the stock code writes
     `<_get_output_dir()>/checkpoint-N` file by file and pushes from there; adamoe points it at the staging folder
     and pushes once the folder is published: tests/trainer/test_private_hooks.py pins that behaviour), and the
-    public `save_model` and `create_model_card`. Reads `self.training_order`, `self.timing` and
+    public `save_model`, `create_model_card` and `push_to_hub`; both pushes leave adamoe's bookkeeping out of the
+    upload (`uploads_leaving_out`). Reads `self.training_order`, `self.timing` and
     `self._loss_sum_so_far()` from the other adamoe mixins.
     """
 
@@ -212,7 +247,14 @@ class AtomicCheckpointMixin:
             # The stock push uploads from the folder in the background; the staging folder is about to be renamed.
             self._push_deferred = True
             return
-        super()._push_from_checkpoint(checkpoint_folder)
+        with uploads_leaving_out(HUB_IGNORE_PATTERNS):
+            super()._push_from_checkpoint(checkpoint_folder)
+
+    def push_to_hub(self, *args: Any, **kwargs: Any) -> Any:
+        """The stock `push_to_hub`, leaving adamoe's bookkeeping in the output folder (`files.HUB_IGNORE_PATTERNS`:
+        the run lock, its holder's pid, the manifest, a save's staging folder) out of the upload."""
+        with uploads_leaving_out(HUB_IGNORE_PATTERNS):
+            return super().push_to_hub(*args, **kwargs)
 
     def _save_checkpoint(self, model: nn.Module, trial: Any) -> None:
         """The stock checkpoint plus adamoe's state, written aside and renamed into place (see checkpointing.py)."""

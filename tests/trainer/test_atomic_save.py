@@ -192,3 +192,32 @@ def test_a_hub_token_stays_out_of_the_saved_training_arguments(train_kwargs: dic
     assert (loaded.curriculum, loaded.target_loss, loaded.save_steps) == (True, 0.5, 2)
     copied = copy.deepcopy(args)
     assert copied.hub_token == token and copied.to_dict() == args.to_dict() and copied is not args
+
+
+def test_hub_pushes_leave_adamoes_bookkeeping_out(train_kwargs: dict[str, Any], fake_hub: Any) -> None:
+    """Both pushes of the output folder, a checkpoint's (in the background) and `push_to_hub`'s, upload the model
+    but none of adamoe's own entries: the run lock and its holder's pid, the manifest, the staging folder of a save,
+    a checkpoint moved aside for replacement and an atomic write's temporary file, all planted here as a crash or a
+    concurrent save leaves them."""
+    args = _args(train_kwargs, max_steps=2, push_to_hub=True, hub_model_id="someone/private-files")
+    trainer = AdaMoETrainer(model=tiny_bert(), args=args, train_dataset=toy_dataset(8), data_collator=pad_collate)
+    trainer.train()
+    trainer._finish_current_push()
+    out = Path(args.output_dir)
+    private = [".adamoe.lock", ".adamoe.lock.owner", ".adamoe-files.json", f"{STAGING_DIR}/model/model.safetensors"]
+    private += [".checkpoint-2.old/model.safetensors", ".results.json.k2j4x9.tmp"]
+    for name in private:
+        (out / name).parent.mkdir(parents=True, exist_ok=True)
+        (out / name).write_text("adamoe's, not the model's\n")
+    (out / "notes.txt").write_text("the user's\n")  # any other file in the folder is pushed as before
+
+    for push in ("checkpoint", "final"):
+        if push == "checkpoint":
+            trainer._push_from_checkpoint(str(out / "checkpoint-2"))
+            trainer._finish_current_push()
+        else:
+            trainer.push_to_hub(commit_message="final")
+        hub = fake_hub.files("someone/private-files")
+        assert {"model.safetensors", "config.json", "notes.txt"} <= set(hub), (push, sorted(hub))
+        assert not set(private) & set(hub), (push, sorted(hub))
+    assert not fake_hub.unknown, fake_hub.unknown

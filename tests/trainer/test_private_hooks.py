@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import inspect
 import os
+from concurrent.futures import Future
 from typing import Any
 
 import datasets
@@ -55,6 +56,35 @@ def test_save_checkpoint_pushes_through_push_from_checkpoint(train_kwargs: dict[
     trainer.args.push_to_hub = True  # after __init__, which would create the Hub repository
     trainer._save_checkpoint(trainer.model, trial=None)
     assert pushed == [os.path.join(trainer.args.output_dir, f"checkpoint-{trainer.state.global_step}")]
+
+
+def test_pushes_upload_the_output_folder_through_the_trainer_modules_hf_api(
+    train_kwargs: dict[str, Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """adamoe leaves its bookkeeping out of pushes by pointing the name `hf_api` of `transformers.trainer` at an API
+    whose `upload_folder` adds ignore patterns (`checkpointing.uploads_leaving_out`); that works only while both
+    stock pushes upload the output folder through that name, each with its ignore patterns as a keyword."""
+    import transformers.trainer
+
+    uploads = []
+
+    class Recorder:
+        def create_repo(self, repo_id: str, **kwargs: Any) -> Any:
+            return type("RepoUrl", (), {"repo_id": repo_id})()
+
+        def upload_folder(self, **kwargs: Any) -> Future:
+            uploads.append(kwargs)
+            done = Future()  # the stock code keeps background pushes' futures and asks whether they are done
+            done.set_result(None)
+            return done
+
+    monkeypatch.setattr(transformers.trainer, "hf_api", Recorder)
+    trainer = _stock(train_kwargs, push_to_hub=True, hub_model_id="someone/model", save_strategy="steps", save_steps=2)
+    trainer.train()  # saves checkpoint-2, whose push is the stock `_push_from_checkpoint`
+    trainer.push_to_hub()
+    output_dir = trainer.args.output_dir
+    assert [(u["folder_path"], u["ignore_patterns"]) for u in uploads] == [(output_dir, ["_*", "checkpoint-*"])] * 2
+    assert uploads[0]["run_as_future"] is True and uploads[1]["run_as_future"] is False  # checkpoint push, then final
 
 
 def test_signature_columns_decide_which_dataset_columns_survive(train_kwargs: dict[str, Any]) -> None:
