@@ -11,7 +11,7 @@ from transformers import LlamaConfig, LlamaForCausalLM
 import adamoe
 from adamoe.moe.balance import router_entropy_loss
 from adamoe.moe.router import Router, RoutingStateError, select_top_k
-from adamoe.moe.rules import controller_step, ema_step
+from adamoe.moe.rules import calibrated_parameter, controller_step, ema_step
 
 
 def probs(num_tokens=64, num_experts=8, seed=0, scale=2.0):
@@ -142,18 +142,30 @@ def test_expert_threshold_training_estimates_the_thresholds_and_they_travel_with
 # The target controller (DTop-p) on gap and top-p.
 
 
-def test_controller_step_is_a_clamped_pi_step_whose_sum_stops_growing_in_the_clamp():
-    state = torch.tensor([0.3, 0.0])
-    state = controller_step(state, torch.tensor(1.2), target=1.5, start=0.3, gains=(0.1, 0.05))
-    assert state.tolist() == pytest.approx([0.3 + 0.1 * 0.3 + 0.05 * 0.3, 0.3])
-    state = controller_step(state, torch.tensor(1.7), target=1.5, start=0.3, gains=(0.1, 0.05))
-    assert state.tolist() == pytest.approx([0.3 + 0.1 * -0.2 + 0.05 * 0.1, 0.1])
+def test_controller_step_is_a_pi_step_on_the_parameters_logarithm_whose_sum_stops_growing_at_the_cap():
+    state = torch.tensor([0.3, 0.0, 0.3])
+    state = controller_step(state, torch.tensor(1.2), target=1.5, gains=(2.0, 0.5))
+    assert state.tolist() == pytest.approx([0.3 * math.exp(2.0 * 0.3 + 0.5 * 0.3), 0.3, 0.3])
+    state = controller_step(state, torch.tensor(1.7), target=1.5, gains=(2.0, 0.5))
+    assert state.tolist() == pytest.approx([0.3 * math.exp(2.0 * -0.2 + 0.5 * 0.1), 0.1, 0.3])
     # Far too few experts with a parameter already at 1: the parameter stays at 1 and the sum stays where it was.
-    saturated = controller_step(torch.tensor([1.0, 20.0]), torch.tensor(1.0), target=2.0, start=0.3, gains=(0.1, 0.05))
-    assert saturated.tolist() == pytest.approx([1.0, 20.0])
+    saturated = controller_step(torch.tensor([1.0, 20.0, 0.3]), torch.tensor(1.0), target=2.0, gains=(2.0, 0.5))
+    assert saturated.tolist() == pytest.approx([1.0, 20.0, 0.3])
     # The error turns: the sum moves again at once.
-    back = controller_step(saturated, torch.tensor(2.0), target=1.5, start=0.3, gains=(0.1, 0.05))
+    back = controller_step(saturated, torch.tensor(2.0), target=1.5, gains=(2.0, 0.5))
     assert back[1].item() == pytest.approx(19.5)
+
+
+def test_calibration_finds_the_smallest_parameter_that_meets_the_target():
+    p = probs(num_tokens=200, seed=4)
+
+    def mean_experts(parameter):
+        return select_top_k(p, gating="adaptive", threshold=parameter, top_k=4, rule="gap")[1].sum(-1).double().mean()
+
+    start = calibrated_parameter(lambda t: mean_experts(t).item(), 1.6)
+    assert mean_experts(start) >= 1.6 > mean_experts(start - 1e-6)
+    assert calibrated_parameter(lambda t: 1.0, 1.5) == 1.0  # never reached: the largest parameter
+    assert calibrated_parameter(lambda t: 2.0, 1.5) == 0.0  # reached at 0 already
 
 
 @pytest.mark.parametrize("rule", ["gap", "top_p"])
@@ -176,15 +188,24 @@ def test_the_controller_steers_the_mean_experts_per_token_to_the_target(rule):
     assert 0 < router.threshold.item() < 1
 
 
-def test_padding_never_counts_towards_the_controllers_measurement():
+def test_the_first_step_calibrates_and_padding_never_counts_towards_the_controllers_measurement():
     config = adamoe.MoEConfig(num_experts=4, top_k=4, threshold=0.5, target_experts=2.0, router_init_std=1.0).resolve()
     router = Router(hidden_size=8, config=config).train()
-    decision = router(torch.randn(12, 8, generator=torch.Generator().manual_seed(0)))
-    decision.token_mask = torch.tensor([True] * 6 + [False] * 6)
-    real_mean = decision.num_selected[:6].float().mean()
+    mask = torch.tensor([True] * 30 + [False] * 30)
+    decision = router(torch.randn(60, 8, generator=torch.Generator().manual_seed(0)))
+    assert torch.equal(decision.active, select_top_k(decision.probs, gating="adaptive", threshold=0.5, top_k=4)[1])
+    decision.token_mask = mask
+    router.update_state(decision)
+    start = router.controller[0].item()
+    assert router.controller.tolist() == pytest.approx([start, 0.0, start])
+    calibrated = select_top_k(decision.probs[:30], gating="adaptive", threshold=start, top_k=4)[1]
+    assert calibrated.sum(-1).double().mean() >= 2.0  # on the real tokens only
+    decision = router(torch.randn(60, 8, generator=torch.Generator().manual_seed(1)))
+    decision.token_mask = mask
+    real_mean = decision.num_selected[:30].float().mean()
     before = router.controller.clone()
     router.update_state(decision)
-    assert torch.equal(router.controller, controller_step(before, real_mean, target=2.0, start=0.5, gains=(0.1, 0.05)))
+    assert torch.equal(router.controller, controller_step(before, real_mean, target=2.0, gains=(2.0, 0.5)))
 
 
 def test_the_steered_parameter_is_saved_loaded_and_survives_a_switch_to_fixed_gating(tmp_path):

@@ -133,10 +133,11 @@ class MoEConfig:
         },
     )
     controller_gains: tuple[float, float] = field(
-        default=(0.1, 0.05),
+        default=(2.0, 0.5),
         metadata={
-            "help": "(kp, ki) of the target controller: the parameter moves by kp per expert of error, plus ki "
-            "times the error summed over the training steps so far."
+            "help": "(kp, ki) of the target controller, which works on the parameter's logarithm: the parameter is "
+            "its calibrated start times exp(kp * error + ki * error summed over the steps so far), error in experts "
+            "per token (see adamoe/moe/rules.py)."
         },
     )
     ema_decay: float = field(

@@ -11,13 +11,14 @@ few percent, which bf16's 8-bit mantissa blurs.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
 from torch import nn
 
 from .config import MoEConfig
-from .rules import active_slots, controller_step, ema_step
+from .rules import active_slots, calibrated_parameter, controller_step, ema_step
 
 
 class RouterNumericsError(FloatingPointError):
@@ -218,7 +219,8 @@ class Router(nn.Module):
     def _sync_state(self) -> None:
         """Register the state the config's rule keeps between steps, and drop the state it no longer keeps.
 
-        `controller`: `(2,)` `[steered parameter, summed error]` when `target_experts` steers gap or top-p.
+        `controller`: `(3,)` `[steered parameter, summed error, start]` when `target_experts` steers gap or top-p;
+        NaN parameter and start until the first training step calibrates them.
         `expert_thresholds`: `(num_experts,)` moving averages of expert-threshold routing, NaN until estimated.
         """
         c = self._config
@@ -228,7 +230,7 @@ class Router(nn.Module):
             if c.rule == "expert_threshold":
                 wanted["expert_thresholds"] = lambda: torch.full((c.num_experts,), float("nan"))
             else:
-                wanted["controller"] = lambda: torch.tensor([c.threshold, 0.0])
+                wanted["controller"] = lambda: torch.tensor([float("nan"), 0.0, float("nan")])
         for name in ("controller", "expert_thresholds"):
             if name in wanted and name not in self._buffers:
                 self.register_buffer(name, wanted[name]().to(self.weight.device))
@@ -239,7 +241,10 @@ class Router(nn.Module):
     def threshold(self) -> float | torch.Tensor:
         """The rule's parameter now: the steered one (a 0-dim tensor) under a target, else the config's."""
         controller = self._buffers.get("controller")
-        return self.config.threshold if controller is None else controller[0]
+        if controller is None:
+            return self.config.threshold
+        # Before the first training step calibrates it: the config's (no host sync to find out which).
+        return torch.where(torch.isnan(controller[0]), self.config.threshold, controller[0])
 
     @torch.no_grad()
     def update_state(self, routing: RoutingDecision) -> None:
@@ -253,15 +258,13 @@ class Router(nn.Module):
             per_token = routing.num_selected.float()  # (num_tokens,)
             if routing.token_mask is not None:
                 per_token = per_token[routing.token_mask]
-            if per_token.numel():
+            if per_token.numel() and torch.isnan(self.controller[0]):
+                start = calibrated_parameter(self._mean_experts_at(routing), c.target_experts)
+                self.controller.copy_(torch.tensor([start, 0.0, start]))
+            elif per_token.numel():
+                measured = per_token.mean()
                 self.controller.copy_(
-                    controller_step(
-                        self.controller,
-                        per_token.mean(),
-                        target=c.target_experts,
-                        start=c.threshold,
-                        gains=c.controller_gains,
-                    )
+                    controller_step(self.controller, measured, target=c.target_experts, gains=c.controller_gains)
                 )
         if "expert_thresholds" in self._buffers:
             self.expert_thresholds.copy_(
@@ -273,6 +276,20 @@ class Router(nn.Module):
                     decay=c.ema_decay,
                 )
             )
+
+    def _mean_experts_at(self, routing: RoutingDecision) -> Callable[[float], float]:
+        """parameter -> the mean experts per real token of `routing`'s tokens under this router's rule."""
+        c = self.config
+        probs = routing.probs if routing.token_mask is None else routing.probs[routing.token_mask]
+
+        def mean_experts(parameter: float) -> float:
+            _, active = select_top_k(
+                probs, gating="adaptive", threshold=parameter, threshold_on=c.threshold_on, top_k=c.top_k,
+                rule=c.rule, num_null=c.num_null_experts,
+            )  # fmt: skip
+            return active.sum(-1).float().mean().item()
+
+        return mean_experts
 
     def _expert_thresholds(self, probs: torch.Tensor) -> torch.Tensor | None:
         """`(num_experts,)` the thresholds expert-threshold routing compares with; None for the other rules."""

@@ -23,7 +23,8 @@ All grow monotonically with their parameter, so a larger value never takes an ex
 
 Steering towards a budget (`target_experts` with `gap` or `top_p`): DTop-p (Jin et al., 2025) holds the mean
 number of experts per token at a target by moving the parameter with a proportional-integral controller
-(`controller_step`). Rules stay pure: the steered parameter and the moving averages are router buffers that
+(`controller_step`), here started at the parameter that meets the target on the first training step's tokens
+(`calibrated_parameter`). Rules stay pure: the steered parameter and the moving averages are router buffers that
 change only in `Router.update_state`, once per training micro-batch after its backward, never inside a forward
 (a forward recomputed by activation checkpointing must route as the first one did).
 
@@ -83,30 +84,54 @@ def active_slots(top_probs: torch.Tensor, *, rule: str, threshold: float, thresh
 
 
 def controller_step(
-    state: torch.Tensor, measured: torch.Tensor, *, target: float, start: float, gains: tuple[float, float]
+    state: torch.Tensor, measured: torch.Tensor, *, target: float, gains: tuple[float, float]
 ) -> torch.Tensor:
     """One step of the proportional-integral controller that steers a rule's parameter towards a budget.
 
+    The controller works on the parameter's logarithm: `parameter = start * exp(kp * error + ki * summed error)`.
+    How far the parameter must move to add an expert scales with the parameter itself: a flat router (the paper
+    configs' init std 0.02) reaches 1.25 experts a token at T near 0.001, a confident one at T near 0.3, and a
+    step in absolute units that suits one makes the other jump between top-1 and top-2 (measured on the smoke kit).
+
     Args:
-        state: `(2,)` float32 `[parameter, summed error]`, the router's `controller` buffer.
+        state: `(3,)` float32 `[parameter, summed error, start]`, the router's `controller` buffer once calibrated
+            (`calibrated_parameter` gives the start).
         measured: 0-dim, the mean number of experts per real token of the step just taken.
         target: the mean number of experts per token aimed at.
-        start: the parameter the controller starts from (`MoEConfig.threshold`).
-        gains: `(kp, ki)`.
+        gains: `(kp, ki)`, per expert of error, in units of the parameter's logarithm.
 
     Returns:
-        The new `(2,)` state: parameter `start + kp * error + ki * summed error`, clamped to [0, 1] like every
-        rule's parameter; the summed error stops growing while the clamp holds (anti-windup), so the controller
-        answers at once when the error changes sign.
+        The new `(3,)` state, the parameter capped at 1 like every rule's; the summed error stops growing while the
+        cap holds (anti-windup), so the controller answers at once when the error changes sign.
     """
     kp, ki = gains
+    start = state[2]
     error = target - measured.to(state.dtype)
     summed = state[1] + error
-    unclamped = start + kp * error + ki * summed
-    parameter = unclamped.clamp(0.0, 1.0)
-    saturated = (unclamped != parameter) & ((unclamped > 1.0) == (error > 0))  # pushing further into the clamp
+    unclamped = start * torch.exp(kp * error + ki * summed)
+    parameter = unclamped.clamp(max=1.0)
+    saturated = (unclamped > 1.0) & (error > 0)  # pushing further into the cap
     summed = torch.where(saturated, state[1], summed)
-    return torch.stack([parameter, summed])
+    return torch.stack([parameter, summed, start])
+
+
+def calibrated_parameter(mean_experts: Callable[[float], float], target: float, *, steps: int = 30) -> float:
+    """The smallest parameter in [0, 1] at which `mean_experts(parameter)` reaches `target`, by bisection (every rule
+    grows monotonically with its parameter); 1 if none does.
+
+    The controller's start: a fine-tuning run of a few hundred steps cannot spend its first tens on the controller's
+    transient, so the first training step sets the parameter that meets the budget on that step's own tokens, and
+    the controller only follows the drift from there.
+    """
+    low, high = 0.0, 1.0
+    if mean_experts(high) < target:
+        return high
+    if mean_experts(low) >= target:
+        return low
+    for _ in range(steps):
+        middle = (low + high) / 2
+        low, high = (low, middle) if mean_experts(middle) >= target else (middle, high)
+    return high
 
 
 def ema_step(
