@@ -168,7 +168,7 @@ def test_calibration_finds_the_smallest_parameter_that_meets_the_target():
     assert calibrated_parameter(lambda t: 2.0, 1.5) == 0.0  # reached at 0 already
 
 
-@pytest.mark.parametrize("rule", ["gap", "top_p"])
+@pytest.mark.parametrize("rule", ["gap", "top_p", "expert_threshold"])
 def test_the_controller_steers_the_mean_experts_per_token_to_the_target(rule):
     """A router on a fixed stream of hidden states, closed loop: after a few hundred steps the measured mean is
     within 0.03 of the target, from a start far from it."""
@@ -183,9 +183,12 @@ def test_the_controller_steers_the_mean_experts_per_token_to_the_target(rule):
         decision = router(torch.randn(256, 16, generator=g))
         router.update_state(decision)
         means.append(decision.num_selected.float().mean().item())
-    assert means[0] == 1.0  # parameter 0: top-1
     assert abs(sum(means[-50:]) / 50 - 1.75) < 0.03
-    assert 0 < router.threshold.item() < 1
+    if rule == "expert_threshold":  # the steered capacity, which the top-1 floor and the k_max cap pull off target
+        assert 1 < router.controller[0].item() < 4
+    else:
+        assert means[0] == 1.0  # the first micro-batch routes at --threshold 0: top-1
+        assert 0 < router.threshold.item() < 1
 
 
 def test_the_first_step_calibrates_and_padding_never_counts_towards_the_controllers_measurement():

@@ -219,8 +219,8 @@ class Router(nn.Module):
     def _sync_state(self) -> None:
         """Register the state the config's rule keeps between steps, and drop the state it no longer keeps.
 
-        `controller`: `(3,)` `[steered parameter, summed error, start]` when `target_experts` steers gap or top-p;
-        NaN parameter and start until the first training step calibrates them.
+        `controller`: `(3,)` `[steered parameter, summed error, start]` when `target_experts` is set: gap's T or
+        top-p's p (NaN until the first training step calibrates them), or expert-threshold's capacity.
         `expert_thresholds`: `(num_experts,)` moving averages of expert-threshold routing, NaN until estimated.
         """
         c = self._config
@@ -229,6 +229,8 @@ class Router(nn.Module):
         if c.target_experts is not None:
             if c.rule == "expert_threshold":
                 wanted["expert_thresholds"] = lambda: torch.full((c.num_experts,), float("nan"))
+                # The capacity the thresholds aim at, steered: it starts at the target, no calibration needed.
+                wanted["controller"] = lambda: torch.tensor([c.target_experts, 0.0, c.target_experts])
             else:
                 wanted["controller"] = lambda: torch.tensor([float("nan"), 0.0, float("nan")])
         for name in ("controller", "expert_thresholds"):
@@ -241,7 +243,7 @@ class Router(nn.Module):
     def threshold(self) -> float | torch.Tensor:
         """The rule's parameter now: the steered one (a 0-dim tensor) under a target, else the config's."""
         controller = self._buffers.get("controller")
-        if controller is None:
+        if controller is None or self.config.rule == "expert_threshold":  # there it steers the capacity
             return self.config.threshold
         # Before the first training step calibrates it: the config's (no host sync to find out which).
         return torch.where(torch.isnan(controller[0]), self.config.threshold, controller[0])
@@ -254,27 +256,29 @@ class Router(nn.Module):
         forward recomputed by activation checkpointing must make the decisions the first one made.
         """
         c = self.config
-        if "controller" in self._buffers:
-            per_token = routing.num_selected.float()  # (num_tokens,)
-            if routing.token_mask is not None:
-                per_token = per_token[routing.token_mask]
-            if per_token.numel() and torch.isnan(self.controller[0]):
-                start = calibrated_parameter(self._mean_experts_at(routing), c.target_experts)
-                self.controller.copy_(torch.tensor([start, 0.0, start]))
-            elif per_token.numel():
-                measured = per_token.mean()
-                self.controller.copy_(
-                    controller_step(self.controller, measured, target=c.target_experts, gains=c.controller_gains)
-                )
-        if "expert_thresholds" in self._buffers:
+        if "controller" not in self._buffers:
+            return
+        per_token = routing.num_selected.float()  # (num_tokens,)
+        if routing.token_mask is not None:
+            per_token = per_token[routing.token_mask]
+        measured = per_token.mean() if per_token.numel() else None  # None: a micro-batch of padding only
+        if c.rule == "expert_threshold":
+            if measured is not None:
+                step = controller_step(self.controller, measured, target=c.target_experts, gains=c.controller_gains,
+                                       cap=c.top_k)  # fmt: skip
+                self.controller.copy_(step)
+            capacity = float(self.controller[0])
             self.expert_thresholds.copy_(
-                ema_step(
-                    self.expert_thresholds,
-                    routing.probs,
-                    routing.token_mask,
-                    target=c.target_experts,
-                    decay=c.ema_decay,
-                )
+                ema_step(self.expert_thresholds, routing.probs, routing.token_mask, target=capacity, decay=c.ema_decay)
+            )
+        elif measured is None:
+            return
+        elif torch.isnan(self.controller[0]):
+            start = calibrated_parameter(self._mean_experts_at(routing), c.target_experts)
+            self.controller.copy_(torch.tensor([start, 0.0, start]))
+        else:
+            self.controller.copy_(
+                controller_step(self.controller, measured, target=c.target_experts, gains=c.controller_gains)
             )
 
     def _mean_experts_at(self, routing: RoutingDecision) -> Callable[[float], float]:

@@ -14,9 +14,11 @@ choice, so every rule runs through the same dispatch (cost follows the active pa
 
 - `expert_threshold` (Sun et al., "Expert Threshold Routing", 2026): each further expert whose probability
   reaches that expert's own threshold, a moving average (`ema_step`) of the score above which it would take its
-  share `target_experts / num_experts` of the tokens. The decision for a token depends on no other token of the
-  batch (causal), and balance comes from the thresholds instead of an auxiliary loss. Unlike the paper, a token
-  here always keeps its top-1 expert and takes at most k_max.
+  share `capacity / num_experts` of the tokens. The decision for a token depends on no other token of the batch
+  (causal), and balance comes from the thresholds instead of an auxiliary loss. Unlike the paper, a token here
+  always keeps its top-1 expert and takes at most k_max; both bend the mean away from the capacity (a token that
+  reaches no threshold still takes one expert), so the capacity is steered towards `target_experts` by the same
+  controller as the other rules' parameter, starting at the target itself.
 
 All grow monotonically with their parameter, so a larger value never takes an expert away from a token (for
 `expert_threshold` the parameter is the per-slot threshold itself: a lower threshold never takes one away).
@@ -84,7 +86,7 @@ def active_slots(top_probs: torch.Tensor, *, rule: str, threshold: float, thresh
 
 
 def controller_step(
-    state: torch.Tensor, measured: torch.Tensor, *, target: float, gains: tuple[float, float]
+    state: torch.Tensor, measured: torch.Tensor, *, target: float, gains: tuple[float, float], cap: float = 1.0
 ) -> torch.Tensor:
     """One step of the proportional-integral controller that steers a rule's parameter towards a budget.
 
@@ -99,18 +101,19 @@ def controller_step(
         measured: 0-dim, the mean number of experts per real token of the step just taken.
         target: the mean number of experts per token aimed at.
         gains: `(kp, ki)`, per expert of error, in units of the parameter's logarithm.
+        cap: the parameter's largest value: 1 for gap's T and top-p's p; k_max for expert-threshold's capacity.
 
     Returns:
-        The new `(3,)` state, the parameter capped at 1 like every rule's; the summed error stops growing while the
-        cap holds (anti-windup), so the controller answers at once when the error changes sign.
+        The new `(3,)` state, the parameter at most `cap`; the summed error stops growing while the cap holds
+        (anti-windup), so the controller answers at once when the error changes sign.
     """
     kp, ki = gains
     start = state[2]
     error = target - measured.to(state.dtype)
     summed = state[1] + error
     unclamped = start * torch.exp(kp * error + ki * summed)
-    parameter = unclamped.clamp(max=1.0)
-    saturated = (unclamped > 1.0) & (error > 0)  # pushing further into the cap
+    parameter = unclamped.clamp(max=cap)
+    saturated = (unclamped > cap) & (error > 0)  # pushing further into the cap
     summed = torch.where(saturated, state[1], summed)
     return torch.stack([parameter, summed, start])
 
