@@ -234,6 +234,9 @@ def test_the_steered_parameter_is_saved_loaded_and_survives_a_switch_to_fixed_ga
         block.last_routing.probs, gating="adaptive", threshold=steered[0][0].item(), top_k=4, rule="top_p"
     )[1]
     assert torch.equal(block.last_routing.active, fixed)
+    # Another rule starts afresh: gap's steered T means nothing as top-p's p.
+    adamoe.set_routing(again, rule="gap")
+    assert all(torch.isnan(r.controller[0]) for r in routers(again))
     # Dropping the target drops the state: the parameter is the config's again.
     adamoe.set_routing(again, target_experts=None)
     assert all("controller" not in dict(r.named_buffers()) and r.threshold == 0.2 for r in routers(again))

@@ -233,11 +233,14 @@ class Router(nn.Module):
                 wanted["controller"] = lambda: torch.tensor([c.target_experts, 0.0, c.target_experts])
             else:
                 wanted["controller"] = lambda: torch.tensor([float("nan"), 0.0, float("nan")])
+        # A state means one rule's parameter (gap's T is not top-p's p, nor a capacity): a new rule starts afresh.
+        rule_changed = getattr(self, "_state_rule", c.rule) != c.rule
+        self._state_rule = c.rule
         for name in ("controller", "expert_thresholds"):
+            if name in self._buffers and (name not in wanted or rule_changed):
+                del self._buffers[name]
             if name in wanted and name not in self._buffers:
                 self.register_buffer(name, wanted[name]().to(self.weight.device))
-            elif name not in wanted and name in self._buffers:
-                del self._buffers[name]
 
     @property
     def threshold(self) -> float | torch.Tensor:
