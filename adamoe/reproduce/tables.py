@@ -390,7 +390,7 @@ def render_markdown(
         lines += [
             "Each rule is steered by its target controller to the budget named in its row (`moe.target_experts`, "
             "docs/routing-rules.md); **Experts/token (eval)** is what the evaluation measured (every MoE layer, "
-            f"padding left out), the matched-compute check: within ±{MATCH_TOLERANCE} of the budget"
+            f"padding left out), the matched-compute check: within ±{MATCH_TOLERANCE} of the budget in every seed"
             + (f", which these rows miss: {'; '.join(unmatched)}." if unmatched else ", which every rule row meets.")
             + " Layer min / max: the spread of that figure over the layers. Training's figure is over the run's "
             "training steps, where the controller was still moving.",
@@ -480,7 +480,12 @@ def write_table(
         rows = ROWS[table](cells, results)
     else:
         results_by_seed = {seed: load_cells(root, cells, seed) for seed in seeds}
-        rows = aggregate_rows([ROWS[table](cells, by_id) for by_id in results_by_seed.values()])
+        per_seed = [ROWS[table](cells, by_id) for by_id in results_by_seed.values()]
+        rows = aggregate_rows(per_seed)
+        if table == RULE_TABLE:  # matched only if every seed's run met its budget, not the mean alone
+            for row, *seed_rows in zip(rows, *per_seed, strict=True):
+                checks = [r["matched"] for r in seed_rows if r["matched"] is not None]
+                row["matched"] = all(checks) if checks else None
         results = {f"{i}-seed{seed}": r for seed, by_id in results_by_seed.items() for i, r in by_id.items()}
     scale = next((r["scale"] for r in results.values() if r), root.name)
     outputs = {
