@@ -24,12 +24,13 @@ def decoder_only_prediction_step(
 ) -> tuple[torch.Tensor | None, torch.Tensor, torch.Tensor]:
     """`(loss, generated (batch, new tokens), labels (batch, target tokens))` for one evaluation batch."""
     inputs = trainer._prepare_inputs(inputs)
+    labels = inputs["labels"]  # (batch, seq)
     with torch.no_grad(), trainer.compute_loss_context_manager():
-        loss = trainer.compute_loss(model, inputs).detach().mean()
+        # A copy: with label smoothing (the paper configs' 0.1) the Trainer pops the labels out of what it is given.
+        loss = trainer.compute_loss(model, dict(inputs)).detach().mean()
     tokenizer = trainer.processing_class
     eos = tokenizer.eos_token_id
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else eos
-    labels = inputs["labels"]  # (batch, seq)
     prompts = [
         prompt_of(ids, row, mask)
         for ids, row, mask in zip(

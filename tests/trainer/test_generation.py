@@ -5,6 +5,7 @@ evaluated on translation pairs: every prediction must be what `generate()` conti
 unpadded, and every label the reference target; the reported BLEU must be sacreBLEU's on those texts.
 """
 
+import pytest
 import sacrebleu
 import torch
 from datasets import Dataset, DatasetDict
@@ -25,7 +26,10 @@ PAIRS = [
 NEW_TOKENS = 6
 
 
-def test_predictions_continue_each_prompt_as_generate_does_alone(gpt2_tokenizer, train_kwargs):
+# The paper configs of translation and summarisation smooth the labels (0.1), and the Trainer then pops them out of
+# the batch it computes the loss of: the predictions must still find them.
+@pytest.mark.parametrize("label_smoothing", [0.0, 0.1])
+def test_predictions_continue_each_prompt_as_generate_does_alone(gpt2_tokenizer, train_kwargs, label_smoothing):
     torch.manual_seed(0)
     config = LlamaConfig(
         vocab_size=len(gpt2_tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
@@ -40,6 +44,7 @@ def test_predictions_continue_each_prompt_as_generate_does_alone(gpt2_tokenizer,
         **{**train_kwargs, "per_device_eval_batch_size": 3},  # a batch of 3 and one of 1: padding both ways
         predict_with_generate=True,
         generation_max_length=NEW_TOKENS,
+        label_smoothing_factor=label_smoothing,
     )
     trainer = AdaMoESeq2SeqTrainer(
         model=model,
