@@ -3,6 +3,7 @@ against a per-token reference written here from the definition, through the real
 
 import pytest
 import torch
+from tiny_models import tiny_llama
 from transformers import LlamaConfig, LlamaForCausalLM
 
 import adamoe
@@ -52,15 +53,6 @@ def test_a_slot_won_by_a_null_expert_ends_the_tokens_list(gating, threshold, k_m
     assert any(max(range(len(row)), key=row.__getitem__) >= NUM_EXPERTS for row in p.tolist())
     if gating == "topk":
         assert 1 < sum(map(len, got)) / len(got) < k_max
-
-
-def tiny_llama(moe, seed=0):
-    torch.manual_seed(seed)
-    config = LlamaConfig(
-        vocab_size=40, hidden_size=16, intermediate_size=24, num_hidden_layers=2, num_attention_heads=4,
-        num_key_value_heads=2,
-    )  # fmt: skip
-    return adamoe.moeify(LlamaForCausalLM(config), moe)
 
 
 def test_the_block_computes_only_the_real_experts_of_each_tokens_list():

@@ -6,7 +6,7 @@ import math
 
 import pytest
 import torch
-from transformers import LlamaConfig, LlamaForCausalLM
+from tiny_models import tiny_llama
 
 import adamoe
 from adamoe.moe.balance import router_entropy_loss
@@ -17,15 +17,6 @@ from adamoe.moe.rules import calibrated_parameter, controller_step, ema_step
 def probs(num_tokens=64, num_experts=8, seed=0, scale=2.0):
     g = torch.Generator().manual_seed(seed)
     return (scale * torch.randn(num_tokens, num_experts, generator=g, dtype=torch.float64)).softmax(-1)
-
-
-def tiny_llama(moe, seed=0):
-    torch.manual_seed(seed)
-    config = LlamaConfig(
-        vocab_size=40, hidden_size=16, intermediate_size=24, num_hidden_layers=2, num_attention_heads=4,
-        num_key_value_heads=2,
-    )  # fmt: skip
-    return adamoe.moeify(LlamaForCausalLM(config), moe)
 
 
 def tokens(seed=0, batch=4, length=12):

@@ -307,3 +307,15 @@ NATIVE_MOES = [
 
 def arch_by_name(name: str) -> Arch:
     return next(a for a in ARCHITECTURES + NATIVE_MOES if a.name == name)
+
+
+def tiny_llama(moe: Any, seed: int = 0) -> Any:
+    """A 2-layer Llama (vocabulary 40, hidden 16) patched with `moe`: the routing-rule tests' model."""
+    import adamoe
+
+    torch.manual_seed(seed)
+    config = LlamaConfig(
+        vocab_size=40, hidden_size=16, intermediate_size=24, num_hidden_layers=2, num_attention_heads=4,
+        num_key_value_heads=2,
+    )  # fmt: skip
+    return adamoe.moeify(LlamaForCausalLM(config), moe)
