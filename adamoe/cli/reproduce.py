@@ -64,6 +64,15 @@ def reproduce_command(
             "default ../shared/data beside the repository.",
         ),
     ] = None,
+    keep_models: Annotated[
+        bool,
+        typer.Option(
+            "--keep-models/--drop-models",
+            help="Keep each run's final weights under OUTPUT_DIR/SCALE/runs/ (for adamoe analyze and evaluate), or "
+            "delete them once the cell's result is written (a SmolLM2 cell is 1.5 GB; the tables need only the "
+            "results).",
+        ),
+    ] = True,
 ) -> None:
     """Run a paper table's missing cells (finished ones are skipped) and write it as markdown, CSV and PNG.
 
@@ -88,7 +97,9 @@ def reproduce_command(
 
         cpu = CpuScale.locate(data_root, tasks=task_names or DEFAULT_CPU_TASKS)
     table_id = table.value if table is Table.rules else int(table.value)
-    report = reproduce(table_id, tasks=task_names, scale=scale.value, output_dir=output_dir, cpu=cpu)
+    report = reproduce(
+        table_id, tasks=task_names, scale=scale.value, output_dir=output_dir, cpu=cpu, keep_models=keep_models
+    )
     console.print(
         f"Table {report.table} ({report.scale}): ran {len(report.ran)}, skipped {len(report.skipped)} finished, "
         f"reused {len(report.reused)} identical cell(s)."

@@ -9,7 +9,8 @@ report.ran, report.skipped, report.markdown                  # what ran now, wha
 
 Layout under `output_dir/<scale>/`: `cells/<cell id>.json` (one result per experiment file: finetune's
 `results.json` with its versions, git commit, hardware and seed, plus the experiment, the resolved run config
-and the training-loss curve), `runs/<cell id>/` (the run's checkpoint), and `table<N>.md|csv|png`.
+and the training-loss curve), `runs/<cell id>/` (the run's checkpoint; with `keep_models=False` its logs, results
+and predictions without the weights), and `table<N>.md|csv|png`.
 
 Scales: "smoke" (the kit, one seed), "full" (the paper configs as they are, one seed) and "cpu" (the pretrained
 MiniLM on the real SST-2 and SQuAD samples, `cpu_scale.py`): there every cell runs once per seed, as
@@ -30,6 +31,7 @@ import contextlib
 import json
 import logging
 import os
+import shutil
 import time
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
@@ -141,8 +143,19 @@ def _finished(cells_dir: Path) -> Iterator[tuple[str, dict[str, Any]]]:
         yield path.stem, json.loads(path.read_text())
 
 
-def run_cell(experiment: Experiment, root: Path, kit: Kit | None, scale: str, seed: int | None = None) -> str:
-    """Train one cell (at one seed) unless its result exists; returns "skipped", "reused" or "ran"."""
+def run_cell(
+    experiment: Experiment,
+    root: Path,
+    kit: Kit | None,
+    scale: str,
+    seed: int | None = None,
+    *,
+    keep_models: bool = True,
+) -> str:
+    """Train one cell (at one seed) unless its result exists; returns "skipped", "reused" or "ran".
+
+    With `keep_models=False` the run's weights are deleted once its result is written (`drop_weights`).
+    """
     cells_dir = root / "cells"
     name = cell_name(experiment, seed)
     result_path = cells_dir / f"{name}.json"
@@ -177,7 +190,27 @@ def run_cell(experiment: Experiment, root: Path, kit: Kit | None, scale: str, se
         **results,
     }
     write_json_atomically(result_path, cell)
+    if not keep_models:
+        drop_weights(Path(config["output_dir"]))
     return "ran"
+
+
+# A run folder's weights (model and checkpoints), as Path.glob patterns; everything else in it is kilobytes.
+WEIGHT_PATTERNS = ("*.safetensors", "*.safetensors.index.json", "pytorch_model*.bin", "checkpoint-*")
+
+
+def drop_weights(run_dir: Path) -> None:
+    """Delete a finished run's weights, keeping its logs, results, predictions and model card.
+
+    Why: a cell's result JSON holds every figure the tables read, and at the decoder rows each run's model is
+    1.5 GB (SmolLM2 with 4 experts in every feed-forward block): a table's 30-odd runs fill a disk.
+    """
+    for pattern in WEIGHT_PATTERNS:
+        for path in run_dir.glob(pattern):
+            if path.is_dir():
+                shutil.rmtree(path)
+            else:
+                path.unlink()
 
 
 def _torch_threads() -> int:
@@ -198,6 +231,7 @@ def reproduce(
     output_dir: str | Path = "results",
     experiments_dir: Path = EXPERIMENTS_DIR,
     cpu: CpuScale | None = None,
+    keep_models: bool = True,
 ) -> ReproduceReport:
     """Run the missing cells of a paper table and write the table (markdown, CSV, PNG) from all its results.
 
@@ -209,6 +243,8 @@ def reproduce(
         output_dir: results root; results go under `output_dir/<scale>/`.
         experiments_dir: where the experiment files are (the packaged ones by default).
         cpu: the cpu scale's model, data and seeds; None: `CpuScale.locate()` (cpu scale only).
+        keep_models: keep each run's final weights under `runs/` (for `adamoe analyze`, `evaluate --sweep`);
+            False deletes them once the cell's result is written.
     """
     root = Path(output_dir) / scale
     # A results root holds only what reproduction writes; its own cells are resumed, never replaced.
@@ -228,7 +264,7 @@ def reproduce(
             for experiment in cells:
                 if cpu is not None and not cpu.runs(experiment.task, experiment.scheme, seed):
                     continue  # a cell this scale leaves out for its budget (cpu_scale.SETTINGS)
-                outcome = run_cell(experiment, root, kit, scale, seed)
+                outcome = run_cell(experiment, root, kit, scale, seed, keep_models=keep_models)
                 bucket = {"ran": report.ran, "skipped": report.skipped, "reused": report.reused}[outcome]
                 bucket.append(cell_name(experiment, seed))
     report.outputs = write_table(table, root, cells, seeds=None if seeds == (None,) else seeds)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import csv
 import json
+import shutil
 
 import pytest
 from typer.testing import CliRunner
@@ -71,6 +72,29 @@ def test_table5_reuses_table3_cells_and_analyze_reads_a_run(table3, tmp_path):
     result = runner.invoke(app, ["analyze", "--checkpoint", str(checkpoint), "--task", "sst2", "-o", str(tmp_path)])
     assert result.exit_code == 0, result.output
     assert (tmp_path / "analysis.md").exists() and (tmp_path / "gate_confidence.png").exists()
+
+
+@pytest.mark.slow
+def test_drop_models_deletes_the_weights_of_the_cells_it_runs_and_nothing_else(table3, tmp_path):
+    out, _ = table3
+    # A results root with Table 3's sst2 cells finished except top-1, whose run is the one this call trains.
+    root = tmp_path / "smoke"
+    shutil.copytree(out / "smoke" / "cells", root / "cells")
+    shutil.copytree(out / "smoke" / "runs" / "table3-sst2-top2", root / "runs" / "table3-sst2-top2")
+    (root / "cells" / "table3-sst2-top1.json").unlink()
+    args = ["reproduce", "--table", "3", "--tasks", "sst2", "--scale", "smoke", "-o", str(tmp_path), "--drop-models"]
+    result = runner.invoke(app, args)
+    assert result.exit_code == 0, result.output
+    assert "ran 1, skipped 3 finished" in result.output
+
+    ran = root / "runs" / "table3-sst2-top1"
+    kept = {p.name for p in ran.iterdir()}
+    assert not [name for name in kept if name.endswith(".safetensors") or name.startswith("checkpoint-")]
+    assert {"results.json", "trainer_log.jsonl", "run_config.json", "config.json"} <= kept
+    cell = json.loads((root / "cells" / "table3-sst2-top1.json").read_text())
+    assert cell["loss_curve"] and cell["metrics"] == json.loads((ran / "results.json").read_text())["metrics"]
+    # A skipped cell's run keeps what it had.
+    assert (root / "runs" / "table3-sst2-top2" / "model.safetensors").exists()
 
 
 def test_table_r_refuses_a_task_it_has_no_cells_for(tmp_path):
