@@ -349,7 +349,7 @@ class AtomicCheckpointMixin:
     def save_model(self, output_dir: str | None = None, _internal_call: bool = False) -> None:
         """The stock `save_model`, written into a staging folder and then moved file by file into `output_dir`,
         so a crash or a full disk leaves the previous files there, not truncated ones."""
-        if _internal_call:  # from `_save_checkpoint`, which is already writing aside
+        if self._staging_run_dir is not None:  # from `_save_checkpoint`, which is already writing aside
             return super().save_model(output_dir, _internal_call=True)
         output_dir = output_dir if output_dir is not None else self.args.output_dir
         staged = os.path.join(output_dir, STAGING_DIR, "model")
@@ -362,7 +362,9 @@ class AtomicCheckpointMixin:
             replace_files(staged, output_dir)
             os.rmdir(os.path.join(output_dir, STAGING_DIR))
         self.accelerator.wait_for_everyone()
-        if self.args.push_to_hub:  # what the stock `save_model` does when called by the user
+        # What the stock `save_model` does when the user calls it; `push_to_hub`'s own save (`_internal_call`)
+        # is followed by that push.
+        if self.args.push_to_hub and not _internal_call:
             self.push_to_hub(commit_message="Model save", revision=self.args.hub_revision)
 
 

@@ -119,6 +119,33 @@ def test_a_final_save_that_fails_half_way_keeps_the_previous_model(
     assert not (out / STAGING_DIR).exists()
 
 
+def test_a_push_whose_save_fails_half_way_keeps_the_previous_model_and_pushes_nothing(
+    train_kwargs: dict[str, Any], fake_hub: Any
+) -> None:
+    # `Trainer.push_to_hub` saves with `save_model(_internal_call=True)`, the call a checkpoint save makes too;
+    # it writes into the output folder, so it goes through the staging folder like any other final save.
+    args = _args(train_kwargs, save_strategy="no", max_steps=2, push_to_hub=True, hub_model_id="someone/full-disk")
+    out = Path(args.output_dir)
+    trainer = AdaMoETrainer(model=tiny_bert(), args=args, train_dataset=toy_dataset(8), data_collator=pad_collate)
+    trainer.train()
+    trainer.save_model()
+    trainer._finish_current_push()
+    before, pushed = _digests(out), fake_hub.files("someone/full-disk")
+
+    trainer.train()
+    before = {**before, "trainer_log.jsonl": _digests(out)["trainer_log.jsonl"]}
+    with pytest.MonkeyPatch.context() as disk:  # its own: undoing `monkeypatch` would unplug the fake Hub
+        _fill_disk_on_call(disk, failing_call=1)
+        with pytest.raises(OSError, match="No space left"):
+            trainer.push_to_hub(commit_message="after the second train()")
+    assert _digests(out) == before
+    assert fake_hub.files("someone/full-disk") == pushed
+
+    trainer.push_to_hub(commit_message="disk freed")
+    assert _digests(out)["model.safetensors"] != before["model.safetensors"]
+    assert not (out / STAGING_DIR).exists()
+
+
 def test_best_checkpoint_points_at_the_published_folder(train_kwargs: dict[str, Any]) -> None:
     args = _args(
         train_kwargs,
