@@ -2,7 +2,7 @@
 
 It speaks just the part of the Hub's HTTP API that pushing a model (`push_to_hub`, the Trainer's pushes, i.e.
 huggingface_hub's `create_repo` / `create_commit` / `upload_folder`) and loading one (`hf_hub_download` under
-transformers' `cached_file`) use, as huggingface_hub 2.x calls it:
+transformers' `cached_file`, and the listing a tokenizer's load makes) use, as huggingface_hub 2.x calls it:
 
     GET  /api/agent-harnesses                                the registry behind huggingface_hub's user agent: empty
     POST /api/repos/create                                   create a model repository
@@ -10,6 +10,7 @@ transformers' `cached_file`) use, as huggingface_hub 2.x calls it:
     POST /api/models/{repo}/preupload/{revision}             how to upload each file: always "regular"
     POST /api/models/{repo}/commit/{revision}                one commit: ndjson, file contents inline (base64)
     GET  /api/models/{repo}[/revision/{revision}]            repository info: head commit `sha`, `siblings`
+    GET  /api/models/{repo}/tree/{revision}[/{path}]         a folder's entries (`recursive=true`: all below it)
     HEAD /{repo}/resolve/{revision}/{path}                   file metadata: X-Repo-Commit, ETag, Content-Length
     GET  /{repo}/resolve/{revision}/{path}                   file contents (a `Range: bytes=a-b` is honoured)
 
@@ -47,6 +48,7 @@ ROUTES = [  # (method, path pattern, handler name)
     ("POST", rf"/api/models/{REPO}/preupload/{REVISION}", "preupload"),
     ("POST", rf"/api/models/{REPO}/commit/{REVISION}", "commit"),
     ("GET", rf"/api/models/{REPO}(?:/revision/{REVISION})?", "repo_info"),
+    ("GET", rf"/api/models/{REPO}/tree/{REVISION}(?:/(?P<path>.+))?", "tree"),
     ("HEAD", rf"/{REPO}/resolve/{REVISION}/(?P<path>.+)", "resolve"),
     ("GET", rf"/{REPO}/resolve/{REVISION}/(?P<path>.+)", "resolve"),
 ]
@@ -187,6 +189,25 @@ class FakeHub:
                 "gated": False, "disabled": False, "siblings": siblings}  # fmt: skip
         return _json(200, info)
 
+    def tree(self, repo: Repo, sha: str, folder: str, recursive: bool) -> tuple[int, dict[str, str], bytes]:
+        # One page (no `Link` header), files and the folders they imply; a folder that holds nothing is absent.
+        files, prefix = repo.commits[sha], f"{folder}/" if folder else ""
+        if folder and not any(p.startswith(prefix) for p in files):
+            raise HubError(404, "EntryNotFound", f"{folder} does not exist", {"X-Repo-Commit": sha})
+        entries: dict[str, dict[str, Any]] = {}
+        for path, data in sorted(files.items()):
+            if not path.startswith(prefix):
+                continue
+            parts = path[len(prefix) :].split("/")
+            for depth in range(1, len(parts) if recursive else min(len(parts), 2)):
+                name = prefix + "/".join(parts[:depth])
+                entries.setdefault(
+                    name, {"type": "directory", "oid": git_hash(name.encode()), "size": 0, "path": name}
+                )
+            if recursive or len(parts) == 1:
+                entries[path] = {"type": "file", "oid": git_hash(data), "size": len(data), "path": path}
+        return _json(200, list(entries.values()))
+
     def resolve(self, repo: Repo, sha: str, path: str, range_header: str | None) -> tuple[int, dict[str, str], bytes]:
         files = repo.commits[sha]
         if path not in files:  # X-Repo-Commit lets huggingface_hub cache that the file is absent at this commit
@@ -280,6 +301,9 @@ def _handler(hub: FakeHub) -> type[BaseHTTPRequestHandler]:
                 return hub.commit(repo_id, repo, sha, raw)
             if name == "repo_info":
                 return hub.repo_info(repo_id, repo, sha)
+            if name == "tree":
+                recursive = parse_qs(urlsplit(self.path).query).get("recursive") == ["true"]
+                return hub.tree(repo, sha, unquote(m["path"] or "").strip("/"), recursive)
             return hub.resolve(repo, sha, unquote(m["path"]), self.headers.get("Range"))
 
     return Handler

@@ -7,7 +7,7 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 from tiny_models import arch_by_name
-from transformers import AutoModelForSequenceClassification
+from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
 import adamoe
 from adamoe import CheckpointError, MoEConfig
@@ -169,6 +169,44 @@ def test_a_push_between_the_config_and_the_weights_downloads_does_not_mix_commit
     again = load("someone/moving")
     torch.testing.assert_close(again(**inputs).logits, second.eval()(**inputs).logits, rtol=0, atol=0)
     assert not torch.allclose(again(**inputs).logits, loaded(**inputs).logits)
+    assert not fake_hub.unknown, fake_hub.unknown
+
+
+@pytest.mark.parametrize("entry", ["run", "convert"])
+def test_the_tokenizer_comes_from_the_commit_the_model_came_from(
+    entry, fake_hub, monkeypatch, gpt2_tokenizer, tmp_path
+):
+    """`finetune` and `evaluate` (`load_model_and_tokenizer`), and `convert` / `export`, load the model, then the
+    tokenizer: a push landing in between (B: another length limit) must not hand A's model B's tokenizer."""
+    import adamoe.patching.loading as loading
+    import adamoe.run.models as models
+    from adamoe.tasks import get_task
+
+    module = loading if entry == "run" else models
+
+    def load():
+        if entry == "run":
+            return loading.load_model_and_tokenizer(get_task("wikitext"), "someone/pair", None)[1]
+        out = tmp_path / f"converted-{len(list(tmp_path.iterdir()))}"
+        models.convert("someone/pair", str(out), MoEConfig(num_experts=2))
+        return AutoTokenizer.from_pretrained(out)
+
+    arch_by_name("llama").build().push_to_hub("someone/pair")
+    gpt2_tokenizer.model_max_length = 64
+    gpt2_tokenizer.push_to_hub("someone/pair")
+    load_tokenizer = module.load_tokenizer
+
+    def push_then_load(*args, **kwargs):
+        gpt2_tokenizer.model_max_length = 32
+        gpt2_tokenizer.push_to_hub("someone/pair")
+        return load_tokenizer(*args, **kwargs)
+
+    monkeypatch.setattr(module, "load_tokenizer", push_then_load)
+    tokenizer = load()
+    monkeypatch.setattr(module, "load_tokenizer", load_tokenizer)
+    assert tokenizer.model_max_length == 64
+    # A load started after the push gets B's tokenizer: the two commits really differ.
+    assert load().model_max_length == 32
     assert not fake_hub.unknown, fake_hub.unknown
 
 

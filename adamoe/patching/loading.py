@@ -307,18 +307,36 @@ def from_pretrained(
 # ---- loading a run's model and tokenizer: where "an adamoe checkpoint keeps its structure" is decided ----
 
 
-def load_model(task: Task, name_or_path: str, moe: MoEConfig | None) -> nn.Module:
+def load_model_and_tokenizer(task: Task, name_or_path: str, moe: MoEConfig | None) -> tuple[nn.Module, Any]:
+    """`load_model` and `load_tokenizer` from one commit: for a Hub id, the tokenizer is fetched at the commit the
+    model's config came from, so a push landing between the two loads cannot pair one commit's vocabulary with
+    another commit's embeddings."""
+    revision = hub_commit(name_or_path)
+    return load_model(task, name_or_path, moe, revision=revision), load_tokenizer(name_or_path, revision=revision)
+
+
+def hub_commit(name_or_path: str, **hf_kwargs: Any) -> str | None:
+    """The commit a Hub model (id, or `.gguf` file in a Hub repository) is at now, for loading each of its parts
+    there (`pin_revision`); None for a local folder or file, or a repository that cannot be reached."""
+    source, gguf = gguf_source(name_or_path)
+    fetch = {k: v for k, v in hf_kwargs.items() if k in HUB_KWARGS}  # not the config fields among them
+    return pin_revision(source, {**fetch, **gguf}).get("revision")
+
+
+def load_model(task: Task, name_or_path: str, moe: MoEConfig | None, *, revision: str | None = None) -> nn.Module:
     """The task's head on `name_or_path`: an adamoe checkpoint as saved, a dense one patched by `moe`.
 
     The config is read once, with the task's head settings (`Task.model_kwargs`) applied, and handed on. A
-    `.gguf` file is dequantised (`gguf.py`) and treated as the dense checkpoint it then is.
+    `.gguf` file is dequantised (`gguf.py`) and treated as the dense checkpoint it then is. `revision`: the Hub
+    commit to load (None: the one the branch points at now, pinned for the whole load).
     """
     if is_gguf(name_or_path):
         check_gguf(name_or_path)
     else:
         _check_local_path(name_or_path)
     source, gguf = gguf_source(name_or_path)
-    hub_kwargs = pin_revision(source, gguf)  # config and weights from one commit of a Hub repository
+    # Config and weights from one commit of a Hub repository.
+    hub_kwargs = {**gguf, "revision": revision} if revision else pin_revision(source, gguf)
     try:
         config = AutoConfig.from_pretrained(source, **hub_kwargs, **task.model_kwargs)
     except (OSError, ValueError) as err:  # ValueError: a folder whose config.json is missing or names no model
@@ -351,13 +369,16 @@ def load_model(task: Task, name_or_path: str, moe: MoEConfig | None) -> nn.Modul
     return detach_quantizer(load_pretrained_quietly(model_class, source, config=config, **hub_kwargs))
 
 
-def load_tokenizer(name_or_path: str) -> Any:
-    """The tokenizer saved with a model (folder, Hub id or `.gguf` file), with an error that says what is missing."""
+def load_tokenizer(name_or_path: str, *, revision: str | None = None) -> Any:
+    """The tokenizer saved with a model (folder, Hub id or `.gguf` file), with an error that says what is missing.
+
+    `revision`: the Hub commit to load, e.g. the model's (`load_model_and_tokenizer`).
+    """
     if not is_gguf(name_or_path):
         _check_local_path(name_or_path)
     source, gguf = gguf_source(name_or_path)
     try:
-        return AutoTokenizer.from_pretrained(source, **gguf)
+        return AutoTokenizer.from_pretrained(source, **gguf, **({"revision": revision} if revision else {}))
     except (OSError, ValueError) as err:
         raise FileNotFoundError(
             f"Could not load a tokenizer from {name_or_path!r}: {err}\nA model folder needs its tokenizer files "

@@ -15,7 +15,7 @@ from transformers import PreTrainedModel
 
 from ..files import honour_umask
 from ..moe.config import MoEConfig
-from ..patching.loading import from_pretrained, load_tokenizer
+from ..patching.loading import from_pretrained, hub_commit, load_tokenizer
 from .output_dir import OutputDirError, RunLock, check_output_dir, clear_run_files
 
 logger = logging.getLogger(__name__)
@@ -38,10 +38,12 @@ def convert(
     `before_writing` sees the patched model before anything is written (the CLI prints its size there).
     """
     out = _model_folder(name_or_path, output_dir, overwrite=overwrite, action="converted")
+    revision = hub_commit(name_or_path, **hf_kwargs)  # the model and its tokenizer from one commit
+    hf_kwargs = {**hf_kwargs, "revision": revision} if revision else hf_kwargs
     model = from_pretrained(name_or_path, moe=moe, model_class=model_class, **hf_kwargs)
     if before_writing is not None:
         before_writing(model)
-    _write_model_folder(out, name_or_path, model.save_pretrained, overwrite=overwrite)
+    _write_model_folder(out, name_or_path, model.save_pretrained, overwrite=overwrite, revision=revision)
     return model
 
 
@@ -53,9 +55,12 @@ def export(name_or_path: str, output_dir: str, *, overwrite: bool = False) -> Pr
     from ..patching.export import check_exportable, export_native
 
     out = _model_folder(name_or_path, output_dir, overwrite=overwrite, action="exported")
-    model = from_pretrained(name_or_path)
+    revision = hub_commit(name_or_path)  # the model and its tokenizer from one commit
+    model = from_pretrained(name_or_path, **({"revision": revision} if revision else {}))
     check_exportable(model)
-    return _write_model_folder(out, name_or_path, lambda folder: export_native(model, folder), overwrite=overwrite)
+    return _write_model_folder(
+        out, name_or_path, lambda folder: export_native(model, folder), overwrite=overwrite, revision=revision
+    )
 
 
 def _model_folder(name_or_path: str, output_dir: str, *, overwrite: bool, action: str) -> Path:
@@ -68,16 +73,18 @@ def _model_folder(name_or_path: str, output_dir: str, *, overwrite: bool, action
     return out
 
 
-def _write_model_folder(out: Path, name_or_path: str, save: Callable[[str], Any], *, overwrite: bool) -> Any:
-    """`save(folder)` into `out` under the folder's lock, then the source's tokenizer beside it; returns what
-    `save` returned."""
+def _write_model_folder(
+    out: Path, name_or_path: str, save: Callable[[str], Any], *, overwrite: bool, revision: str | None
+) -> Any:
+    """`save(folder)` into `out` under the folder's lock, then the source's tokenizer (at the model's `revision`)
+    beside it; returns what `save` returned."""
     with RunLock(out):
         check_output_dir(out, overwrite=overwrite, resume=False, what="model")
         clear_run_files(out)
         saved = save(str(out))
         honour_umask(out)
         try:
-            load_tokenizer(name_or_path).save_pretrained(str(out))
+            load_tokenizer(name_or_path, revision=revision).save_pretrained(str(out))
         except (OSError, ValueError):
             logger.warning("%s has no tokenizer to copy; the checkpoint holds only the model.", name_or_path)
     return saved

@@ -35,8 +35,7 @@ from ..files import write_json_atomically, write_text_atomically
 from ..moe.config import MoEConfig
 from ..moe.stats import PairCounter, check_routing_state
 from ..patching.loading import (
-    load_model,
-    load_tokenizer,
+    load_model_and_tokenizer,
     moe_config_of,
 )
 from ..patching.lora import lora_config
@@ -255,14 +254,13 @@ def finetune(config: FinetuneConfig) -> dict[str, Any]:
     # Everything is checked and loaded before the output folder is touched (with --overwrite: emptied): a wrong
     # folder, --model, data file or setting fails first, and fixing it and running again needs no --overwrite.
     check_run_dir(config)
-    model = load_model(task, config.model, config.moe)
+    model, tokenizer = load_model_and_tokenizer(task, config.model, config.moe)
     if config.moe is None and is_moe_model(model):
         raise RunConfigError(
             f"{config.model} is an adamoe MoE checkpoint; the dense baseline (--gating dense) needs a dense model."
         )
     if config.lora is not None:
         model = with_lora(model, config.lora)
-    tokenizer = load_tokenizer(config.model)
     args = training_arguments(config, task)
     trainer = build_trainer(config, task, model, tokenizer, train=True, args=args)
     if config.resume and not trainer.is_fsdp_enabled:  # the trainer checks too, but after run_config.json is written
@@ -409,13 +407,12 @@ def evaluation_trainer(
         training=dict(training or {}),
         output_dir=str(output_dir),
     )
-    model = load_model(task, checkpoint, None)
+    model, tokenizer = load_model_and_tokenizer(task, checkpoint, None)
     if routing:
         if not is_moe_model(model):
             raise RunConfigError(f"{checkpoint} is a dense model: routing settings need an adamoe checkpoint.")
         set_routing(model, **routing)
     check_routing_state(model)
-    tokenizer = load_tokenizer(checkpoint)
     return task, data, model, build_trainer(config, task, model, tokenizer, train=False)
 
 
