@@ -130,6 +130,52 @@ def test_expert_threshold_training_estimates_the_thresholds_and_they_travel_with
         torch.testing.assert_close(again(input_ids=tokens(9)).logits, logits, rtol=0, atol=0)
 
 
+def test_the_first_expert_threshold_step_routes_by_thresholds_estimated_on_its_real_tokens_only():
+    config = adamoe.MoEConfig(
+        num_experts=4, top_k=4, rule="expert_threshold", target_experts=1.5, router_init_std=1.0
+    ).resolve()
+    router = Router(hidden_size=8, config=config).train()
+    hidden = torch.randn(60, 8, generator=torch.Generator().manual_seed(0))
+    hidden[30:] *= 20  # padding with peaked gates: counted, it would set every expert's capacity-th score
+    mask = torch.tensor([True] * 30 + [False] * 30)
+    decision = router(hidden, mask)
+    real = ema_step(router.expert_thresholds, decision.probs, mask, target=1.5, decay=0.0)
+    padded = ema_step(router.expert_thresholds, decision.probs, None, target=1.5, decay=0.0)
+    assert not torch.allclose(real, padded)
+
+    def routed(thresholds):
+        return select_top_k(
+            decision.probs, gating="adaptive", threshold=0.0, top_k=4, rule="expert_threshold",
+            expert_thresholds=thresholds,
+        )[1]  # fmt: skip
+
+    assert torch.equal(decision.active, routed(real)) and not torch.equal(decision.active, routed(padded))
+    assert torch.equal(decision.token_mask, mask)
+    before = router.expert_thresholds.clone()
+    router.update_state(decision)  # stored: the real tokens' estimate at the capacity the controller moved to
+    capacity = router.controller[0].item()
+    stored = ema_step(before, decision.probs, mask, target=capacity, decay=config.ema_decay)
+    torch.testing.assert_close(router.expert_thresholds, stored, rtol=0, atol=0)
+
+
+def test_a_models_blocks_hand_the_router_its_padding_mask_on_the_first_expert_threshold_step():
+    moe = adamoe.MoEConfig(num_experts=4, top_k=4, rule="expert_threshold", target_experts=1.5, router_init_std=1.0)
+    model = tiny_llama(moe).train()
+    attention_mask = torch.ones(4, 12, dtype=torch.long)
+    attention_mask[:2, 5:] = 0  # two sentences padded on the right
+    model(input_ids=tokens(), attention_mask=attention_mask)
+    for _, block in adamoe.moe_blocks(model):
+        routing = block.last_routing
+        assert torch.equal(routing.token_mask, attention_mask.bool().reshape(-1))
+        nan = torch.full((4,), math.nan)
+        thresholds = ema_step(nan, routing.probs, routing.token_mask, target=1.5, decay=0.0)
+        routed = select_top_k(
+            routing.probs, gating="adaptive", threshold=0.0, top_k=4, rule="expert_threshold",
+            expert_thresholds=thresholds,
+        )[1]  # fmt: skip
+        assert torch.equal(routing.active, routed)
+
+
 # The target controller (DTop-p) on gap and top-p.
 
 

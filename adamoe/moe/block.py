@@ -58,7 +58,8 @@ class MoEBlock(nn.Module):
     def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
         shape = hidden_states.shape
         tokens = hidden_states.reshape(-1, shape[-1])  # (num_tokens, hidden)
-        routing = self.router(tokens)
+        token_mask, batch_shape = self._token_layout(shape)
+        routing = self.router(tokens, token_mask)
         # The finiteness check rides in the dispatch's one read-back instead of costing a sync of its own.
         layout = sort_pairs(
             routing.expert_index,
@@ -73,7 +74,7 @@ class MoEBlock(nn.Module):
                 "hidden states reaching it are already broken: lower the learning rate, use bf16 rather than "
                 "fp16, or resume from an earlier checkpoint."
             )
-        routing.token_mask, routing.batch_shape = self._token_layout(shape)
+        routing.batch_shape = batch_shape
         self.last_routing = routing
         mixed = self.experts(tokens, layout=layout)  # (num_tokens, hidden)
         if self.shared_expert is not None:

@@ -298,7 +298,7 @@ class Router(nn.Module):
 
         return mean_experts
 
-    def _expert_thresholds(self, probs: torch.Tensor) -> torch.Tensor | None:
+    def _expert_thresholds(self, probs: torch.Tensor, token_mask: torch.Tensor | None) -> torch.Tensor | None:
         """`(num_experts,)` the thresholds expert-threshold routing compares with; None for the other rules."""
         thresholds = self._buffers.get("expert_thresholds")
         if thresholds is None or self.config.gating != "adaptive":
@@ -311,15 +311,19 @@ class Router(nn.Module):
                 "the checkpoint was not trained with the rule. Fine-tune with --rule expert_threshold (a few "
                 "steps estimate them), or evaluate with another rule (gap, top_p)."
             )
-        # The first training step: this batch's own estimate, stored by `update_state` after the backward.
-        return ema_step(thresholds, probs, None, target=self.config.target_experts, decay=0.0)
+        # The first training step: this batch's own estimate on its real tokens, stored by `update_state` after the
+        # backward.
+        return ema_step(thresholds, probs, token_mask, target=self.config.target_experts, decay=0.0)
 
     def logits(self, hidden_states: torch.Tensor) -> torch.Tensor:
         """`(num_tokens, hidden)` -> `(num_tokens, num_experts)` float32 logits, outside autocast."""
         with torch.autocast(device_type=hidden_states.device.type, enabled=False):
             return hidden_states.float() @ self.weight.float().t()
 
-    def forward(self, hidden_states: torch.Tensor) -> RoutingDecision:
+    def forward(self, hidden_states: torch.Tensor, token_mask: torch.Tensor | None = None) -> RoutingDecision:
+        """`(num_tokens, hidden)` -> the routing of each token; `token_mask` `(num_tokens,)` bool, False on padding
+        (None: every token is real), is carried in the decision and kept out of any estimate made from this
+        forward's own tokens."""
         logits = self.logits(hidden_states)
         k = self.config.top_k
         if self.config.num_experts == 1 and not self.config.num_null_experts:
@@ -329,7 +333,7 @@ class Router(nn.Module):
             active = torch.zeros(logits.shape[0], k, dtype=torch.bool, device=logits.device)
             active[:, 0] = True
             weights = torch.cat([probs, probs.new_zeros(logits.shape[0], k - 1)], dim=-1)
-            return RoutingDecision(probs, expert_index, active, weights)
+            return RoutingDecision(probs, expert_index, active, weights, token_mask=token_mask)
         probs = logits.softmax(dim=-1)
         expert_index, active = select_top_k(
             probs,
@@ -338,8 +342,10 @@ class Router(nn.Module):
             threshold_on=self.config.threshold_on,
             top_k=k,
             rule=self.config.rule,
-            expert_thresholds=self._expert_thresholds(probs),
+            expert_thresholds=self._expert_thresholds(probs, token_mask),
             num_null=self.config.num_null_experts,
         )
         weights = combine_weights(probs, expert_index, active, combine=self.config.combine)
-        return RoutingDecision(probs, expert_index, active, weights, num_null=self.config.num_null_experts)
+        return RoutingDecision(
+            probs, expert_index, active, weights, token_mask=token_mask, num_null=self.config.num_null_experts
+        )
