@@ -92,7 +92,8 @@ def flag_overrides(values: dict[str, Any]) -> dict[str, Any]:
 AT_LEAST_ONE = {
     "per_device_train_batch_size", "per_device_eval_batch_size", "gradient_accumulation_steps", "max_tokens",
     "max_train_samples", "max_eval_samples", "max_seq_length", "n_best_size", "max_answer_length",
-    "max_source_length", "max_target_length", "num_beams", "block_size", "preprocessing_num_workers",
+    "max_source_length", "max_target_length", "num_beams", "no_repeat_ngram_size", "block_size",
+    "preprocessing_num_workers",
     "save_total_limit", "generation_max_length", "generation_num_beams",
 }  # fmt: skip
 POSITIVE = {"learning_rate", "num_train_epochs", "logging_steps", "save_steps", "eval_steps", "alpha"}

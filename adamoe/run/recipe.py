@@ -189,6 +189,10 @@ def build_trainer(
                 f"training.max_tokens (--max-tokens) is {max_tokens}, but the longest training example has {longest} "
                 "tokens: raise --max-tokens, or cut the examples shorter (max_seq_length / max_source_length)."
             )
+    if config.data.no_repeat_ngram_size is not None:
+        # On the model's generation config, which both generation paths read and the run saves beside the weights:
+        # the checkpoint generates as it was evaluated.
+        model.generation_config.no_repeat_ngram_size = config.data.no_repeat_ngram_size
     seq2seq = task.kind == "seq2seq"
     trainer_class = AdaMoESeq2SeqTrainer if seq2seq else AdaMoETrainer
     try:

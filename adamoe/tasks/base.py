@@ -99,6 +99,14 @@ class DataArgs:
     num_beams: int | None = field(
         default=None, metadata={"help": "Beams for evaluation generation; None keeps the model's generation config."}
     )
+    no_repeat_ngram_size: int | None = field(
+        default=None,
+        metadata={
+            "help": "Evaluation generation never repeats an n-gram of this many tokens (BART's CNN/DailyMail "
+            "setting: 3; greedy decoding of a briefly fine-tuned model otherwise loops on a sentence); saved in the "
+            "run's generation_config.json. None keeps the model's generation config."
+        },
+    )
     source_prefix: str | None = field(
         default=None,
         metadata={"help": "Text put before every source; None picks it from the model type (T5: 'summarize: ')."},
@@ -121,7 +129,7 @@ class DataArgs:
             raise ValueError(f"direction must be one of {DIRECTIONS}, got {self.direction!r}.")
         for name in (
             "max_train_samples max_eval_samples max_seq_length doc_stride n_best_size max_answer_length "
-            "max_source_length max_target_length num_beams block_size preprocessing_num_workers"
+            "max_source_length max_target_length num_beams no_repeat_ngram_size block_size preprocessing_num_workers"
         ).split():
             value = getattr(self, name)
             if value is not None and value < 1:
